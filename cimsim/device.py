@@ -1,0 +1,552 @@
+"""Device models: how a memory cell lands when programmed, and how it reads.
+
+A :class:`DeviceModel` describes one non-volatile memory technology:
+
+* the conductance range ``[gmin_S, gmax_S]`` (siemens) and the programmable levels
+  (``levels_S``; ``None`` for an analog, continuously programmable cell);
+* the programming error ``G - target`` as a function of target conductance and of the
+  time since programming (relaxation): per level and read time a :class:`LevelFit` (mean
+  shift, spread, distribution family: normal or heavy-tailed Student-t), and a smooth
+  polynomial ``sigma(G, t)`` / ``shift(G, t)`` between levels;
+* read noise (``sigma_read(G)``), stuck-at-Gmin / stuck-at-Gmax fractions, and an optional
+  power-law conductance drift ``G(t) = G0 (t / t0)^-nu`` (PCM);
+* provenance (source file, fit options, fit quality) and a citation.
+
+Units: conductances in siemens (``_S``), times in seconds (``_s``). The polynomials are
+stored in microsiemens because that is how the literature quotes them: ``value_uS =
+numpy.polyval(coeffs, G_uS)`` (highest power first).
+
+Time dependence: models are given at read times ``times_s``; between two of them every
+quantity is interpolated linearly in ``log10(t + 1 ms)``; outside the range it is held at
+the nearest end (no extrapolation). Drift, when present, is applied on top.
+
+Every random draw takes an explicit :class:`numpy.random.Generator`: a chip is a seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+UNITS = {
+    "conductance": "S (siemens)",
+    "time": "s (seconds)",
+    "polynomials": "numpy.polyval order (highest power first); argument G in uS, value in uS",
+}
+FAMILIES = ("normal", "student-t")
+_T_EPS_S = 1e-3  # time offset of the log-time interpolation axis, seconds
+_UNIT_S = 1e-6  # one microsiemens in siemens
+
+
+class DeviceModelError(ValueError):
+    """A device model that is inconsistent or a JSON file that is not a device model."""
+
+
+@dataclass(frozen=True)
+class LevelFit:
+    """Programming error of one conductance level at one read time.
+
+    ``G - target_S`` follows ``mean_shift_S + scale_S * X`` with ``X`` standard normal
+    (``family == "normal"``, ``df is None``) or standard Student-t with ``df`` degrees of
+    freedom (``family == "student-t"``). ``sigma_S`` is the standard deviation of the
+    fitted distribution, ``robust_sigma_S`` the data's IQR / 1.349 (equal to ``sigma_S`` for a
+    normal), ``ks`` the Kolmogorov-Smirnov statistic of the chosen family against the data.
+    """
+
+    level: int
+    t_s: float
+    target_S: float
+    n: int
+    mean_shift_S: float
+    sigma_S: float
+    robust_sigma_S: float
+    family: str = "normal"
+    scale_S: float = float("nan")
+    df: float | None = None
+    ks: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise DeviceModelError(f"level {self.level}: unknown family {self.family!r} (choose from {FAMILIES})")
+        if self.family == "student-t" and (self.df is None or not self.df > 0):
+            raise DeviceModelError(f"level {self.level}: a student-t level needs df > 0")
+        if self.family == "normal" and math.isnan(self.scale_S):
+            object.__setattr__(self, "scale_S", float(self.sigma_S))
+        if not self.sigma_S >= 0 or not self.scale_S >= 0:
+            raise DeviceModelError(f"level {self.level}: spread must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LevelFit":
+        kw = dict(d)
+        for k in ("scale_S", "ks"):
+            if kw.get(k) is None:
+                kw[k] = float("nan")
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class ClippedLogLinear:
+    """``clip(a * ln(g) + b, lo, hi)`` with ``g = G / gmax`` (the form of the PCM drift laws)."""
+
+    a: float
+    b: float
+    lo: float
+    hi: float
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        return np.clip(self.a * np.log(np.maximum(g, 1e-12)) + self.b, self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class PowerLawDrift:
+    """``G(t) = G(t0) * (t / t0) ** -nu`` for ``t > t0``, ``nu ~ N(nu_mean(g), nu_std(g))`` per cell.
+
+    Source of the form and the PCM coefficients: Nandakumar et al. 2019 / Joshi et al. 2020, as
+    implemented in IBM aihwkit (``PCMLikeNoiseModel``); see ``../shared/reference/README.md`` s.4.
+    """
+
+    t0_s: float
+    nu_mean: ClippedLogLinear
+    nu_std: ClippedLogLinear
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "power_law", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PowerLawDrift":
+        if d.get("kind", "power_law") != "power_law":
+            raise DeviceModelError(f"unknown drift kind {d.get('kind')!r}")
+        return cls(float(d["t0_s"]), ClippedLogLinear(**d["nu_mean"]), ClippedLogLinear(**d["nu_std"]))
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """A memory technology's programming and read behaviour; see the module docstring.
+
+    ``sigma_scale`` multiplies every programming spread (the knob a variation sweep turns);
+    ``g_floor_S`` is the lowest conductance a sample may take (``None``: no floor, for the
+    stylized models of the NeFT paper whose noise is symmetric by definition).
+    """
+
+    name: str
+    gmin_S: float
+    gmax_S: float
+    times_s: tuple[float, ...]
+    sigma_poly_uS: tuple[tuple[float, ...], ...]
+    shift_poly_uS: tuple[tuple[float, ...], ...] = ()
+    levels_S: tuple[float, ...] | None = None
+    level_fits: tuple[LevelFit, ...] = ()
+    read_noise_poly_uS: tuple[float, ...] | None = None
+    stuck_at_gmin: float = 0.0
+    stuck_at_gmax: float = 0.0
+    drift: PowerLawDrift | None = None
+    sigma_scale: float = 1.0
+    g_floor_S: float | None = 0.0
+    technology: str = ""
+    citation: str = ""
+    provenance: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    # ------------------------------------------------------------------ checks
+    def __post_init__(self) -> None:
+        f = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731 (frozen dataclass)
+        f("times_s", tuple(float(t) for t in self.times_s))
+        f("sigma_poly_uS", tuple(tuple(float(c) for c in p) for p in self.sigma_poly_uS))
+        shift = self.shift_poly_uS or tuple((0.0,) for _ in self.times_s)
+        f("shift_poly_uS", tuple(tuple(float(c) for c in p) for p in shift))
+        if self.levels_S is not None:
+            f("levels_S", tuple(float(g) for g in self.levels_S))
+        if self.read_noise_poly_uS is not None:
+            f("read_noise_poly_uS", tuple(float(c) for c in self.read_noise_poly_uS))
+        f("level_fits", tuple(self.level_fits))
+        if not (0 <= self.gmin_S < self.gmax_S):
+            raise DeviceModelError(f"{self.name}: need 0 <= gmin_S < gmax_S, got {self.gmin_S}, {self.gmax_S}")
+        if not self.times_s or any(b <= a for a, b in zip(self.times_s, self.times_s[1:])) or self.times_s[0] < 0:
+            raise DeviceModelError(f"{self.name}: times_s must be non-empty, >= 0 and strictly increasing")
+        if len(self.sigma_poly_uS) != len(self.times_s) or len(self.shift_poly_uS) != len(self.times_s):
+            raise DeviceModelError(f"{self.name}: need one sigma and one shift polynomial per read time")
+        if self.levels_S is not None:
+            if len(self.levels_S) < 2 or any(b <= a for a, b in zip(self.levels_S, self.levels_S[1:])):
+                raise DeviceModelError(f"{self.name}: levels_S must hold >= 2 increasing conductances")
+        for p in (self.stuck_at_gmin, self.stuck_at_gmax):
+            if not 0 <= p <= 1:
+                raise DeviceModelError(f"{self.name}: stuck fractions must lie in [0, 1]")
+        if self.stuck_at_gmin + self.stuck_at_gmax > 1:
+            raise DeviceModelError(f"{self.name}: stuck fractions add up to more than 1")
+        if not self.sigma_scale >= 0:
+            raise DeviceModelError(f"{self.name}: sigma_scale must be >= 0")
+        if self.level_fits:
+            if self.levels_S is None:
+                raise DeviceModelError(f"{self.name}: per-level fits need levels_S")
+            have = {(lf.level, lf.t_s) for lf in self.level_fits}
+            for t in self.times_s:
+                for k in range(len(self.levels_S)):
+                    if (k, t) not in have:
+                        raise DeviceModelError(f"{self.name}: no level fit for level {k} at t = {t} s")
+        object.__setattr__(self, "_tables", self._build_tables())
+
+    def _build_tables(self) -> dict[str, np.ndarray] | None:
+        """Per-level parameter tables of shape (n_times, n_levels) for vectorized sampling."""
+        if not self.level_fits:
+            return None
+        nt, nl = len(self.times_s), len(self.levels_S)
+        tab = {k: np.zeros((nt, nl)) for k in ("shift", "scale", "df")}
+        tix = {t: i for i, t in enumerate(self.times_s)}
+        for lf in self.level_fits:
+            if lf.t_s not in tix or not 0 <= lf.level < nl:
+                continue
+            i = tix[lf.t_s]
+            tab["shift"][i, lf.level] = lf.mean_shift_S
+            tab["scale"][i, lf.level] = lf.scale_S
+            tab["df"][i, lf.level] = np.inf if lf.df is None else lf.df
+        return tab
+
+    # ------------------------------------------------------------- properties
+    @property
+    def n_levels(self) -> int | None:
+        """Number of programmable levels, ``None`` for a continuous (analog) cell."""
+        return None if self.levels_S is None else len(self.levels_S)
+
+    @property
+    def is_ideal(self) -> bool:
+        """True when programming is exact: no spread, no shift, no stuck cells, no drift."""
+        return (
+            (self.sigma_scale == 0 or (not self.level_fits and all(not any(p) for p in self.sigma_poly_uS)))
+            and all(not any(p) for p in self.shift_poly_uS)
+            and not any(lf.mean_shift_S for lf in self.level_fits)
+            and self.stuck_at_gmin == 0
+            and self.stuck_at_gmax == 0
+            and self.drift is None
+        )
+
+    def level_conductances(self, n_levels: int) -> np.ndarray:
+        """The ``n_levels`` conductances (S) a cell of ``log2(n_levels)`` bits is programmed to.
+
+        A device with discrete levels must offer a subset of equally spaced levels that spans
+        ``[gmin, gmax]`` with exactly ``n_levels`` points (e.g. 4 of 32 levels, taking every
+        ``(32-1)/(4-1)``-th one is only possible when that is an integer; otherwise the nearest
+        device levels are used). A continuous device gives the evenly spaced grid.
+        """
+        if n_levels < 2:
+            raise DeviceModelError(f"{self.name}: a cell needs at least 2 levels")
+        if self.levels_S is None:
+            return np.linspace(self.gmin_S, self.gmax_S, n_levels)
+        lv = np.asarray(self.levels_S)
+        if n_levels > lv.size:
+            raise DeviceModelError(
+                f"{self.name}: a cell with {n_levels} levels needs a device with at least that many; it has {lv.size}"
+            )
+        idx = np.rint(np.linspace(0, lv.size - 1, n_levels)).astype(np.int64)
+        return lv[idx]
+
+    # --------------------------------------------------------------- sampling
+    def _time_weights(self, t_s: float) -> tuple[int, int, float]:
+        """Indices (i, j) of the bracketing read times and the weight w of j (0 <= w <= 1)."""
+        if not t_s >= 0:
+            raise DeviceModelError(f"{self.name}: read time must be >= 0 s, got {t_s}")
+        ts = self.times_s
+        if t_s <= ts[0]:
+            return 0, 0, 0.0
+        if t_s >= ts[-1]:
+            n = len(ts) - 1
+            return n, n, 0.0
+        j = int(np.searchsorted(ts, t_s, side="right"))
+        i = j - 1
+        x = math.log10(t_s + _T_EPS_S)
+        xi, xj = math.log10(ts[i] + _T_EPS_S), math.log10(ts[j] + _T_EPS_S)
+        return i, j, (x - xi) / (xj - xi)
+
+    def sigma_smooth_S(self, g_S: np.ndarray, t_s: float) -> np.ndarray:
+        """Smooth programming spread sigma(G, t) in siemens (before ``sigma_scale``)."""
+        return self._poly_t(self.sigma_poly_uS, g_S, t_s, floor=0.0)
+
+    def shift_smooth_S(self, g_S: np.ndarray, t_s: float) -> np.ndarray:
+        """Smooth mean programming error shift(G, t) in siemens."""
+        return self._poly_t(self.shift_poly_uS, g_S, t_s, floor=None)
+
+    def _poly_t(self, polys, g_S, t_s, floor):
+        i, j, w = self._time_weights(t_s)
+        g_uS = np.asarray(g_S, dtype=np.float64) / _UNIT_S
+        vi = np.polyval(polys[i], g_uS)
+        v = vi if w == 0 else (1 - w) * vi + w * np.polyval(polys[j], g_uS)
+        if floor is not None:
+            v = np.maximum(v, floor)
+        return v * _UNIT_S
+
+    def level_index(self, targets_S: np.ndarray) -> np.ndarray:
+        """Index of the nearest programmable level for each target (int64, same shape)."""
+        if self.levels_S is None:
+            raise DeviceModelError(f"{self.name}: a continuous device has no level index")
+        lv = np.asarray(self.levels_S)
+        mid = 0.5 * (lv[1:] + lv[:-1])
+        return np.searchsorted(mid, np.asarray(targets_S, dtype=np.float64)).astype(np.int64)
+
+    def programming_params(self, targets_S: np.ndarray, t_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-target ``(mean_shift_S, scale_S, df)`` of the programming error at read time ``t_s``.
+
+        Targets on a level (within 1e-6 of the level spacing) take that level's fitted
+        parameters; other targets, and every target of a model without per-level fits, take the
+        smooth polynomials (normal family, ``df = inf``). ``scale_S`` includes ``sigma_scale``.
+        """
+        tg = np.asarray(targets_S, dtype=np.float64)
+        shift = self.shift_smooth_S(tg, t_s)
+        scale = self.sigma_smooth_S(tg, t_s)
+        df = np.full(tg.shape, np.inf)
+        if self._tables is not None:
+            k = self.level_index(tg)
+            lv = np.asarray(self.levels_S)
+            tol = 1e-6 * (lv[-1] - lv[0]) / (lv.size - 1)
+            on = np.abs(lv[k] - tg) <= tol
+            i, j, w = self._time_weights(t_s)
+            tab = self._tables
+            lshift = (1 - w) * tab["shift"][i] + w * tab["shift"][j]
+            lscale = (1 - w) * tab["scale"][i] + w * tab["scale"][j]
+            ldf = tab["df"][i] if w < 0.5 else tab["df"][j]
+            shift = np.where(on, lshift[k], shift)
+            scale = np.where(on, lscale[k], scale)
+            df = np.where(on, ldf[k], df)
+        return shift, scale * self.sigma_scale, df
+
+    def sample(self, targets_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
+        """Draw programmed conductances (S) for ``targets_S`` (any shape), read at ``t_s`` seconds.
+
+        Vectorized over the whole array; reproducible from the generator's seed. Order of
+        effects: programming error (level/time dependent, heavy-tailed where fitted), then
+        drift from ``t0`` to ``t_s`` (if the model drifts), then stuck cells, then the floor.
+        """
+        tg = np.asarray(targets_S, dtype=np.float64)
+        shift, scale, df = self.programming_params(tg, t_s)
+        z = rng.standard_normal(tg.shape)
+        heavy = np.isfinite(df)
+        if heavy.any():
+            z[heavy] = rng.standard_t(df[heavy])
+        g = tg + shift + scale * z
+        if self.drift is not None:
+            g = self.apply_drift(g, t_s, rng)
+        if self.stuck_at_gmin or self.stuck_at_gmax:
+            u = rng.random(tg.shape)
+            g = np.where(u < self.stuck_at_gmin, self.gmin_S, g)
+            g = np.where((u >= self.stuck_at_gmin) & (u < self.stuck_at_gmin + self.stuck_at_gmax), self.gmax_S, g)
+        if self.g_floor_S is not None:
+            g = np.maximum(g, self.g_floor_S)
+        return g
+
+    def apply_drift(self, g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
+        """Power-law drift of programmed conductances from ``t0`` to ``t_s`` (one nu per cell)."""
+        d = self.drift
+        if d is None or t_s <= d.t0_s:
+            return g_S
+        gn = np.clip(g_S / self.gmax_S, 0.0, None)
+        nu = d.nu_mean(gn) + d.nu_std(gn) * rng.standard_normal(np.shape(g_S))
+        return g_S * (t_s / d.t0_s) ** (-nu)
+
+    def read_sigma_S(self, g_S: np.ndarray) -> np.ndarray:
+        """Standard deviation (S) of one read of a cell at conductance ``g_S`` (zeros if no read noise)."""
+        g = np.asarray(g_S, dtype=np.float64)
+        if self.read_noise_poly_uS is None:
+            return np.zeros_like(g)
+        return np.maximum(np.polyval(self.read_noise_poly_uS, g / _UNIT_S), 0.0) * _UNIT_S
+
+    def read(self, g_S: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One noisy read (S) of cells at ``g_S``: ``G + N(0, read_sigma(G))`` per cell."""
+        g = np.asarray(g_S, dtype=np.float64)
+        return g + self.read_sigma_S(g) * rng.standard_normal(g.shape)
+
+    # ------------------------------------------------------------ variations
+    def replace(self, **changes: Any) -> "DeviceModel":
+        """A copy with fields changed (e.g. ``sigma_scale``, ``stuck_at_gmin``)."""
+        return dataclasses.replace(self, **changes)
+
+    def ideal(self) -> "DeviceModel":
+        """The same conductance range and levels with exact programming and no read noise."""
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-ideal",
+            times_s=(0.0,),
+            sigma_poly_uS=((0.0,),),
+            shift_poly_uS=((0.0,),),
+            level_fits=(),
+            read_noise_poly_uS=None,
+            stuck_at_gmin=0.0,
+            stuck_at_gmax=0.0,
+            drift=None,
+        )
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "cimsim.DeviceModel",
+            "units": dict(UNITS),
+            "name": self.name,
+            "technology": self.technology,
+            "citation": self.citation,
+            "gmin_S": self.gmin_S,
+            "gmax_S": self.gmax_S,
+            "levels_S": None if self.levels_S is None else list(self.levels_S),
+            "times_s": list(self.times_s),
+            "sigma_scale": self.sigma_scale,
+            "g_floor_S": self.g_floor_S,
+            "sigma_poly_uS": [list(p) for p in self.sigma_poly_uS],
+            "shift_poly_uS": [list(p) for p in self.shift_poly_uS],
+            "level_fits": [lf.to_dict() for lf in self.level_fits],
+            "read_noise_poly_uS": None if self.read_noise_poly_uS is None else list(self.read_noise_poly_uS),
+            "stuck_at_gmin": self.stuck_at_gmin,
+            "stuck_at_gmax": self.stuck_at_gmax,
+            "drift": None if self.drift is None else self.drift.to_dict(),
+            "provenance": _jsonable(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "DeviceModel":
+        if d.get("kind") != "cimsim.DeviceModel":
+            raise DeviceModelError(f"{source}: not a cimsim device model (no kind 'cimsim.DeviceModel')")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise DeviceModelError(
+                f"{source}: device model schema_version {d.get('schema_version')!r}, this cimsim reads {SCHEMA_VERSION}"
+            )
+        try:
+            return cls(
+                name=d["name"],
+                technology=d.get("technology", ""),
+                citation=d.get("citation", ""),
+                gmin_S=float(d["gmin_S"]),
+                gmax_S=float(d["gmax_S"]),
+                levels_S=None if d.get("levels_S") is None else tuple(d["levels_S"]),
+                times_s=tuple(d["times_s"]),
+                sigma_scale=float(d.get("sigma_scale", 1.0)),
+                g_floor_S=d.get("g_floor_S", 0.0),
+                sigma_poly_uS=tuple(tuple(p) for p in d["sigma_poly_uS"]),
+                shift_poly_uS=tuple(tuple(p) for p in d.get("shift_poly_uS") or ()),
+                level_fits=tuple(LevelFit.from_dict(x) for x in d.get("level_fits", ())),
+                read_noise_poly_uS=None if d.get("read_noise_poly_uS") is None else tuple(d["read_noise_poly_uS"]),
+                stuck_at_gmin=float(d.get("stuck_at_gmin", 0.0)),
+                stuck_at_gmax=float(d.get("stuck_at_gmax", 0.0)),
+                drift=None if d.get("drift") is None else PowerLawDrift.from_dict(d["drift"]),
+                provenance=d.get("provenance", {}),
+            )
+        except KeyError as e:
+            raise DeviceModelError(f"{source}: device model is missing the field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, DeviceModelError):
+                raise DeviceModelError(f"{source}: {e}") from None
+            raise DeviceModelError(f"{source}: malformed device model: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model as JSON atomically (temporary file + rename); returns the path."""
+        path = Path(path)
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DeviceModel":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DeviceModelError(f"{path}: no such device model file") from None
+        except json.JSONDecodeError as e:
+            raise DeviceModelError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return cls.from_dict(d, source=str(path))
+
+
+# ---------------------------------------------------------------------- presets
+PRESET_DIR = Path(__file__).resolve().parent.parent / "device_models"
+
+
+def preset_names() -> list[str]:
+    """Names of the device models shipped in ``device_models/``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_device(name_or_path: str | os.PathLike) -> DeviceModel:
+    """Load a device model from a JSON path, or a preset by name (``"neurram"``, ``"rram1"``...)."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        return DeviceModel.load(p)
+    cand = PRESET_DIR / f"{str(name_or_path).lower()}.json"
+    if cand.exists():
+        return DeviceModel.load(cand)
+    raise DeviceModelError(f"unknown device model {name_or_path!r}: not a file, and presets are {preset_names()}")
+
+
+# ---------------------------------------------------------------------- helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_float(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, Mapping):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float):
+        return _json_float(o)
+    return o
+
+
+def neft_stylized(name: str, s: float, gmin_S: float = 0.0, gmax_S: float = 40e-6) -> DeviceModel:
+    """One of the NeFT paper's stylized 2-bit devices (RRAM1 s=1, FeFET2 s=2, RRAM4 s=4, FeFET6 s=6).
+
+    Per level k of a 2-bit cell the programming spread is
+    ``sigma_k = (gmax - gmin) * m_k / sqrt(0.4 s^2 + 0.6)`` at ``sigma_scale = 1`` (= the paper's
+    sigma_d), with ``m = (1, s, s, 1)``: the two middle levels are ``s`` times more variable and
+    the normalisation keeps the mean variance equal across models. With four 2-bit slices this is
+    exactly the authors' weight noise ``0.77763 * max|W| * sigma_d / sqrt(0.4 s^2 + 0.6)``
+    (Qin et al., arXiv 2305.14561; ``../shared/reference/README.md`` s.1). Symmetric Gaussian, no
+    conductance floor, no time dependence; ``sigma_scale`` is the paper's sigma_d (default 0.1).
+    """
+    levels = tuple(np.linspace(gmin_S, gmax_S, 4))
+    norm = math.sqrt(0.4 * s * s + 0.6)
+    mult = (1.0, s, s, 1.0)
+    fits = tuple(
+        LevelFit(level=k, t_s=0.0, target_S=levels[k], n=0, mean_shift_S=0.0,
+                 sigma_S=(gmax_S - gmin_S) * m / norm, robust_sigma_S=(gmax_S - gmin_S) * m / norm)
+        for k, m in enumerate(mult)
+    )
+    # The smooth model (for targets between levels) uses the outer-level spread.
+    return DeviceModel(
+        name=name,
+        technology="stylized (NeFT paper)",
+        citation="Qin et al., 'Negative Feedback Training', arXiv 2305.14561 (IEEE TCAD 2025); "
+        "authors' code github.com/YifanQin-ND/NeFT_CIM",
+        gmin_S=gmin_S,
+        gmax_S=gmax_S,
+        levels_S=levels,
+        times_s=(0.0,),
+        sigma_poly_uS=(((gmax_S - gmin_S) / _UNIT_S / norm,),),
+        level_fits=fits,
+        sigma_scale=0.1,
+        g_floor_S=None,
+        provenance={"preset": True, "s": s, "sigma_scale_meaning": "the paper's sigma_d"},
+    )
