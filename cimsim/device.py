@@ -317,12 +317,13 @@ class DeviceModel:
             df = np.where(on, ldf[k], df)
         return shift, scale * self.sigma_scale, df
 
-    def sample(self, targets_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, targets_S: np.ndarray, t_s: float, rng: np.random.Generator, drift: bool = True) -> np.ndarray:
         """Draw programmed conductances (S) for ``targets_S`` (any shape), read at ``t_s`` seconds.
 
         Vectorized over the whole array; reproducible from the generator's seed. Order of
         effects: programming error (level/time dependent, heavy-tailed where fitted), then
-        drift from ``t0`` to ``t_s`` (if the model drifts), then stuck cells, then the floor.
+        drift from ``t0`` to ``t_s`` (if the model drifts and ``drift``; pass ``drift=False`` and
+        call :meth:`apply_drift` to keep the undrifted array too), then stuck cells, then the floor.
         """
         tg = np.asarray(targets_S, dtype=np.float64)
         shift, scale, df = self.programming_params(tg, t_s)
@@ -331,7 +332,7 @@ class DeviceModel:
         if heavy.any():
             z[heavy] = rng.standard_t(df[heavy])
         g = tg + shift + scale * z
-        if self.drift is not None:
+        if drift and self.drift is not None:
             g = self.apply_drift(g, t_s, rng)
         if self.stuck_at_gmin or self.stuck_at_gmax:
             u = rng.random(tg.shape)

@@ -1,0 +1,238 @@
+"""Crossbar configuration: one frozen, flat dataclass, validated on creation, TOML/JSON round trip.
+
+Every field that has a unit says it in its name (``_S`` siemens, ``_s`` seconds, ``_V`` volts).
+Integer conventions used throughout the simulator:
+
+* weights are sign-magnitude integers ``w_int`` in ``[-(2^weight_bits - 1), 2^weight_bits - 1]``
+  (the sign is carried by which side of a differential pair holds the magnitude), so 8-bit
+  weights on 2-bit cells are four slices of significance ``4^k`` (the NeFT paper's mapping);
+* inputs are sign-magnitude integers ``x_int`` in ``[-(2^input_bits - 1), 2^input_bits - 1]``
+  after clipping to ``[-input_clip, input_clip]``; negative inputs are applied in a second
+  phase (same magnitudes on the rows, result subtracted digitally);
+* column currents are expressed in *unit currents* ``V_read * G_step / (2^input_bits - 1)`` for a
+  multi-bit DAC (``V_read * G_step`` for a bit-serial read), where ``G_step`` is the conductance
+  between two adjacent cell levels: with an ideal device a partial sum is an exact integer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+DAC_MODES = ("multibit", "bit_serial")
+ADC_RANGES = ("calibrated", "full", "fixed")
+ADC_CONVERTS = ("differential", "separate")
+MAPPINGS = ("differential",)
+WEIGHT_SCALES = ("layer", "column")
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent configuration value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class CrossbarConfig:
+    """How a layer is laid out on crossbar tiles and how those tiles are read.
+
+    Tiles and mapping
+        tile_rows, tile_cols: array size (rows = inputs, columns = outputs x slices x pair side).
+        weight_bits: magnitude bits of a weight (sign from the differential pair).
+        weight_scale: ``layer`` (one scale) or ``column`` (one per output) for quantization.
+        mapping: ``differential`` (each weight on G+/G-, the unused side at the lowest level).
+        bits_per_cell: bits stored per cell; ``n_slices = ceil(weight_bits / bits_per_cell)``.
+
+    DAC
+        dac: ``multibit`` (one read per phase, input as a quantized voltage) or ``bit_serial``
+        (one read per input bit with a 1-bit DAC, combined by shift-and-add).
+        input_bits: magnitude bits of an input; input_clip: inputs are clipped to +-input_clip
+        (``None``: calibrated per layer, or the batch's max |x| before calibration).
+
+    ADC
+        adc_bits: bits per conversion (sign included for differential conversion).
+        adc_range: ``calibrated`` (a percentile of observed partial sums, per slice and
+        optionally per column), ``full`` (the largest possible partial sum) or ``fixed``
+        (``adc_fixed_range`` unit currents). adc_convert: ``differential`` converts
+        ``I(G+) - I(G-)``; ``separate`` converts each column and subtracts digitally.
+
+    Device and noise
+        device: preset name or JSON path of a :class:`cimsim.device.DeviceModel`;
+        ``ideal`` means exact programming with the default conductance range.
+        read_time_s: time between programming and reading (relaxation, drift).
+        read_noise: per-read cell noise from the device model's sigma_read(G).
+        output_noise: additive Gaussian noise per ADC conversion, std in ADC LSBs.
+        drift_compensation: rescale each layer's output by a factor measured at read time
+        with a reference input (as IBM aihwkit's global drift compensation).
+        sigma_scale: multiplies the device model's programming spread (``None``: the model's).
+    """
+
+    tile_rows: int = 256
+    tile_cols: int = 256
+    weight_bits: int = 8
+    weight_scale: str = "layer"
+    mapping: str = "differential"
+    bits_per_cell: int = 2
+    dac: str = "multibit"
+    input_bits: int = 8
+    input_clip: float | None = None
+    adc_bits: int = 8
+    adc_range: str = "calibrated"
+    adc_percentile: float = 99.99
+    adc_per_column: bool = False
+    adc_fixed_range: float | None = None
+    adc_convert: str = "differential"
+    device: str = "ideal"
+    read_time_s: float = 1.0
+    read_noise: bool = False
+    output_noise: float = 0.0
+    drift_compensation: bool = False
+    sigma_scale: float | None = None
+    v_read_V: float = 0.2
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"CrossbarConfig.{name} = {getattr(self, name)!r}: {why}")
+
+        for name in ("tile_rows", "tile_cols", "weight_bits", "bits_per_cell", "input_bits", "adc_bits"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(name, "must be a positive integer")
+        if self.weight_bits > 16:
+            raise bad("weight_bits", "at most 16")
+        if self.input_bits > 16:
+            raise bad("input_bits", "at most 16")
+        if self.bits_per_cell > self.weight_bits:
+            raise bad("bits_per_cell", f"more bits per cell than the weight has ({self.weight_bits})")
+        if self.bits_per_cell > 8:
+            raise bad("bits_per_cell", "at most 8")
+        if self.adc_bits > 24:
+            raise bad("adc_bits", "at most 24 (partial sums are float32)")
+        if self.adc_convert == "differential" and self.adc_bits < 2:
+            raise bad("adc_bits", "a differential (signed) conversion needs at least 2 bits")
+        for name, allowed in (
+            ("dac", DAC_MODES),
+            ("adc_range", ADC_RANGES),
+            ("adc_convert", ADC_CONVERTS),
+            ("mapping", MAPPINGS),
+            ("weight_scale", WEIGHT_SCALES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"choose one of {allowed}")
+        if not 50.0 <= self.adc_percentile <= 100.0:
+            raise bad("adc_percentile", "must lie in [50, 100]")
+        if self.adc_range == "fixed" and not (self.adc_fixed_range and self.adc_fixed_range > 0):
+            raise bad("adc_fixed_range", "adc_range 'fixed' needs a positive range in unit currents")
+        if self.input_clip is not None and not self.input_clip > 0:
+            raise bad("input_clip", "must be positive or None")
+        if not self.read_time_s >= 0:
+            raise bad("read_time_s", "must be >= 0 seconds")
+        if not self.output_noise >= 0:
+            raise bad("output_noise", "must be >= 0 (ADC LSBs)")
+        if self.sigma_scale is not None and not self.sigma_scale >= 0:
+            raise bad("sigma_scale", "must be >= 0 or None")
+        if not self.v_read_V > 0:
+            raise bad("v_read_V", "must be positive")
+        if not isinstance(self.device, str) or not self.device:
+            raise bad("device", "a preset name, a JSON path or 'ideal'")
+        if self.device != "ideal":
+            from .program import resolve_device  # loads the model once (cached) and checks the cell fits
+
+            resolve_device(self)
+
+    # ----------------------------------------------------------- derived
+    @property
+    def n_slices(self) -> int:
+        """Number of cells (slices) per weight magnitude: ceil(weight_bits / bits_per_cell)."""
+        return -(-self.weight_bits // self.bits_per_cell)
+
+    @property
+    def cell_levels(self) -> int:
+        """Levels a cell is programmed to: 2^bits_per_cell."""
+        return 1 << self.bits_per_cell
+
+    @property
+    def n_cycles(self) -> int:
+        """Reads per input phase: 1 for a multi-bit DAC, input_bits for a bit-serial one."""
+        return 1 if self.dac == "multibit" else self.input_bits
+
+    @property
+    def w_max_int(self) -> int:
+        return (1 << self.weight_bits) - 1
+
+    @property
+    def x_max_int(self) -> int:
+        return (1 << self.input_bits) - 1
+
+    def partial_products_floor(self, signed_inputs: bool = False) -> int:
+        """GEMMs per layer forward: cycles x slices, x2 for separate conversion, x2 for signed inputs."""
+        n = self.n_cycles * self.n_slices
+        n *= 2 if self.adc_convert == "separate" else 1
+        n *= 2 if signed_inputs else 1
+        return n
+
+    def replace(self, **changes: Any) -> "CrossbarConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "CrossbarConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown CrossbarConfig field(s) {unknown}")
+        kw = {k: (None if v == "none" and k in ("input_clip", "adc_fixed_range", "sigma_scale") else v)
+              for k, v in d.items()}
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def to_toml(self) -> str:
+        """Flat TOML; ``None`` is written as the string ``"none"`` (TOML has no null)."""
+        lines = ["# cimsim CrossbarConfig"]
+        for k, v in self.to_dict().items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``.toml`` or ``.json`` (by suffix), atomically."""
+        from .device import atomic_write_text
+
+        path = Path(path)
+        text = self.to_toml() if path.suffix == ".toml" else self.to_json() + "\n"
+        atomic_write_text(path, text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CrossbarConfig":
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        try:
+            d = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot parse: {e}") from None
+        return cls.from_dict(d, source=str(path))
+
+
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    return json.dumps(str(v))

@@ -1,0 +1,221 @@
+"""The fast crossbar MVM: dense GEMMs per row tile (BLAS via torch), fused ADC + shift-and-add.
+
+One layer forward for inputs ``x`` (B, in):
+
+1. quantize inputs (DAC): sign-magnitude integers, positive and negative phases;
+2. per phase, stack the DAC cycles along the batch (``C x b`` rows; one cycle for a multi-bit
+   DAC, one per bit for a bit-serial one) and all slices (and pair sides, for separate
+   conversion) along the columns: one GEMM per row tile gives every partial sum of the block;
+3. read noise: the column current of independent per-cell Gaussian read noise is Gaussian with
+   variance ``sum_i x_i^2 sigma_read(G_i)^2`` - one more GEMM of the squared inputs with the
+   variance matrix gives it exactly in distribution (plus the ADC noise variance);
+4. ADC (clip, round) and shift-and-add over cycles, slices and row tiles into a float64
+   accumulator: a Numba kernel on the CPU, torch ops on CUDA (and on request, as a cross-check).
+
+Blocks over the batch keep the partial-sum tensor (C x b x G*out floats) under ``BLOCK_BYTES``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .program import ProgrammedArray
+
+#: upper bound on the partial-sum block a forward materialises (bytes)
+BLOCK_BYTES = int(os.environ.get("CIMSIM_BLOCK_BYTES", 32 * 2**20))
+
+
+@dataclass
+class Plan:
+    """Tensors of one programmed array laid out for the GEMMs, on one torch device.
+
+    G: (in, Gc*out) conductances in units of G_step; groups Gc = n_slices (differential:
+       G+ - G-) or 2 * n_slices (separate: all G+ slices, then all G- slices).
+    V: (in, Gc*out) read-noise variance per cell, (unit)^2, or None.
+    lsb: (Gc*out,) ADC step; colw: (Gc,) significance x sign; lo, hi: ADC code limits.
+    """
+
+    G: torch.Tensor
+    V: torch.Tensor | None
+    lsb: torch.Tensor
+    colw: torch.Tensor
+    lo: int
+    hi: int
+    n_groups: int
+
+
+def _groups(arr: ProgrammedArray, values) -> np.ndarray:
+    """Stack per-cell ``values(g_S)`` into column groups (Gc, in, out): G+ - G- per slice
+    (differential conversion) or every G+ slice then every G- slice (separate conversion)."""
+    if arr.config.adc_convert == "differential":
+        return values(arr.g_pos_S, arr.g_neg_S)
+    return np.concatenate([values(arr.g_pos_S, None), values(arr.g_neg_S, None)])
+
+
+def _to_columns(a: np.ndarray, device, dtype) -> torch.Tensor:
+    """(Gc, in, out) -> contiguous (in, Gc*out) tensor."""
+    gc, n_in, n_out = a.shape
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2).reshape(n_in, gc * n_out))).to(device, dtype)
+
+
+def group_conductances(arr: ProgrammedArray) -> np.ndarray:
+    """(Gc, in, out) conductances in units of G_step, grouped as the ADCs see them."""
+    step = arr.step_S
+    return _groups(arr, lambda gp, gn: (gp - gn) / step if gn is not None else gp / step)
+
+
+def make_plan(arr: ProgrammedArray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Plan:
+    cfg = arr.config
+    S, n_in, n_out = arr.g_pos_S.shape
+    sig = float(1 << cfg.bits_per_cell) ** np.arange(S)
+    colw = sig if cfg.adc_convert == "differential" else np.concatenate([sig, -sig])
+    g = group_conductances(arr)
+    var = None
+    if cfg.read_noise:
+        rs = arr.device.read_sigma_S
+        step2 = arr.step_S ** 2
+        var = _groups(arr, lambda gp, gn: (rs(gp) ** 2 + (rs(gn) ** 2 if gn is not None else 0.0)) / step2)
+    n_groups = g.shape[0]
+    lsb = np.broadcast_to(arr.adc_lsb(), (n_groups, n_out))
+    lo, hi = arr.adc_code_limits()
+
+    return Plan(
+        G=_to_columns(g, device, dtype),
+        V=None if var is None or not var.any() else _to_columns(var, device, dtype),
+        lsb=torch.from_numpy(np.array(lsb, dtype=np.float64).reshape(-1)).to(device, dtype),
+        colw=torch.from_numpy(colw.astype(np.float64)).to(device),
+        lo=lo,
+        hi=hi,
+        n_groups=n_groups,
+    )
+
+
+def get_plan(arr: ProgrammedArray, device: torch.device, dtype: torch.dtype) -> Plan:
+    key = ("plan", str(device), dtype)
+    plan = arr._cache.get("plan")
+    if plan is None or plan[0] != key:
+        plan = (key, make_plan(arr, device, dtype))
+        arr._cache["plan"] = plan
+    return plan[1]
+
+
+def _cycles(mag: torch.Tensor, dac: str, input_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DAC cycles of non-negative integer inputs ``mag`` (b, in): ((C, b, in) drive, (C,) weights)."""
+    if dac == "multibit":
+        return mag.unsqueeze(0), torch.ones(1, dtype=torch.float64, device=mag.device)
+    mi = mag.to(torch.int32)
+    bits = torch.stack([(mi >> j) & 1 for j in range(input_bits)]).to(mag.dtype)
+    w = 2.0 ** torch.arange(input_bits, dtype=torch.float64, device=mag.device)
+    return bits, w
+
+
+def _adc_shift_add_torch(P, C, b, n_out, plan: Plan, cycw, sign, acc):
+    """Pure-torch twin of :func:`cimsim.kernels.adc_shift_add` (CUDA path and cross-check)."""
+    q = torch.clamp(torch.round(P / plan.lsb), plan.lo, plan.hi) * plan.lsb
+    q = q.view(C, b, plan.n_groups, n_out).to(torch.float64)
+    acc += sign * torch.einsum("c,g,cbgo->bo", cycw, plan.colw, q)
+
+
+def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "auto",
+                          generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Simulated ``y = x @ W_eff.T`` for a torch tensor ``x`` (B, in) -> (B, out) float64, no autograd.
+
+    kernel: ``numba`` (CPU only), ``torch``, or ``auto`` (numba for CPU tensors, torch otherwise).
+    generator: torch generator for read/ADC noise on ``x``'s device (default: seeded from the
+        array's read counter, so every call draws fresh noise and a chip replays identically).
+    dtype: GEMM precision (float32 default; float64 to compare number for number with the
+        reference).
+    """
+    cfg = arr.config
+    if x.dim() != 2 or x.shape[1] != arr.n_in:
+        raise ValueError(f"input must be (B, {arr.n_in}), got {tuple(x.shape)}")
+    if arr.needs_calibration:
+        arr.calibrate(x.detach().cpu().numpy())
+    dev = x.device
+    if kernel == "auto":
+        kernel = "numba" if dev.type == "cpu" else "torch"
+    if kernel == "numba" and dev.type != "cpu":
+        raise ValueError("the numba kernel runs on CPU tensors only")
+    plan = get_plan(arr, dev, dtype)
+    n_out = arr.n_out
+    B = x.shape[0]
+    clip = arr.resolved_input_clip()
+    xq = torch.round(torch.clamp(x.detach().to(dtype) / clip, -1.0, 1.0) * cfg.x_max_int)
+    acc = torch.zeros(B, n_out, dtype=torch.float64, device=dev)
+    noisy = plan.V is not None or cfg.output_noise > 0
+    if noisy and generator is None:
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(arr.next_read_seed())
+    out_var = (cfg.output_noise * plan.lsb) ** 2 if cfg.output_noise > 0 else None
+    C = cfg.n_cycles
+    ncol = plan.G.shape[1]
+    bblock = max(1, BLOCK_BYTES // (C * ncol * torch.finfo(dtype).bits // 8))
+    rows = cfg.tile_rows
+    if kernel == "numba":
+        from .kernels import adc_shift_add
+
+        lsb_np = plan.lsb.numpy()
+        colw_np = plan.colw.numpy()
+        acc_np = acc.numpy()
+    for sign, mag in ((1.0, torch.clamp(xq, min=0)), (-1.0, torch.clamp(-xq, min=0))):
+        if sign < 0 and not bool((mag > 0).any()):
+            continue
+        for b0 in range(0, B, bblock):
+            b1 = min(B, b0 + bblock)
+            drive, cycw = _cycles(mag[b0:b1], cfg.dac, cfg.input_bits)
+            nb = b1 - b0
+            drive = drive.reshape(C * nb, arr.n_in)
+            for r0 in range(0, arr.n_in, rows):
+                r1 = min(arr.n_in, r0 + rows)
+                xt = drive[:, r0:r1]
+                P = xt @ plan.G[r0:r1]
+                if noisy:
+                    var = (xt * xt) @ plan.V[r0:r1] if plan.V is not None else torch.zeros_like(P)
+                    if out_var is not None:
+                        var = var + out_var
+                    P = P + var.sqrt_() * torch.randn(P.shape, generator=generator, device=dev, dtype=dtype)
+                if kernel == "numba":
+                    adc_shift_add(P.numpy(), C, nb, n_out, lsb_np, plan.lo, plan.hi, colw_np,
+                                  cycw.numpy(), sign, acc_np[b0:b1])
+                else:
+                    _adc_shift_add_torch(P, C, nb, n_out, plan, cycw, sign, acc[b0:b1])
+    # same order of float operations as mvm_ref: y_int * scale * x_step * drift_scale
+    return acc * torch.as_tensor(arr.scale, device=dev) * (clip / cfg.x_max_int) * arr.drift_scale
+
+
+def crossbar_matmul(arr: ProgrammedArray, x: np.ndarray, **kw) -> np.ndarray:
+    """Numpy front end of :func:`crossbar_matmul_torch`: x (B, in) or (in,) -> float64 (B, out) or (out,)."""
+    x = np.asarray(x)
+    one = x.ndim == 1
+    xt = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(x), dtype=np.float64))
+    y = crossbar_matmul_torch(arr, xt, **kw).numpy()
+    return y[0] if one else y
+
+
+def partial_sums(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
+    """|Noise-free partial sums| of every tile read for inputs ``x`` (B, in), for ADC calibration.
+
+    Returns (n_groups, n_reads, out) float32 where n_reads = phases x cycles x B x row tiles
+    (n_groups: slices, or slices x 2 sides for separate conversion).
+    """
+    cfg = arr.config
+    plan = _to_columns(group_conductances(arr), "cpu", torch.float32)
+    clip = arr.resolved_input_clip(x)
+    xq = torch.round(torch.clamp(torch.from_numpy(np.asarray(x, np.float64)).float() / clip, -1, 1) * cfg.x_max_int)
+    out = []
+    for mag in (torch.clamp(xq, min=0), torch.clamp(-xq, min=0)):
+        if not bool((mag > 0).any()):
+            continue
+        drive, _ = _cycles(mag, cfg.dac, cfg.input_bits)
+        drive = drive.reshape(-1, arr.n_in)
+        for r0 in range(0, arr.n_in, cfg.tile_rows):
+            r1 = min(arr.n_in, r0 + cfg.tile_rows)
+            out.append((drive[:, r0:r1] @ plan[r0:r1]).abs_())
+    if not out:
+        return np.zeros((plan.shape[1] // arr.n_out, 1, arr.n_out), np.float32)
+    P = torch.cat(out)  # (reads, Gc*out)
+    return P.view(P.shape[0], -1, arr.n_out).permute(1, 0, 2).numpy()
+

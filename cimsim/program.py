@@ -1,0 +1,285 @@
+"""Programming a layer onto crossbar tiles: :func:`program` -> :class:`ProgrammedArray`.
+
+A :class:`ProgrammedArray` is one chip's copy of one layer: the conductance of every cell as
+programmed (sampled from the device model, read at ``config.read_time_s``), the quantization
+scales, and the read-out state (input clipping range, ADC ranges, drift-compensation factor).
+It computes matrix-vector products with :meth:`ProgrammedArray.matmul` (fast path,
+:mod:`cimsim.mvm`) or :func:`cimsim.mvm_ref.mvm_reference` (slow float64 specification).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError, CrossbarConfig
+from .device import DeviceModel, DeviceModelError, load_device
+from .mapping import MappedWeights, conductance_targets, level_step_S, map_weights, unmap
+
+#: conductance range of the ``ideal`` device (S): infinite on/off ratio, exact programming.
+IDEAL_GMAX_S = 40e-6
+
+
+def ideal_device() -> DeviceModel:
+    """Exact programming on a continuous [0, 40 uS] range, no read noise."""
+    return DeviceModel(name="ideal", gmin_S=0.0, gmax_S=IDEAL_GMAX_S, times_s=(0.0,), sigma_poly_uS=((0.0,),),
+                       technology="ideal", citation="")
+
+
+@functools.lru_cache(maxsize=32)
+def _load_device_cached(name: str, mtime: float) -> DeviceModel:
+    return load_device(name)
+
+
+def resolve_device(config: CrossbarConfig) -> DeviceModel:
+    """The :class:`DeviceModel` a config names (``sigma_scale`` applied), checked against the cell."""
+    if config.device == "ideal":
+        dev = ideal_device()
+    else:
+        p = Path(config.device)
+        mtime = p.stat().st_mtime if p.exists() else 0.0
+        try:
+            dev = _load_device_cached(config.device, mtime)
+        except DeviceModelError as e:
+            raise ConfigError(f"CrossbarConfig.device = {config.device!r}: {e}") from None
+    if config.sigma_scale is not None:
+        dev = dev.replace(sigma_scale=config.sigma_scale)
+    if dev.n_levels is not None and config.cell_levels > dev.n_levels:
+        raise ConfigError(
+            f"CrossbarConfig.bits_per_cell = {config.bits_per_cell}: {config.cell_levels} levels per cell, "
+            f"but device {dev.name!r} has only {dev.n_levels}"
+        )
+    return dev
+
+
+@dataclass
+class ProgrammedArray:
+    """One layer programmed on one chip.
+
+    g_pos_S, g_neg_S: (n_slices, in, out) float64 conductances of the G+ / G- cells, siemens, as
+        they read at ``config.read_time_s`` (programming error, relaxation, drift, stuck cells).
+    levels_S: (cell_levels,) nominal level conductances; step_S their spacing.
+    mapped: the quantized weights the array was programmed from.
+    input_clip: inputs are clipped to +-input_clip (None until set or calibrated).
+    adc_range: (n_groups, 1) or (n_groups, out) ADC full-scale in unit currents (None until
+        calibrated when the policy is ``calibrated``); a group is a slice's columns (differential
+        conversion) or one side of a slice (separate conversion).
+    drift_scale: output multiplier of global drift compensation (1.0 without).
+    seed: the seed the chip was programmed from; read noise draws from a generator seeded
+        from it, advanced on every read.
+    """
+
+    config: CrossbarConfig
+    device: DeviceModel
+    mapped: MappedWeights
+    g_pos_S: np.ndarray
+    g_neg_S: np.ndarray
+    levels_S: np.ndarray
+    seed: int | None = None
+    input_clip: float | None = None
+    adc_range: np.ndarray | None = None
+    drift_scale: float = 1.0
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def n_in(self) -> int:
+        return self.g_pos_S.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.g_pos_S.shape[2]
+
+    @property
+    def step_S(self) -> float:
+        return level_step_S(self.levels_S)
+
+    @property
+    def n_row_tiles(self) -> int:
+        return -(-self.n_in // self.config.tile_rows)
+
+    @property
+    def n_col_tiles(self) -> int:
+        """Column tiles: every weight takes 2 * n_slices columns (G+ and G- of each slice)."""
+        return -(-(2 * self.config.n_slices * self.n_out) // self.config.tile_cols)
+
+    @property
+    def n_groups(self) -> int:
+        """Column groups the ADCs see: one per slice (differential), two per slice (separate)."""
+        return self.config.n_slices * (1 if self.config.adc_convert == "differential" else 2)
+
+    @property
+    def n_cells(self) -> int:
+        return 2 * self.g_pos_S.size
+
+    @property
+    def scale(self) -> np.ndarray:
+        """(out,) weight units per integer weight step."""
+        return self.mapped.scale
+
+    def effective_weights(self) -> np.ndarray:
+        """(out, in) float64 weights the programmed conductances realise (inverse mapping)."""
+        return unmap(self.g_pos_S, self.g_neg_S, self.levels_S, self.scale, self.config.bits_per_cell) * self.drift_scale
+
+    # ---------------------------------------------------------- ADC state
+    @property
+    def cycle_input_max(self) -> int:
+        """Largest integer a row is driven with in one read: 2^b - 1 (multi-bit) or 1 (bit-serial)."""
+        return self.config.x_max_int if self.config.dac == "multibit" else 1
+
+    def adc_code_limits(self) -> tuple[int, int]:
+        """Smallest and largest ADC code: symmetric signed for differential, unsigned for separate."""
+        b = self.config.adc_bits
+        if self.config.adc_convert == "differential":
+            return -((1 << (b - 1)) - 1), (1 << (b - 1)) - 1
+        return 0, (1 << b) - 1
+
+    def full_adc_range(self) -> np.ndarray:
+        """(n_groups, 1) largest possible ideal partial sum of one tile read, in unit currents."""
+        rows = min(self.config.tile_rows, self.n_in)
+        top = (self.levels_S[-1] - self.levels_S[0]) if self.config.adc_convert == "differential" else self.levels_S[-1]
+        r = rows * self.cycle_input_max * top / self.step_S
+        return np.full((self.n_groups, 1), r)
+
+    def adc_lsb(self) -> np.ndarray:
+        """(n_groups, 1 | out) ADC step in unit currents (groups: see :attr:`n_groups`).
+
+        ``full``: ``max(1, R_full / c_max)``: an ADC with more codes than distinct ideal partial
+        sums keeps a one-unit step (its extra codes then cover excursions beyond the ideal range),
+        which makes an ideal array exact. ``calibrated`` / ``fixed``: ``range / c_max``.
+        """
+        _, cmax = self.adc_code_limits()
+        pol = self.config.adc_range
+        if pol == "full":
+            return np.maximum(self.full_adc_range() / cmax, 1.0)
+        if pol == "fixed":
+            return np.full((self.n_groups, 1), self.config.adc_fixed_range / cmax)
+        if self.adc_range is None:
+            raise RuntimeError("ADC range not calibrated: call calibrate(x) first (or matmul does it on its first batch)")
+        return np.maximum(np.asarray(self.adc_range, dtype=np.float64), 1e-9) / cmax
+
+    def resolved_input_clip(self, x: np.ndarray | None = None) -> float:
+        """The input clipping range: config's, else the calibrated one, else max|x| of this batch."""
+        if self.config.input_clip is not None:
+            return float(self.config.input_clip)
+        if self.input_clip is not None:
+            return float(self.input_clip)
+        if x is None:
+            raise RuntimeError("input clipping range not set: calibrate(x) first")
+        m = float(np.abs(np.asarray(x)).max()) if np.size(x) else 0.0
+        return m if m > 0 else 1.0
+
+    @property
+    def needs_calibration(self) -> bool:
+        return (self.config.adc_range == "calibrated" and self.adc_range is None) or (
+            self.config.input_clip is None and self.input_clip is None
+        )
+
+    def calibrate(self, x: np.ndarray, percentile: float | None = None) -> None:
+        """Set input clip and (for the ``calibrated`` policy) ADC ranges from a batch ``x`` (B, in).
+
+        Input clip: the ``percentile`` of |x| (default ``config.adc_percentile``). ADC range: the
+        percentile of |partial sum| over every tile read of the batch, per column group (and per column
+        when ``config.adc_per_column``), from the noise-free programmed conductances.
+        """
+        from .mvm import partial_sums
+
+        q = self.config.adc_percentile if percentile is None else percentile
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.n_in)
+        if self.config.input_clip is None:
+            m = float(np.percentile(np.abs(x), q)) if x.size else 0.0
+            self.input_clip = m if m > 0 else float(np.abs(x).max() or 1.0)
+        if self.config.adc_range == "calibrated":
+            ps = partial_sums(self, x)  # (n_groups, n_reads, out): |partial sums| per column group
+            if self.config.adc_per_column:
+                r = np.percentile(ps, q, axis=1)
+            else:
+                r = np.percentile(ps.reshape(ps.shape[0], -1), q, axis=1)[:, None]
+            self.adc_range = np.maximum(np.asarray(r, dtype=np.float64), 1.0)
+        self._cache.pop("plan", None)
+
+    # ------------------------------------------------------------- compute
+    def matmul(self, x: np.ndarray, **kw: Any) -> np.ndarray:
+        """``y = x @ W_eff.T`` as the chip computes it: x (B, in) or (in,) -> (B, out) or (out,).
+
+        Keyword arguments go to :func:`cimsim.mvm.crossbar_matmul_torch` (``kernel``, ``dtype``).
+        """
+        from .mvm import crossbar_matmul
+
+        return crossbar_matmul(self, x, **kw)
+
+    __matmul__ = None  # arrays are the right operand: use matmul(x) or x @ array
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        return self.matmul(x)
+
+    def next_read_seed(self) -> int:
+        """A fresh seed for one read's noise, derived from the chip seed and a read counter."""
+        n = self._cache.get("reads", 0)
+        self._cache["reads"] = n + 1
+        ss = np.random.SeedSequence(entropy=self.seed if self.seed is not None else 0, spawn_key=(0x5EAD, n))
+        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def program(weights: np.ndarray, config: CrossbarConfig, rng: np.random.Generator | int | None = None,
+            device: DeviceModel | None = None) -> ProgrammedArray:
+    """Program ``weights`` (out, in) onto crossbar tiles: one chip's draw of every cell.
+
+    rng: a numpy Generator or an int seed (the chip's identity; the same seed gives the same
+        chip). ``None`` means seed 0.
+    device: overrides ``config.device`` (with ``config.sigma_scale`` still applied).
+
+    Every cell's conductance is sampled from the device model at ``config.read_time_s``. With
+    drift compensation on, the reference response is measured before drift (t0) and again at
+    the read time; the layer's outputs are multiplied by their ratio.
+    """
+    if device is None:
+        device = resolve_device(config)
+    elif config.sigma_scale is not None:
+        device = device.replace(sigma_scale=config.sigma_scale)
+    seed = rng if isinstance(rng, (int, np.integer)) else None
+    if rng is None:
+        seed = 0
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(seed)
+    mapped = map_weights(np.asarray(weights), config)
+    levels = device.level_conductances(config.cell_levels)
+    t_pos, t_neg = conductance_targets(mapped, levels)
+    t = config.read_time_s
+    if device.is_ideal:
+        g_pos, g_neg = t_pos, t_neg
+    else:
+        g_pos = device.sample(t_pos, t, rng, drift=False)
+        g_neg = device.sample(t_neg, t, rng, drift=False)
+    arr = ProgrammedArray(config=config, device=device, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
+                          levels_S=levels, seed=None if seed is None else int(seed))
+    if device.drift is not None:
+        arr.g_pos_S = device.apply_drift(g_pos, t, rng)
+        arr.g_neg_S = device.apply_drift(g_neg, t, rng)
+        if config.drift_compensation:
+            arr.drift_scale = _drift_compensation(g_pos - g_neg, arr.g_pos_S - arr.g_neg_S)
+    return arr
+
+
+def _drift_compensation(gd_t0: np.ndarray, gd_t: np.ndarray) -> float:
+    """Ratio of reference responses before and after drift (aihwkit's global drift compensation).
+
+    The reference input is all-ones on every row; the response is the sum of absolute column
+    currents over all slices. Returns ``sum|I(t0)| / sum|I(t)|``.
+    """
+    r0 = np.abs(gd_t0.sum(axis=1)).sum()
+    rt = np.abs(gd_t.sum(axis=1)).sum()
+    return float(r0 / rt) if rt > 0 else 1.0
+
+
+def seed_sequence_child(seed: int, index: int) -> int:
+    """Seed of chip ``index`` of a run with ``seed``: stable, independent streams."""
+    ss = np.random.SeedSequence(entropy=seed, spawn_key=(index,))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+__all__ = ["ProgrammedArray", "program", "resolve_device", "ideal_device", "seed_sequence_child"]

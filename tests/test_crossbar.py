@@ -1,0 +1,284 @@
+"""The crossbar simulator against its float64 reference and against exact integer arithmetic."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cimsim.config import ConfigError, CrossbarConfig
+from cimsim.device import DeviceModel, load_device
+from cimsim.kernels import adc_shift_add
+from cimsim.mapping import map_weights, quantize_weights, slice_digits, unmap
+from cimsim.mvm import _adc_shift_add_torch, crossbar_matmul, make_plan
+from cimsim.mvm_ref import matmul_quantized, mvm_reference
+from cimsim.program import program
+
+EXACT = dict(adc_bits=24, adc_range="full")
+
+
+def _layer(rng, n_out, n_in, batch, signed=True):
+    w = rng.normal(size=(n_out, n_in))
+    x = rng.normal(size=(batch, n_in)) if signed else np.abs(rng.normal(size=(batch, n_in)))
+    return w, x
+
+
+@st.composite
+def exact_cases(draw):
+    weight_bits = draw(st.integers(1, 8))
+    cfg = CrossbarConfig(
+        tile_rows=draw(st.integers(1, 24)),
+        weight_bits=weight_bits,
+        bits_per_cell=draw(st.integers(1, weight_bits)),
+        input_bits=draw(st.integers(1, 8)),
+        dac=draw(st.sampled_from(["multibit", "bit_serial"])),
+        adc_convert=draw(st.sampled_from(["differential", "separate"])),
+        weight_scale=draw(st.sampled_from(["layer", "column"])),
+        input_clip=draw(st.sampled_from([None, 0.5, 2.0])),
+        **EXACT,
+    )
+    shape = (draw(st.integers(1, 6)), draw(st.integers(1, 40)), draw(st.integers(1, 4)))
+    return cfg, shape, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(exact_cases())
+def test_ideal_device_reproduces_quantized_matmul_exactly(case):
+    cfg, (n_out, n_in, batch), seed = case
+    rng = np.random.default_rng(seed)
+    w, x = _layer(rng, n_out, n_in, batch)
+    arr = program(w, cfg, seed)
+    arr.calibrate(x)  # input clip from the batch when the config leaves it open
+    expect = matmul_quantized(arr, x)
+    assert np.array_equal(arr.matmul(x), expect)
+    assert np.array_equal(arr.matmul(x, kernel="torch"), expect)
+    assert np.array_equal(mvm_reference(arr, x), expect)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["multibit", "bit_serial"]))
+def test_sliced_equals_unsliced_and_tiled_equals_untiled(seed, dac):
+    rng = np.random.default_rng(seed)
+    w, x = _layer(rng, 5, 50, 3)
+    base = CrossbarConfig(weight_bits=6, bits_per_cell=6, tile_rows=256, dac=dac, input_clip=2.0, **EXACT)
+    y0 = program(w, base).matmul(x)
+    for bpc in (1, 2, 3):
+        for rows in (7, 16, 50):
+            y = program(w, base.replace(bits_per_cell=bpc, tile_rows=rows)).matmul(x)
+            assert np.array_equal(y, y0)
+
+
+def test_negated_weights_negate_output_and_zero_input_gives_zero():
+    rng = np.random.default_rng(1)
+    w, x = _layer(rng, 7, 33, 4)
+    cfg = CrossbarConfig(tile_rows=10, input_clip=2.0, **EXACT)
+    y = program(w, cfg).matmul(x)
+    assert np.array_equal(program(-w, cfg).matmul(x), -y)
+    assert np.array_equal(program(w, cfg).matmul(np.zeros_like(x)), np.zeros_like(y))
+
+
+def test_mapping_round_trip_and_digits():
+    cfg = CrossbarConfig(weight_bits=8, bits_per_cell=2)
+    w = np.array([[255.0, -1.0, 0.0, -128.0]])
+    w_int, scale = quantize_weights(w, cfg)
+    assert w_int.tolist() == [[255, -1, 0, -128]] and scale[0] == 1.0
+    assert slice_digits(np.array([255, 6]), 2, 4).T.tolist() == [[3, 3, 3, 3], [2, 1, 0, 0]]
+    m = map_weights(w, cfg)
+    levels = np.linspace(0, 3e-6, 4)
+    lv = levels[m.digits_pos] - levels[m.digits_neg]
+    assert np.allclose(unmap(levels[m.digits_pos], levels[m.digits_neg], levels, m.scale, 2), w)
+    assert lv.shape == (4, 4, 1)
+
+
+def _test_device(**kw) -> DeviceModel:
+    base = dict(name="t", gmin_S=1e-6, gmax_S=40e-6, times_s=(0.0,), sigma_poly_uS=((0.02, 0.5),))
+    base.update(kw)
+    return DeviceModel(**base)
+
+
+@pytest.mark.parametrize("convert", ["differential", "separate"])
+@pytest.mark.parametrize("dac", ["multibit", "bit_serial"])
+def test_fast_path_matches_reference_with_variation(convert, dac):
+    rng = np.random.default_rng(2)
+    w, x = _layer(rng, 6, 45, 3)
+    cfg = CrossbarConfig(tile_rows=16, adc_bits=7, adc_convert=convert, dac=dac, input_bits=5, input_clip=1.5,
+                         adc_range="calibrated", adc_percentile=99.0)
+    arr = program(w, cfg, 3, device=_test_device())
+    arr.calibrate(x)
+    ref = mvm_reference(arr, x)
+    for kernel in ("numba", "torch"):
+        y = arr.matmul(x, kernel=kernel, dtype=torch.float64)
+        assert np.allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_programming_statistics_match_device_model():
+    """Mean and std of outputs over many programmings equal the device model's prediction (5 %).
+
+    NeuRRAM's sigma(G) on a range that starts at 10 uS, so that no sample meets the conductance
+    floor (which would bias the mean, as it does on a real chip)."""
+    dev = load_device("neurram").replace(gmin_S=10e-6)
+    rng = np.random.default_rng(4)
+    w, x = _layer(rng, 4, 24, 2, signed=False)
+    cfg = CrossbarConfig(tile_rows=8, input_clip=float(x.max()), **EXACT)
+    arr0 = program(w, cfg, 0, device=dev)
+    ideal = matmul_quantized(arr0, x)
+    # prediction: y = a * sum_k base^k sum_i x_i (G+ - G-)/step, independent Gaussian cells
+    from cimsim.mapping import conductance_targets, quantize_inputs
+
+    tp, tn = conductance_targets(arr0.mapped, arr0.levels_S)
+    var_cell = (dev.sigma_smooth_S(tp, cfg.read_time_s) ** 2 + dev.sigma_smooth_S(tn, cfg.read_time_s) ** 2) / arr0.step_S**2
+    sig = (4.0 ** np.arange(cfg.n_slices))[:, None, None]
+    xi = quantize_inputs(x, cfg.input_clip, cfg.input_bits).astype(float)
+    a = arr0.scale * cfg.input_clip / cfg.x_max_int
+    pred_std = np.sqrt(np.einsum("bi,kio->bo", xi**2, sig**2 * var_cell)) * a
+    ys = np.stack([program(w, cfg, s, device=dev).matmul(x) for s in range(2000)])
+    assert np.allclose(ys.mean(0), ideal, atol=0.05 * pred_std.max())
+    assert np.allclose(ys.std(0), pred_std, rtol=0.05)
+
+
+def test_read_noise_column_current_matches_per_cell_draws():
+    """One GEMM on squared inputs gives the same output distribution as per-cell read noise."""
+    dev = _test_device(sigma_poly_uS=((0.0,),), read_noise_poly_uS=(0.05, 0.3))
+    rng = np.random.default_rng(5)
+    w, x = _layer(rng, 3, 12, 1)
+    cfg = CrossbarConfig(tile_rows=6, input_clip=2.0, read_noise=True, **EXACT)
+    arr = program(w, cfg, 0, device=dev)
+    n = 1500
+    fast = np.stack([arr.matmul(x)[0] for _ in range(n)])
+    ref_rng = np.random.default_rng(6)
+    ref = np.stack([mvm_reference(arr, x, ref_rng)[0] for _ in range(n)])
+    assert np.allclose(fast.mean(0), ref.mean(0), atol=0.1 * ref.std(0).max())
+    assert np.allclose(fast.std(0), ref.std(0), rtol=0.08)
+    assert ref.std(0).min() > 0
+
+
+def test_read_noise_is_fresh_per_read_and_replays_per_chip():
+    dev = _test_device(read_noise_poly_uS=(0.5,))
+    w, x = _layer(np.random.default_rng(7), 3, 20, 2)
+    cfg = CrossbarConfig(input_clip=2.0, read_noise=True, **EXACT)
+    a, b = program(w, cfg, 11, device=dev), program(w, cfg, 11, device=dev)
+    ya1, ya2 = a.matmul(x), a.matmul(x)
+    assert not np.array_equal(ya1, ya2)
+    assert np.array_equal(b.matmul(x), ya1)
+
+
+def test_same_seed_same_chip_different_seed_differs():
+    w, _ = _layer(np.random.default_rng(8), 4, 30, 1)
+    cfg = CrossbarConfig(device="neurram")
+    assert np.array_equal(program(w, cfg, 5).g_pos_S, program(w, cfg, 5).g_pos_S)
+    assert not np.array_equal(program(w, cfg, 5).g_pos_S, program(w, cfg, 6).g_pos_S)
+
+
+@pytest.mark.parametrize("convert", ["differential", "separate"])
+def test_adc_error_at_most_half_lsb_when_nothing_clips(convert):
+    rng = np.random.default_rng(9)
+    C, B, n_out, G = 2, 5, 7, 3
+    P = (rng.normal(size=(C * B, G * n_out)) * 20).astype(np.float32)
+    if convert == "separate":
+        P = np.abs(P)
+    lsb = rng.uniform(0.3, 2.0, G * n_out).astype(np.float32)
+    lo, hi = (-(2**20), 2**20) if convert == "differential" else (0, 2**21)
+    for g in range(G):
+        for c in range(C):
+            colw, cycw = np.zeros(G), np.zeros(C)
+            colw[g], cycw[c] = 1.0, 1.0
+            acc = np.zeros((B, n_out))
+            adc_shift_add(P, C, B, n_out, lsb, lo, hi, colw, cycw, 1.0, acc)
+            exact = P[c * B:(c + 1) * B, g * n_out:(g + 1) * n_out]
+            assert np.all(np.abs(acc - exact) <= 0.5 * lsb[g * n_out:(g + 1) * n_out] * (1 + 1e-6))
+
+
+def test_torch_and_numba_adc_agree_and_clip():
+    rng = np.random.default_rng(10)
+    w, x = _layer(rng, 5, 40, 6)
+    cfg = CrossbarConfig(adc_bits=4, adc_range="calibrated", adc_percentile=90.0, tile_rows=16, device="neurram")
+    arr = program(w, cfg, 0)
+    arr.calibrate(x)
+    assert np.allclose(arr.matmul(x, kernel="numba"), arr.matmul(x, kernel="torch"), rtol=1e-6, atol=1e-9)
+    # a 4-bit ADC at the 90th percentile clips: the result differs from the unclipped one
+    wide = program(w, cfg.replace(adc_bits=16, adc_percentile=100.0), 0)
+    wide.calibrate(x)
+    assert not np.allclose(arr.matmul(x), wide.matmul(x))
+
+
+def test_calibrated_range_is_the_percentile_of_partial_sums():
+    rng = np.random.default_rng(11)
+    w, x = _layer(rng, 8, 64, 32, signed=False)
+    cfg = CrossbarConfig(tile_rows=32, adc_percentile=95.0, adc_per_column=True)
+    arr = program(w, cfg, 0)
+    arr.calibrate(x)
+    assert arr.adc_range.shape == (cfg.n_slices, 8)
+    from cimsim.mvm import partial_sums
+
+    ps = partial_sums(arr, x)
+    frac_above = (ps > arr.adc_range[:, None, :]).mean()
+    assert 0.03 < frac_above < 0.07
+    full = program(w, cfg.replace(adc_range="full"), 0)
+    assert np.all(full.adc_lsb() >= 1.0)
+
+
+def test_drift_compensation_restores_output_scale():
+    rng = np.random.default_rng(12)
+    w, x = _layer(rng, 16, 64, 8, signed=False)
+    cfg = CrossbarConfig(device="pcm_joshi", read_time_s=1e6, input_clip=float(x.max()), adc_bits=16,
+                         adc_range="full", sigma_scale=0.0)
+    ideal = matmul_quantized(program(w, cfg, 0), x)
+    drifted = program(w, cfg, 0).matmul(x)
+    comp = program(w, cfg.replace(drift_compensation=True), 0).matmul(x)
+    ratio = lambda y: np.sum(np.abs(y)) / np.sum(np.abs(ideal))  # noqa: E731
+    assert ratio(drifted) < 0.8
+    assert abs(ratio(comp) - 1) < 0.05
+
+
+def test_plan_respects_batch_blocks(monkeypatch):
+    import cimsim.mvm as mvm
+
+    rng = np.random.default_rng(13)
+    w, x = _layer(rng, 5, 30, 9)
+    cfg = CrossbarConfig(dac="bit_serial", input_clip=2.0, tile_rows=8, **EXACT)
+    y = program(w, cfg).matmul(x)
+    monkeypatch.setattr(mvm, "BLOCK_BYTES", 64)  # forces one batch row per block
+    assert np.array_equal(program(w, cfg).matmul(x), y)
+    assert make_plan(program(w, cfg)).G.shape == (30, cfg.n_slices * 5)
+
+
+def test_torch_twin_of_adc_kernel_matches_numba():
+    rng = np.random.default_rng(14)
+    arr = program(rng.normal(size=(4, 10)), CrossbarConfig(adc_bits=5, adc_range="full"))
+    plan = make_plan(arr)
+    C, B = 1, 3
+    P = torch.from_numpy((rng.normal(size=(C * B, plan.G.shape[1])) * 50).astype(np.float32))
+    a_t = torch.zeros(B, 4, dtype=torch.float64)
+    _adc_shift_add_torch(P, C, B, 4, plan, torch.ones(1, dtype=torch.float64), 1.0, a_t)
+    a_n = np.zeros((B, 4))
+    adc_shift_add(P.numpy(), C, B, 4, plan.lsb.numpy(), plan.lo, plan.hi, plan.colw.numpy(), np.ones(1), 1.0, a_n)
+    assert np.allclose(a_t.numpy(), a_n)
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError, match="adc_bits"):
+        CrossbarConfig(adc_bits=0)
+    with pytest.raises(ConfigError, match="bits_per_cell"):
+        CrossbarConfig(weight_bits=4, bits_per_cell=5)
+    with pytest.raises(ConfigError, match="bits_per_cell"):
+        CrossbarConfig(device="rram1", bits_per_cell=3)
+    with pytest.raises(ConfigError, match="dac"):
+        CrossbarConfig(dac="pwm")
+    with pytest.raises(ConfigError, match="adc_fixed_range"):
+        CrossbarConfig(adc_range="fixed")
+    cfg = CrossbarConfig(tile_rows=128, dac="bit_serial", input_clip=None, sigma_scale=0.3, device="rram1")
+    for suffix in (".toml", ".json"):
+        assert CrossbarConfig.load(cfg.save(tmp_path / f"c{suffix}")) == cfg
+    (tmp_path / "bad.toml").write_text("tile_rows = 4\nfoo = 1\n")
+    with pytest.raises(ConfigError, match="foo"):
+        CrossbarConfig.load(tmp_path / "bad.toml")
+    assert cfg.n_slices == 4 and cfg.partial_products_floor() == 32
+    assert CrossbarConfig(adc_convert="separate").partial_products_floor(signed_inputs=True) == 16
+
+
+def test_numpy_front_end_accepts_vectors():
+    rng = np.random.default_rng(15)
+    w, x = _layer(rng, 3, 9, 1)
+    arr = program(w, CrossbarConfig(input_clip=2.0, **EXACT))
+    assert np.array_equal(crossbar_matmul(arr, x[0]), arr.matmul(x)[0])
