@@ -203,7 +203,7 @@ class CrossbarConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``.toml`` or ``.json`` (by suffix), atomically."""
-        from .device import atomic_write_text
+        from .io import atomic_write_text
 
         path = Path(path)
         text = self.to_toml() if path.suffix == ".toml" else self.to_json() + "\n"

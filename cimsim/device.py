@@ -28,12 +28,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
+
+from .io import atomic_write_text
 
 SCHEMA_VERSION = 1
 UNITS = {
@@ -82,6 +83,20 @@ class LevelFit:
             object.__setattr__(self, "scale_S", float(self.sigma_S))
         if not self.sigma_S >= 0 or not self.scale_S >= 0:
             raise DeviceModelError(f"level {self.level}: spread must be >= 0")
+
+    def _key(self) -> tuple:
+        """Field values with NaN as None, so that an unknown ``ks``/``scale_S`` compares equal to itself."""
+        vals = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in vals)
+
+    def __eq__(self, other: object) -> bool:
+        # Explicit so that a JSON round trip (NaN -> null -> NaN) gives an equal LevelFit.
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
@@ -342,6 +357,32 @@ class DeviceModel:
             g = np.maximum(g, self.g_floor_S)
         return g
 
+    def sample_levels(self, levels_S: np.ndarray, index: np.ndarray, t_s: float, rng: np.random.Generator,
+                      drift: bool = True) -> np.ndarray:
+        """Fast :meth:`sample` for cells whose targets are a few levels: ``levels_S[index]``.
+
+        levels_S: (L,) target conductances (S); index: integer array of any shape. Same
+        distribution as ``sample(levels_S[index], t_s, rng)`` (checked statistically in the
+        tests), drawn by a parallel Numba kernel with a counter-based generator keyed by one
+        seed taken from ``rng``: reproducible from the seed on any number of threads.
+        """
+        from .kernels import sample_levels as _kernel
+
+        lv = np.asarray(levels_S, dtype=np.float64)
+        idx = np.asarray(index)
+        if idx.size and (idx.min() < 0 or idx.max() >= lv.size):
+            raise DeviceModelError(f"{self.name}: level index out of range 0..{lv.size - 1}")
+        shift, scale, df = self.programming_params(lv, t_s)
+        floor = -np.inf if self.g_floor_S is None else float(self.g_floor_S)
+        out = np.empty(idx.size, dtype=np.float64)
+        seed = int(rng.integers(0, 2**63 - 1))
+        _kernel(np.ascontiguousarray(idx.reshape(-1)), seed, lv, shift, scale, df, float(self.stuck_at_gmin),
+                float(self.stuck_at_gmax), self.gmin_S, self.gmax_S, floor, out)
+        out = out.reshape(idx.shape)
+        if drift and self.drift is not None:
+            out = self.apply_drift(out, t_s, rng)
+        return out
+
     def apply_drift(self, g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
         """Power-law drift of programmed conductances from ``t0`` to ``t_s`` (one nu per cell)."""
         d = self.drift
@@ -485,19 +526,6 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceModel:
 
 
 # ---------------------------------------------------------------------- helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_float(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None

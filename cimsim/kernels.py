@@ -54,3 +54,134 @@ def adc_shift_add(P, C, B, n_out, lsb, lo, hi, colw, cycw, sign, acc):  # pragma
                         q = hi
                     acc[b, o] += w * (q * s)
 
+
+
+# --------------------------------------------------------------------------- random numbers
+# A counter-based generator: the i-th cell's numbers depend only on (seed, i, draw), never on
+# the thread that computes them, so a parallel kernel reproduces a chip from its seed on any
+# number of cores. splitmix64 (Steele, Lea & Flood, OOPSLA 2014) as the mixing function.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_TWO_PI = 2.0 * np.pi
+_INV_2_53 = 1.0 / 9007199254740992.0
+
+
+@njit(inline="always", cache=True)
+def _mix64(z):  # pragma: no cover - compiled
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always", cache=True)
+def _uniform(key, n):  # pragma: no cover - compiled
+    """The n-th uniform in (0, 1) of stream ``key``."""
+    z = _mix64(key + (n + np.uint64(1)) * _GOLDEN)
+    return ((z >> np.uint64(11)) + 0.5) * _INV_2_53
+
+
+@njit(inline="always", cache=True)
+def _normal(key, n):  # pragma: no cover - compiled
+    """A standard normal from uniforms n, n+1 of stream ``key`` (Box-Muller)."""
+    u1 = _uniform(key, n)
+    u2 = _uniform(key, n + np.uint64(1))
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
+
+
+@njit(inline="always", cache=True)
+def _student_t(key, n, df):  # pragma: no cover - compiled
+    """A standard Student-t (df > 0) by Bailey's polar method (Math. Comp. 62, 779, 1994)."""
+    k = n
+    while True:
+        u = 2.0 * _uniform(key, k) - 1.0
+        v = 2.0 * _uniform(key, k + np.uint64(1)) - 1.0
+        k += np.uint64(2)
+        w = u * u + v * v
+        if 0.0 < w < 1.0:
+            return u * np.sqrt(df * (w ** (-2.0 / df) - 1.0) / w)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def sample_levels(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo, g_hi, floor, out):  # pragma: no cover
+    """Programmed conductance of every cell whose target is one of a few levels.
+
+    idx: (N,) integer level index of each cell; target, shift, scale, df: (L,) per level
+    (df = inf for a normal level). p_lo, p_hi: stuck-at-g_lo / g_hi probabilities. floor: the
+    lowest conductance (-inf for none). out: (N,) float64, written. Cell i uses stream
+    ``mix(seed, i)``: draws 0-1 decide stuck cells, draws 2.. the programming error.
+    """
+    key0 = _mix64(np.uint64(seed))
+    for i in prange(idx.shape[0]):
+        key = _mix64(key0 ^ (np.uint64(i) * _GOLDEN))
+        k = idx[i]
+        if p_lo > 0.0 or p_hi > 0.0:
+            u = _uniform(key, np.uint64(0))
+            if u < p_lo:
+                out[i] = g_lo
+                continue
+            if u < p_lo + p_hi:
+                out[i] = g_hi
+                continue
+        if np.isfinite(df[k]):
+            z = _student_t(key, np.uint64(2), df[k])
+        else:
+            z = _normal(key, np.uint64(2))
+        g = target[k] + shift[k] + scale[k] * z
+        out[i] = g if g > floor else floor
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def dac_drive(x, clip, xmax, n_cycles, pos, neg):  # pragma: no cover - compiled
+    """Quantize inputs and lay out the DAC drive of both phases in one pass.
+
+    x: (B, in) inputs; x_int = rint(min(max(x / clip, -1), 1) * xmax), as
+    :func:`cimsim.mapping.quantize_inputs` computes it.
+    pos, neg: (n_cycles, B, in_padded) float32, zero-initialised, written: the magnitudes of the
+    positive / negative inputs (``n_cycles == 1``, multi-bit DAC) or their bits, LSB first (bit-
+    serial). Returns the number of negative inputs (0: the negative phase can be skipped).
+    """
+    B, n_in = x.shape
+    n_neg = 0
+    for b in prange(B):
+        for i in range(n_in):
+            v = np.rint(min(max(x[b, i] / clip, -1.0), 1.0) * xmax)
+            if v == 0.0:
+                continue
+            if v < 0:
+                n_neg += 1
+                v = -v
+                dst = neg
+            else:
+                dst = pos
+            if n_cycles == 1:
+                dst[0, b, i] = v
+            else:
+                m = np.int64(v)
+                for c in range(n_cycles):
+                    dst[c, b, i] = (m >> c) & 1
+    return n_neg
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def adc_shift_add_tiles(P, C, B, n_out, lsb, lo, hi, colw, cycw, sign, acc):  # pragma: no cover - compiled
+    """:func:`adc_shift_add` over a stack of row tiles: P is (T, C*B, G*n_out)."""
+    T = P.shape[0]
+    G = P.shape[2] // n_out
+    for b in prange(B):
+        for t in range(T):
+            for c in range(C):
+                row = c * B + b
+                cw = sign * cycw[c]
+                for g in range(G):
+                    w = cw * colw[g]
+                    base = g * n_out
+                    for o in range(n_out):
+                        j = base + o
+                        s = lsb[j]
+                        q = np.rint(P[t, row, j] / s)
+                        if q < lo:
+                            q = lo
+                        elif q > hi:
+                            q = hi
+                        acc[b, o] += w * (q * s)

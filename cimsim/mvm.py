@@ -32,9 +32,10 @@ BLOCK_BYTES = int(os.environ.get("CIMSIM_BLOCK_BYTES", 32 * 2**20))
 class Plan:
     """Tensors of one programmed array laid out for the GEMMs, on one torch device.
 
-    G: (in, Gc*out) conductances in units of G_step; groups Gc = n_slices (differential:
-       G+ - G-) or 2 * n_slices (separate: all G+ slices, then all G- slices).
-    V: (in, Gc*out) read-noise variance per cell, (unit)^2, or None.
+    G: (T, tile_rows, Gc*out) conductances in units of G_step, one slab per row tile (the last
+       zero-padded); column groups Gc = n_slices (differential: G+ - G-) or 2 * n_slices
+       (separate: every G+ slice, then every G- slice).
+    V: like G, read-noise variance per cell in (unit)^2, or None.
     lsb: (Gc*out,) ADC step; colw: (Gc,) significance x sign; lo, hi: ADC code limits.
     """
 
@@ -46,6 +47,14 @@ class Plan:
     hi: int
     n_groups: int
 
+    @property
+    def n_tiles(self) -> int:
+        return self.G.shape[0]
+
+    @property
+    def padded_in(self) -> int:
+        return self.G.shape[0] * self.G.shape[1]
+
 
 def _groups(arr: ProgrammedArray, values) -> np.ndarray:
     """Stack per-cell ``values(g_S)`` into column groups (Gc, in, out): G+ - G- per slice
@@ -55,10 +64,13 @@ def _groups(arr: ProgrammedArray, values) -> np.ndarray:
     return np.concatenate([values(arr.g_pos_S, None), values(arr.g_neg_S, None)])
 
 
-def _to_columns(a: np.ndarray, device, dtype) -> torch.Tensor:
-    """(Gc, in, out) -> contiguous (in, Gc*out) tensor."""
+def _to_tiles(a: np.ndarray, rows: int, device, dtype) -> torch.Tensor:
+    """(Gc, in, out) -> (T, rows, Gc*out) tensor, inputs zero-padded to T * rows."""
     gc, n_in, n_out = a.shape
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2).reshape(n_in, gc * n_out))).to(device, dtype)
+    t = -(-n_in // rows)
+    m = np.zeros((t * rows, gc * n_out), dtype=np.float64 if dtype == torch.float64 else np.float32)
+    m[:n_in] = a.transpose(1, 0, 2).reshape(n_in, gc * n_out)
+    return torch.from_numpy(m).view(t, rows, gc * n_out).to(device, dtype)
 
 
 def group_conductances(arr: ProgrammedArray) -> np.ndarray:
@@ -81,10 +93,10 @@ def make_plan(arr: ProgrammedArray, device: torch.device | str = "cpu", dtype: t
     n_groups = g.shape[0]
     lsb = np.broadcast_to(arr.adc_lsb(), (n_groups, n_out))
     lo, hi = arr.adc_code_limits()
-
+    rows = min(cfg.tile_rows, n_in)
     return Plan(
-        G=_to_columns(g, device, dtype),
-        V=None if var is None or not var.any() else _to_columns(var, device, dtype),
+        G=_to_tiles(g, rows, device, dtype),
+        V=None if var is None or not var.any() else _to_tiles(var, rows, device, dtype),
         lsb=torch.from_numpy(np.array(lsb, dtype=np.float64).reshape(-1)).to(device, dtype),
         colw=torch.from_numpy(colw.astype(np.float64)).to(device),
         lo=lo,
@@ -102,21 +114,30 @@ def get_plan(arr: ProgrammedArray, device: torch.device, dtype: torch.dtype) -> 
     return plan[1]
 
 
-def _cycles(mag: torch.Tensor, dac: str, input_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """DAC cycles of non-negative integer inputs ``mag`` (b, in): ((C, b, in) drive, (C,) weights)."""
-    if dac == "multibit":
-        return mag.unsqueeze(0), torch.ones(1, dtype=torch.float64, device=mag.device)
-    mi = mag.to(torch.int32)
-    bits = torch.stack([(mi >> j) & 1 for j in range(input_bits)]).to(mag.dtype)
-    w = 2.0 ** torch.arange(input_bits, dtype=torch.float64, device=mag.device)
-    return bits, w
+def _cycle_weights(cfg, device) -> torch.Tensor:
+    """(C,) significance of each DAC cycle: 1 (multi-bit) or 2^j (bit j, bit-serial)."""
+    return 2.0 ** torch.arange(cfg.n_cycles, dtype=torch.float64, device=device)
+
+
+def _drive_torch(x: torch.Tensor, clip: float, cfg, padded_in: int, dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Pure-torch twin of :func:`cimsim.kernels.dac_drive`: ((C, b, padded_in) x 2, any negative)."""
+    xq = torch.round(torch.clamp(x.to(torch.float64) / clip, -1.0, 1.0) * cfg.x_max_int).to(dtype)  # as mapping.quantize_inputs
+    phases = []
+    for mag in (torch.clamp(xq, min=0), torch.clamp(-xq, min=0)):
+        if cfg.dac == "bit_serial":
+            mi = mag.to(torch.int64)
+            mag = torch.stack([(mi >> j) & 1 for j in range(cfg.input_bits)]).to(dtype)
+        else:
+            mag = mag.unsqueeze(0)
+        phases.append(torch.nn.functional.pad(mag, (0, padded_in - x.shape[1])))
+    return phases[0], phases[1], bool((xq < 0).any())
 
 
 def _adc_shift_add_torch(P, C, b, n_out, plan: Plan, cycw, sign, acc):
-    """Pure-torch twin of :func:`cimsim.kernels.adc_shift_add` (CUDA path and cross-check)."""
+    """Pure-torch twin of :func:`cimsim.kernels.adc_shift_add_tiles`; P is (T, C*b, Gc*out)."""
     q = torch.clamp(torch.round(P / plan.lsb), plan.lo, plan.hi) * plan.lsb
-    q = q.view(C, b, plan.n_groups, n_out).to(torch.float64)
-    acc += sign * torch.einsum("c,g,cbgo->bo", cycw, plan.colw, q)
+    q = q.view(P.shape[0], C, b, plan.n_groups, n_out).to(torch.float64)
+    acc += sign * torch.einsum("c,g,tcbgo->bo", cycw, plan.colw, q)
 
 
 def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "auto",
@@ -139,49 +160,46 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
         kernel = "numba" if dev.type == "cpu" else "torch"
     if kernel == "numba" and dev.type != "cpu":
         raise ValueError("the numba kernel runs on CPU tensors only")
+    if kernel == "numba":
+        from . import kernels
     plan = get_plan(arr, dev, dtype)
-    n_out = arr.n_out
-    B = x.shape[0]
+    n_out, B, C, T = arr.n_out, x.shape[0], cfg.n_cycles, plan.n_tiles
+    rows, ncol = plan.G.shape[1], plan.G.shape[2]
     clip = arr.resolved_input_clip()
-    xq = torch.round(torch.clamp(x.detach().to(dtype) / clip, -1.0, 1.0) * cfg.x_max_int)
+    x = x.detach()
     acc = torch.zeros(B, n_out, dtype=torch.float64, device=dev)
+    cycw = _cycle_weights(cfg, dev)
     noisy = plan.V is not None or cfg.output_noise > 0
     if noisy and generator is None:
         generator = torch.Generator(device=dev)
         generator.manual_seed(arr.next_read_seed())
     out_var = (cfg.output_noise * plan.lsb) ** 2 if cfg.output_noise > 0 else None
-    C = cfg.n_cycles
-    ncol = plan.G.shape[1]
-    bblock = max(1, BLOCK_BYTES // (C * ncol * torch.finfo(dtype).bits // 8))
-    rows = cfg.tile_rows
-    if kernel == "numba":
-        from .kernels import adc_shift_add
-
-        lsb_np = plan.lsb.numpy()
-        colw_np = plan.colw.numpy()
-        acc_np = acc.numpy()
-    for sign, mag in ((1.0, torch.clamp(xq, min=0)), (-1.0, torch.clamp(-xq, min=0))):
-        if sign < 0 and not bool((mag > 0).any()):
-            continue
-        for b0 in range(0, B, bblock):
-            b1 = min(B, b0 + bblock)
-            drive, cycw = _cycles(mag[b0:b1], cfg.dac, cfg.input_bits)
-            nb = b1 - b0
-            drive = drive.reshape(C * nb, arr.n_in)
-            for r0 in range(0, arr.n_in, rows):
-                r1 = min(arr.n_in, r0 + rows)
-                xt = drive[:, r0:r1]
-                P = xt @ plan.G[r0:r1]
-                if noisy:
-                    var = (xt * xt) @ plan.V[r0:r1] if plan.V is not None else torch.zeros_like(P)
-                    if out_var is not None:
-                        var = var + out_var
-                    P = P + var.sqrt_() * torch.randn(P.shape, generator=generator, device=dev, dtype=dtype)
-                if kernel == "numba":
-                    adc_shift_add(P.numpy(), C, nb, n_out, lsb_np, plan.lo, plan.hi, colw_np,
-                                  cycw.numpy(), sign, acc_np[b0:b1])
-                else:
-                    _adc_shift_add_torch(P, C, nb, n_out, plan, cycw, sign, acc[b0:b1])
+    bblock = max(1, BLOCK_BYTES // (T * C * ncol * (torch.finfo(dtype).bits // 8)))
+    for b0 in range(0, B, bblock):
+        b1 = min(B, b0 + bblock)
+        nb = b1 - b0
+        if kernel == "numba":
+            pos = torch.zeros(C, nb, plan.padded_in, dtype=dtype)
+            neg = torch.zeros_like(pos)
+            xb = x[b0:b1].numpy()
+            any_neg = kernels.dac_drive(xb, clip, float(cfg.x_max_int), C, pos.numpy(), neg.numpy()) > 0
+        else:
+            pos, neg, any_neg = _drive_torch(x[b0:b1], clip, cfg, plan.padded_in, dtype)
+        for sign, drive in ((1.0, pos), (-1.0, neg)):
+            if sign < 0 and not any_neg:
+                continue
+            d = drive.view(C * nb, T, rows).transpose(0, 1)  # (T, C*nb, rows)
+            P = torch.bmm(d, plan.G)  # (T, C*nb, Gc*out): every partial sum of the block
+            if noisy:
+                var = torch.bmm(d * d, plan.V) if plan.V is not None else torch.zeros_like(P)
+                if out_var is not None:
+                    var += out_var
+                P += var.sqrt_() * torch.randn(P.shape, generator=generator, device=dev, dtype=dtype)
+            if kernel == "numba":
+                kernels.adc_shift_add_tiles(P.numpy(), C, nb, n_out, plan.lsb.numpy(), plan.lo, plan.hi,
+                                            plan.colw.numpy(), cycw.numpy(), sign, acc[b0:b1].numpy())
+            else:
+                _adc_shift_add_torch(P, C, nb, n_out, plan, cycw, sign, acc[b0:b1])
     # same order of float operations as mvm_ref: y_int * scale * x_step * drift_scale
     return acc * torch.as_tensor(arr.scale, device=dev) * (clip / cfg.x_max_int) * arr.drift_scale
 
@@ -198,24 +216,17 @@ def crossbar_matmul(arr: ProgrammedArray, x: np.ndarray, **kw) -> np.ndarray:
 def partial_sums(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
     """|Noise-free partial sums| of every tile read for inputs ``x`` (B, in), for ADC calibration.
 
-    Returns (n_groups, n_reads, out) float32 where n_reads = phases x cycles x B x row tiles
+    Returns (n_groups, n_reads, out) float32 where n_reads = phases x tiles x cycles x B
     (n_groups: slices, or slices x 2 sides for separate conversion).
     """
     cfg = arr.config
-    plan = _to_columns(group_conductances(arr), "cpu", torch.float32)
-    clip = arr.resolved_input_clip(x)
-    xq = torch.round(torch.clamp(torch.from_numpy(np.asarray(x, np.float64)).float() / clip, -1, 1) * cfg.x_max_int)
+    rows = min(cfg.tile_rows, arr.n_in)
+    G = _to_tiles(group_conductances(arr), rows, "cpu", torch.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    pos, neg, any_neg = _drive_torch(xt, arr.resolved_input_clip(x), cfg, G.shape[0] * rows, torch.float32)
     out = []
-    for mag in (torch.clamp(xq, min=0), torch.clamp(-xq, min=0)):
-        if not bool((mag > 0).any()):
-            continue
-        drive, _ = _cycles(mag, cfg.dac, cfg.input_bits)
-        drive = drive.reshape(-1, arr.n_in)
-        for r0 in range(0, arr.n_in, cfg.tile_rows):
-            r1 = min(arr.n_in, r0 + cfg.tile_rows)
-            out.append((drive[:, r0:r1] @ plan[r0:r1]).abs_())
-    if not out:
-        return np.zeros((plan.shape[1] // arr.n_out, 1, arr.n_out), np.float32)
+    for drive in (pos, neg) if any_neg else (pos,):
+        d = drive.reshape(-1, G.shape[0], rows).transpose(0, 1)
+        out.append(torch.bmm(d, G).abs_().reshape(-1, G.shape[2]))
     P = torch.cat(out)  # (reads, Gc*out)
     return P.view(P.shape[0], -1, arr.n_out).permute(1, 0, 2).numpy()
-

@@ -9,7 +9,6 @@ It computes matrix-vector products with :meth:`ProgrammedArray.matmul` (fast pat
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,13 +247,12 @@ def program(weights: np.ndarray, config: CrossbarConfig, rng: np.random.Generato
         rng = np.random.default_rng(seed)
     mapped = map_weights(np.asarray(weights), config)
     levels = device.level_conductances(config.cell_levels)
-    t_pos, t_neg = conductance_targets(mapped, levels)
     t = config.read_time_s
     if device.is_ideal:
-        g_pos, g_neg = t_pos, t_neg
+        g_pos, g_neg = conductance_targets(mapped, levels)
     else:
-        g_pos = device.sample(t_pos, t, rng, drift=False)
-        g_neg = device.sample(t_neg, t, rng, drift=False)
+        g_pos = device.sample_levels(levels, mapped.digits_pos, t, rng, drift=False)
+        g_neg = device.sample_levels(levels, mapped.digits_neg, t, rng, drift=False)
     arr = ProgrammedArray(config=config, device=device, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
                           levels_S=levels, seed=None if seed is None else int(seed))
     if device.drift is not None:

@@ -1,0 +1,200 @@
+"""Tests of cimsim.device: sampling statistics against the parameters, reproducible seeds, exact
+JSON round trips, the shipped presets, and errors for bad device-model JSON."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cimsim.device import (
+    PRESET_DIR, ClippedLogLinear, DeviceModel, DeviceModelError, LevelFit, PowerLawDrift, load_device,
+    preset_names,
+)
+
+US = 1e-6
+
+
+def leveled_model(**kw) -> DeviceModel:
+    """Two read times, three levels (0, 20, 40 uS): normal and Student-t levels with known parameters."""
+    levels = (0.0, 20e-6, 40e-6)
+    fits = []
+    for t, grow in ((1.0, 1.0), (100.0, 2.0)):
+        fits += [
+            LevelFit(level=0, t_s=t, target_S=levels[0], n=100, mean_shift_S=0.5 * US * grow, sigma_S=0.4 * US * grow,
+                     robust_sigma_S=0.4 * US * grow),
+            LevelFit(level=1, t_s=t, target_S=levels[1], n=100, mean_shift_S=-0.3 * US * grow,
+                     sigma_S=2.0 * US * grow * math.sqrt(5 / 3), robust_sigma_S=2.0 * US, family="student-t",
+                     scale_S=2.0 * US * grow, df=5.0, ks=0.02),
+            LevelFit(level=2, t_s=t, target_S=levels[2], n=100, mean_shift_S=-1.0 * US * grow, sigma_S=1.0 * US * grow,
+                     robust_sigma_S=1.0 * US * grow),
+        ]
+    base = dict(name="test", gmin_S=0.0, gmax_S=40e-6, times_s=(1.0, 100.0), levels_S=levels,
+                sigma_poly_uS=((0.01, 1.0), (0.02, 2.0)), shift_poly_uS=((0.0,), (-0.5,)), level_fits=tuple(fits),
+                g_floor_S=None, provenance={"test": True})
+    base.update(kw)
+    return DeviceModel(**base)
+
+
+# ------------------------------------------------------------------------- sampling
+def test_sampling_statistics_match_level_parameters():
+    m = leveled_model()
+    rng = np.random.default_rng(0)
+    n = 200_000
+    for t, grow in ((1.0, 1.0), (100.0, 2.0)):
+        for k, lf in enumerate(lf for lf in m.level_fits if lf.t_s == t):
+            g = m.sample(np.full(n, m.levels_S[k]), t, rng)
+            err = (g - lf.target_S) / US
+            assert err.mean() == pytest.approx(lf.mean_shift_S / US, abs=0.02 * grow + 3 * lf.sigma_S / US / math.sqrt(n))
+            assert err.std() == pytest.approx(lf.sigma_S / US, rel=0.02)
+            if lf.family == "student-t":  # heavy tails: kurtosis of t5 is 9 (excess 6)
+                z = (err - err.mean()) / err.std()
+                assert np.mean(z**4) > 6
+            else:
+                assert np.quantile(err, 0.75) - np.quantile(err, 0.25) == pytest.approx(1.349 * lf.sigma_S / US, rel=0.02)
+
+
+def test_sampling_off_level_uses_smooth_polynomials():
+    m = leveled_model()
+    tg = np.full(100_000, 10e-6)  # between levels 0 and 1
+    g = m.sample(tg, 1.0, np.random.default_rng(1))
+    assert (g - tg).mean() / US == pytest.approx(0.0, abs=0.02)
+    assert (g - tg).std() / US == pytest.approx(0.01 * 10 + 1.0, rel=0.02)
+
+
+def test_time_interpolation_in_log_time():
+    m = leveled_model()
+    t_mid = math.sqrt((1.0 + 1e-3) * (100.0 + 1e-3)) - 1e-3  # halfway on the log10(t + 1 ms) axis
+    shift, scale, df = m.programming_params(np.array([0.0, 40e-6]), t_mid)
+    np.testing.assert_allclose(shift / US, [0.75, -1.5], rtol=1e-9)
+    np.testing.assert_allclose(scale / US, [0.6, 1.5], rtol=1e-9)
+    assert np.all(np.isinf(df))
+    # held constant outside the measured range
+    np.testing.assert_allclose(m.programming_params(np.array([0.0]), 1e6)[0], m.programming_params(np.array([0.0]), 100.0)[0])
+    np.testing.assert_allclose(m.programming_params(np.array([0.0]), 0.0)[0], m.programming_params(np.array([0.0]), 1.0)[0])
+
+
+def test_sigma_scale_and_floor():
+    m = leveled_model(sigma_scale=0.5, g_floor_S=0.0)
+    g = m.sample(np.full(100_000, 40e-6), 1.0, np.random.default_rng(2))
+    assert (g - 40e-6).std() / US == pytest.approx(0.5, rel=0.02)
+    g0 = m.sample(np.zeros(10_000), 100.0, np.random.default_rng(3))
+    assert g0.min() >= 0.0
+
+
+def test_stuck_fractions_and_read_noise():
+    m = leveled_model(stuck_at_gmin=0.1, stuck_at_gmax=0.05, read_noise_poly_uS=(0.01, 0.2))
+    g = m.sample(np.full(200_000, 20e-6), 1.0, np.random.default_rng(4))
+    assert np.mean(g == 0.0) == pytest.approx(0.1, abs=0.003)
+    assert np.mean(g == 40e-6) == pytest.approx(0.05, abs=0.003)
+    r = m.read(np.full(200_000, 20e-6), np.random.default_rng(5))
+    assert (r - 20e-6).std() / US == pytest.approx(0.01 * 20 + 0.2, rel=0.02)
+    assert m.read_sigma_S(np.array(0.0)) == pytest.approx(0.2e-6)
+
+
+def test_drift_power_law():
+    m = load_device("pcm_joshi")
+    g0 = np.full(50_000, 20e-6)
+    rng = np.random.default_rng(6)
+    g = m.apply_drift(g0, 2000.0, rng)
+    nu = -np.log(g / g0) / np.log(2000.0 / 20.0)
+    gn = 20.0 / 25.0
+    assert nu.mean() == pytest.approx(np.clip(-0.0155 * np.log(gn) + 0.0244, 0.049, 0.1), rel=0.02)
+    assert np.array_equal(m.apply_drift(g0, 10.0, rng), g0)  # before t0: no drift
+
+
+def test_seeds_reproducible():
+    m = leveled_model(stuck_at_gmin=0.01)
+    tg = np.tile(np.array(m.levels_S), 1000).reshape(30, 100)
+    a = m.sample(tg, 3.0, np.random.default_rng(42))
+    b = m.sample(tg, 3.0, np.random.default_rng(42))
+    c = m.sample(tg, 3.0, np.random.default_rng(43))
+    assert a.shape == tg.shape
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_ideal_model_is_exact():
+    m = leveled_model().ideal()
+    tg = np.array(m.levels_S)
+    assert m.is_ideal
+    assert np.array_equal(m.sample(tg, 1.0, np.random.default_rng(0)), tg)
+    assert np.array_equal(m.read(tg, np.random.default_rng(0)), tg)
+
+
+def test_level_conductances_and_index():
+    m = load_device("neurram")
+    np.testing.assert_allclose(m.level_conductances(4), np.linspace(1e-6, 40e-6, 4))
+    lm = leveled_model()
+    np.testing.assert_array_equal(lm.level_index(np.array([1e-6, 19e-6, 31e-6])), [0, 1, 2])
+    with pytest.raises(DeviceModelError, match="at least that many"):
+        lm.level_conductances(4)
+
+
+# ----------------------------------------------------------------------------- JSON
+@pytest.mark.parametrize("name", preset_names())
+def test_presets_load_and_round_trip(name, tmp_path):
+    m = load_device(name)
+    assert m == load_device(PRESET_DIR / f"{name}.json")
+    assert DeviceModel.from_dict(m.to_dict()) == m
+    assert DeviceModel.from_dict(json.loads(m.to_json())) == m
+    back = DeviceModel.load(m.save(tmp_path / f"{name}.json"))
+    assert back == m and back.level_fits == m.level_fits
+    assert back.to_json() == m.to_json()
+    g = m.sample(np.full(1000, m.gmax_S / 2), 1.0, np.random.default_rng(0))
+    assert np.all(np.isfinite(g))
+
+
+def test_expected_presets_exist():
+    assert {"neurram", "pcm_joshi", "rram1", "rram4", "fefet2", "fefet6"} <= set(preset_names())
+
+
+def test_round_trip_exact_with_everything(tmp_path):
+    m = leveled_model(read_noise_poly_uS=(1e-3, 0.21), stuck_at_gmin=1 / 3, stuck_at_gmax=0.1,
+                      drift=PowerLawDrift(20.0, ClippedLogLinear(-0.0155, 0.0244, 0.049, 0.1),
+                                          ClippedLogLinear(-0.0125, -0.0059, 0.008, 0.045)),
+                      sigma_scale=0.7, technology="x", citation="y")
+    assert DeviceModel.from_dict(m.to_dict()) == m
+    back = DeviceModel.load(m.save(tmp_path / "m.json"))
+    assert back == m and back.drift == m.drift and back.provenance == {"test": True}
+
+
+# ---------------------------------------------------------------------- bad JSON
+def test_bad_json_errors(tmp_path):
+    good = leveled_model().to_dict()
+    p = tmp_path / "m.json"
+    with pytest.raises(DeviceModelError, match="no such device model file"):
+        DeviceModel.load(p)
+    p.write_text("{not json")
+    with pytest.raises(DeviceModelError, match="not valid JSON"):
+        DeviceModel.load(p)
+    for change, pattern in [
+        ({"kind": "something"}, "not a cimsim device model"),
+        ({"schema_version": 99}, "schema_version 99"),
+        ({"gmax_S": -1.0}, "gmin_S < gmax_S"),
+        ({"times_s": [100.0, 1.0]}, "strictly increasing"),
+        ({"stuck_at_gmin": 1.5}, "stuck fractions"),
+        ({"sigma_poly_uS": [[1.0]]}, "one sigma and one shift polynomial per read time"),
+        ({"levels_S": [0.0, 40e-6, 20e-6]}, "increasing conductances"),
+        ({"drift": {"kind": "exponential"}}, "unknown drift kind"),
+    ]:
+        p.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DeviceModelError, match=pattern) as e:
+            DeviceModel.load(p)
+        assert str(p) in str(e.value)
+    missing = dict(good)
+    del missing["gmin_S"]
+    p.write_text(json.dumps(missing))
+    with pytest.raises(DeviceModelError, match="missing the field 'gmin_S'"):
+        DeviceModel.load(p)
+    no_level = dict(good, level_fits=good["level_fits"][1:])
+    p.write_text(json.dumps(no_level))
+    with pytest.raises(DeviceModelError, match="no level fit for level 0"):
+        DeviceModel.load(p)
+    bad_family = json.loads(json.dumps(good))
+    bad_family["level_fits"][0]["family"] = "cauchy"
+    p.write_text(json.dumps(bad_family))
+    with pytest.raises(DeviceModelError, match="unknown family"):
+        DeviceModel.load(p)
+    with pytest.raises(DeviceModelError, match="unknown device model"):
+        load_device("no-such-device")
