@@ -1,0 +1,297 @@
+"""Energy and latency of programming (write-verify) and of inference, in joules and seconds.
+
+One frozen, JSON-serializable :class:`CostConfig` holds every constant, each with its source
+(``shared/reference/README.md`` s.2-3):
+
+* cell write energy per pulse ``E = V^2 * G * t_pulse`` (the NeuroSim form: Chen, Peng & Yu,
+  "NeuroSim", IEEE TCAD 37(12), 2018; ~10 pJ at 1 V, 100 uS, 100 ns), with the pulse amplitude
+  ``V`` of each pulse and the cell conductance ``G`` before it (the write-verify kernel sums
+  ``V^2 G`` per cell); pulse width 100 ns (RADAR, Levy et al., IEEE TED 2021: 100-200 ns;
+  NeuRRAM, Wan et al., Nature 2022, uses 1 us);
+* verify read: cell energy ``V_read^2 * G * t_read`` plus one sense conversion (an ADC
+  conversion of ``verify_adc_bits`` from the ISAAC table);
+* inference: ADC energy per conversion by resolution -- ISAAC, 32 nm (Shafiee et al., ISCA
+  2016): 4..10 bit = 0.79/0.99/1.20/1.42/1.67/1.97/2.38 pJ -- and a 1-bit DAC (wordline) drive
+  of 0.417 pJ (ISAAC);
+* optional periphery terms that the cell formula leaves out (default 0): a fixed energy per
+  pulse (drivers, charge pumps) and a static power during programming.
+
+Programming latency (:func:`programming_latency_s`): the cells of one row share the row's
+drivers, so a row programs up to ``drivers_per_row`` cells at once. A row's cells are taken in
+groups of ``drivers_per_row`` consecutive columns; each cell advances through its own
+pulse/verify sequence, and a group is done when its slowest cell is
+(``max_i(pulses_i * t_pulse + reads_i * t_verify_read)``); groups of a row follow each other;
+``rows_parallel`` rows are programmed at the same time (a batch lasts as long as its slowest row)
+and batches follow each other. The default of 8 drivers per row is an assumption: EMBER's
+1-12 Mbit/s programming bandwidth (Levy et al.) at ~10 pulses of 100 ns + 100 ns verify per
+cell means 2-24 cells in flight.
+
+Layers and models: :class:`Cost` adds (energy and latency both sum: layers are programmed
+one after another); :func:`model_cost` returns per-layer costs and their total.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+# ISAAC (Shafiee et al., ISCA 2016), 32 nm: ADC energy per conversion, (bits, pJ)
+ISAAC_ADC_PJ: tuple[tuple[int, float], ...] = ((4, 0.79), (5, 0.99), (6, 1.20), (7, 1.42), (8, 1.67), (9, 1.97), (10, 2.38))
+
+
+class CostError(ValueError):
+    """Bad cost configuration or inputs."""
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Constants of the cost model (SI units: J, s, V, W). See the module docstring for sources."""
+
+    t_pulse_s: float = 100e-9  # RADAR 100-200 ns (NeuRRAM: 1e-6)
+    t_verify_read_s: float = 100e-9  # one verify read (assumption: same order as a pulse)
+    v_read_V: float = 0.2  # read voltage across the cell (typical RRAM 0.1-0.3 V; cell read energy is tiny)
+    verify_adc_bits: int = 8  # resolution of the sense conversion of a verify read
+    e_pulse_overhead_J: float = 0.0  # periphery energy per pulse not in V^2 G t (drivers, pumps)
+    p_static_W: float = 0.0  # periphery power while programming
+    drivers_per_row: int = 8  # cells of one row programmed in parallel
+    rows_parallel: int = 1  # rows programmed at the same time
+    adc_energy_pJ: tuple[tuple[int, float], ...] = ISAAC_ADC_PJ  # (bits, pJ per conversion)
+    e_dac_1bit_J: float = 0.417e-12  # ISAAC 1-bit DAC drive per row per input bit
+    t_crossbar_cycle_s: float = 100e-9  # one bit-serial crossbar read cycle (ISAAC: 100 ns)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adc_energy_pJ", tuple((int(b), float(e)) for b, e in self.adc_energy_pJ))
+        for k in ("t_pulse_s", "t_verify_read_s", "v_read_V", "e_pulse_overhead_J", "p_static_W",
+                  "e_dac_1bit_J", "t_crossbar_cycle_s"):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise CostError(f"CostConfig.{k} must be a finite number >= 0, got {v!r}")
+        if self.t_pulse_s <= 0:
+            raise CostError("CostConfig.t_pulse_s must be > 0")
+        for k in ("drivers_per_row", "rows_parallel", "verify_adc_bits"):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise CostError(f"CostConfig.{k} must be an int >= 1, got {v!r}")
+        bits = [b for b, _ in self.adc_energy_pJ]
+        if not bits or bits != sorted(set(bits)) or any(e <= 0 for _, e in self.adc_energy_pJ):
+            raise CostError("CostConfig.adc_energy_pJ must list (bits, pJ > 0) with increasing, distinct bits")
+
+    def adc_energy_J(self, bits: int) -> float:
+        """Energy (J) of one ADC conversion of ``bits`` bits from the table; a resolution below the
+        table takes the smallest entry (an upper bound), one above it is an error."""
+        if not (isinstance(bits, (int, np.integer)) and bits >= 1):
+            raise CostError(f"ADC bits must be an int >= 1, got {bits!r}")
+        table = dict(self.adc_energy_pJ)
+        if bits in table:
+            return table[bits] * 1e-12
+        lo_bits, hi_bits = self.adc_energy_pJ[0][0], self.adc_energy_pJ[-1][0]
+        if bits < lo_bits:
+            return table[lo_bits] * 1e-12
+        if bits > hi_bits:
+            raise CostError(f"no ADC energy for {bits} bits: the table covers {lo_bits}..{hi_bits} bits")
+        b0 = max(b for b in table if b < bits)
+        b1 = min(b for b in table if b > bits)
+        w = (bits - b0) / (b1 - b0)
+        return ((1 - w) * table[b0] + w * table[b1]) * 1e-12
+
+    def replace(self, **changes: Any) -> "CostConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adc_energy_pJ"] = [list(x) for x in self.adc_energy_pJ]
+        return {"kind": "cimsim.CostConfig", **d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CostConfig":
+        if d.get("kind", "cimsim.CostConfig") != "cimsim.CostConfig":
+            raise CostError(f"not a cost config (kind {d.get('kind')!r})")
+        kw = {k: v for k, v in d.items() if k != "kind"}
+        unknown = set(kw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise CostError(f"cost config has unknown fields {sorted(unknown)}")
+        if "adc_energy_pJ" in kw:
+            kw["adc_energy_pJ"] = tuple(tuple(x) for x in kw["adc_energy_pJ"])
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CostConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def neurram(cls) -> "CostConfig":
+        """NeuRRAM chip settings (Wan et al., Nature 2022): 1 us pulses, verify averaged over 8 reads."""
+        return cls(t_pulse_s=1e-6, t_verify_read_s=8 * 100e-9)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Energy (J) and latency (s) with a breakdown (J or counts by name); ``a + b`` adds all of them."""
+
+    energy_J: float = 0.0
+    latency_s: float = 0.0
+    breakdown: Mapping[str, float] = field(default_factory=dict)
+
+    def __add__(self, other: "Cost") -> "Cost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        keys = set(self.breakdown) | set(other.breakdown)
+        bd = {k: self.breakdown.get(k, 0.0) + other.breakdown.get(k, 0.0) for k in sorted(keys)}
+        return Cost(self.energy_J + other.energy_J, self.latency_s + other.latency_s, bd)
+
+    def __radd__(self, other: Any) -> "Cost":
+        if other == 0:  # sum([...]) starts at 0
+            return self
+        return NotImplemented
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"energy_J": self.energy_J, "latency_s": self.latency_s, "breakdown": dict(self.breakdown)}
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Per-layer costs and their total (energy and latency summed over layers)."""
+
+    layers: Mapping[str, Cost]
+    total: Cost
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": {k: v.to_dict() for k, v in self.layers.items()}, "total": self.total.to_dict()}
+
+
+def model_cost(layers: Mapping[str, Cost]) -> CostReport:
+    """Collect per-layer costs (name -> :class:`Cost`) into a report whose total is their sum."""
+    if not layers:
+        raise CostError("model_cost needs at least one layer")
+    total = Cost()
+    for name, c in layers.items():
+        if not isinstance(c, Cost):
+            raise CostError(f"layer {name!r}: expected a Cost, got {type(c).__name__}")
+        total = total + c
+    return CostReport(dict(layers), total)
+
+
+# ------------------------------------------------------------------------ programming
+def cell_energy_J(v2g_set_V2S: np.ndarray, v2g_reset_V2S: np.ndarray, pulses: np.ndarray, reads: np.ndarray,
+                  g_read_sum_S: np.ndarray, config: CostConfig = CostConfig()) -> dict[str, np.ndarray]:
+    """Per-cell programming energy (J) by part, arrays of the inputs' shape.
+
+    ``set``/``reset``: ``t_pulse * sum(V^2 G)`` of the cell's pulses (NeuroSim form);
+    ``overhead``: ``pulses * e_pulse_overhead``; ``read``: ``V_read^2 * t_read * sum(G over reads)
+    + reads * E_ADC(verify_adc_bits)``.
+    """
+    c = config
+    return {
+        "set": np.asarray(v2g_set_V2S, dtype=np.float64) * c.t_pulse_s,
+        "reset": np.asarray(v2g_reset_V2S, dtype=np.float64) * c.t_pulse_s,
+        "overhead": np.asarray(pulses, dtype=np.float64) * c.e_pulse_overhead_J,
+        "read": (c.v_read_V**2 * c.t_verify_read_s) * np.asarray(g_read_sum_S, dtype=np.float64)
+        + np.asarray(reads, dtype=np.float64) * c.adc_energy_J(c.verify_adc_bits),
+    }
+
+
+def programming_latency_s(pulses: np.ndarray, reads: np.ndarray, config: CostConfig = CostConfig()) -> float:
+    """Latency (s) of programming an array; ``pulses``/``reads`` per cell of shape (..., cols):
+    the last axis runs along a row, all leading axes enumerate rows (see the module docstring)."""
+    p = np.asarray(pulses, dtype=np.float64)
+    r = np.asarray(reads, dtype=np.float64)
+    if p.shape != r.shape:
+        raise CostError(f"pulses {p.shape} and reads {r.shape} differ in shape")
+    if p.size == 0:
+        return 0.0
+    if p.ndim == 0:
+        p, r = p.reshape(1, 1), r.reshape(1, 1)
+    c = config
+    cols = p.shape[-1]
+    t_cell = (p * c.t_pulse_s + r * c.t_verify_read_s).reshape(-1, cols)
+    d = c.drivers_per_row
+    n_groups = -(-cols // d)
+    pad = n_groups * d - cols
+    if pad:
+        t_cell = np.concatenate([t_cell, np.zeros((t_cell.shape[0], pad))], axis=1)
+    t_row = t_cell.reshape(t_cell.shape[0], n_groups, d).max(axis=2).sum(axis=1)
+    rp = c.rows_parallel
+    n_batches = -(-t_row.size // rp)
+    t_row = np.concatenate([t_row, np.zeros(n_batches * rp - t_row.size)])
+    return float(t_row.reshape(n_batches, rp).max(axis=1).sum())
+
+
+def write_verify_cost(result: Any, config: CostConfig = CostConfig(), bits_per_cell: int | None = None) -> Cost:
+    """Energy and latency of one programmed array from a write-verify result.
+
+    ``result``: any object with per-cell arrays ``pulses_set``, ``pulses_reset``, ``reads``,
+    ``v2g_set_V2S``, ``v2g_reset_V2S``, ``g_read_sum_S`` of shape (..., cols) (e.g.
+    :class:`cimsim.writeverify.WriteVerifyResult`). The breakdown holds energies in J
+    (``e_set_J``, ``e_reset_J``, ``e_overhead_J``, ``e_read_J``, ``e_static_J``) and counts
+    (``cells``, ``pulses_set``, ``pulses_reset``, ``reads``, and ``bits`` if ``bits_per_cell``).
+    """
+    pulses = np.asarray(result.pulses_set) + np.asarray(result.pulses_reset)
+    parts = cell_energy_J(result.v2g_set_V2S, result.v2g_reset_V2S, pulses, result.reads, result.g_read_sum_S,
+                          config)
+    latency = programming_latency_s(pulses, result.reads, config)
+    bd = {f"e_{k}_J": float(v.sum()) for k, v in parts.items()}
+    bd["e_static_J"] = config.p_static_W * latency
+    bd.update(cells=float(pulses.size), pulses_set=float(np.sum(result.pulses_set)),
+              pulses_reset=float(np.sum(result.pulses_reset)), reads=float(np.sum(result.reads)))
+    if bits_per_cell is not None:
+        bd["bits"] = float(pulses.size * bits_per_cell)
+    energy = sum(v for k, v in bd.items() if k.startswith("e_"))
+    return Cost(energy, latency, bd)
+
+
+def energy_per_bit_J(cost: Cost) -> float:
+    """Programming energy per stored bit (J/bit); needs a cost made with ``bits_per_cell``."""
+    bits = cost.breakdown.get("bits", 0.0)
+    if not bits:
+        raise CostError("energy_per_bit_J: the cost has no 'bits' (pass bits_per_cell to write_verify_cost)")
+    return cost.energy_J / bits
+
+
+# ------------------------------------------------------------------------ inference
+def mvm_counts(in_features: int, out_features: int, n_vectors: int, *, input_bits: int = 8, weight_slices: int = 1,
+               tile_rows: int = 128, tile_cols: int = 128, differential: bool = True) -> dict[str, int]:
+    """Conversions and drives of ``n_vectors`` matrix-vector products through crossbar tiles.
+
+    Inputs are applied bit-serially with 1-bit DACs (ISAAC): every input bit drives every row of
+    every tile (``dac_drives = n_vectors * input_bits * in_features * n_col_tiles``); every
+    column of every tile is converted once per input bit (``adc_conversions = n_vectors *
+    input_bits * n_row_tiles * out_features * weight_slices * (2 if differential else 1)``, a
+    differential pair converted as two columns); tiles work in parallel, so ``cycles =
+    n_vectors * input_bits``. ``in_features`` maps onto rows, ``out_features * weight_slices``
+    (times 2 if differential) onto columns.
+    """
+    for k, v in dict(in_features=in_features, out_features=out_features, n_vectors=n_vectors, input_bits=input_bits,
+                     weight_slices=weight_slices, tile_rows=tile_rows, tile_cols=tile_cols).items():
+        if not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise CostError(f"mvm_counts: {k} must be an int >= 1, got {v!r}")
+    cols = out_features * weight_slices * (2 if differential else 1)
+    n_row_tiles = -(-in_features // tile_rows)
+    n_col_tiles = -(-cols // tile_cols)
+    return {
+        "adc_conversions": n_vectors * input_bits * n_row_tiles * cols,
+        "dac_drives": n_vectors * input_bits * in_features * n_col_tiles,
+        "cycles": n_vectors * input_bits,
+        "tiles": n_row_tiles * n_col_tiles,
+    }
+
+
+def inference_cost(adc_conversions: int, adc_bits: int, dac_drives: int, cycles: int = 0,
+                   config: CostConfig = CostConfig()) -> Cost:
+    """Peripheral energy (J) and latency (s) of inference: ADC conversions x E_ADC(bits) + 1-bit
+    DAC drives x 0.417 pJ; latency ``cycles * t_crossbar_cycle``. Crossbar (cell) read energy is
+    not included."""
+    for k, v in dict(adc_conversions=adc_conversions, dac_drives=dac_drives, cycles=cycles).items():
+        if not (isinstance(v, (int, np.integer)) and v >= 0):
+            raise CostError(f"inference_cost: {k} must be an int >= 0, got {v!r}")
+    e_adc = adc_conversions * config.adc_energy_J(adc_bits)
+    e_dac = dac_drives * config.e_dac_1bit_J
+    return Cost(e_adc + e_dac, cycles * config.t_crossbar_cycle_s,
+                {"e_adc_J": e_adc, "e_dac_J": e_dac, "adc_conversions": float(adc_conversions),
+                 "dac_drives": float(dac_drives)})
