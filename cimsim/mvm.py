@@ -200,8 +200,7 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
                                             plan.colw.numpy(), cycw.numpy(), sign, acc[b0:b1].numpy())
             else:
                 _adc_shift_add_torch(P, C, nb, n_out, plan, cycw, sign, acc[b0:b1])
-    # same order of float operations as mvm_ref: y_int * scale * x_step * drift_scale
-    return acc * torch.as_tensor(arr.scale, device=dev) * (clip / cfg.x_max_int) * arr.drift_scale
+    return acc.mul_(torch.as_tensor(arr.output_scale(clip), device=dev))
 
 
 def crossbar_matmul(arr: ProgrammedArray, x: np.ndarray, **kw) -> np.ndarray:

@@ -69,8 +69,7 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
                                     in_ += out_noise * ln * rng.standard_normal()
                                 val = adc_convert(ip, lp, lo, hi) - adc_convert(in_, ln, lo, hi)
                             y_int[b, o] += sign * cycle_weight * base**k * val
-    x_step = clip / cfg.x_max_int
-    return y_int * arr.scale[None, :] * x_step * arr.drift_scale
+    return y_int * arr.output_scale(clip)[None, :]
 
 
 def matmul_quantized(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
@@ -80,4 +79,4 @@ def matmul_quantized(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
     clip = arr.resolved_input_clip(x)
     x_int = quantize_inputs(x, clip, cfg.input_bits).astype(np.int64)
     y_int = x_int @ arr.mapped.w_int.T.astype(np.int64)
-    return y_int * arr.scale[None, :] * (clip / cfg.x_max_int) * arr.drift_scale
+    return y_int * arr.output_scale(clip)[None, :]

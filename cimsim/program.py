@@ -172,6 +172,11 @@ class ProgrammedArray:
         m = float(np.abs(np.asarray(x)).max()) if np.size(x) else 0.0
         return m if m > 0 else 1.0
 
+    def output_scale(self, clip: float) -> np.ndarray:
+        """(out,) factor from integer partial-sum units to layer output units:
+        weight step x input step (clip / (2^b - 1)) x drift compensation."""
+        return self.scale * (clip / self.config.x_max_int) * self.drift_scale
+
     @property
     def needs_calibration(self) -> bool:
         return (self.config.adc_range == "calibrated" and self.adc_range is None) or (

@@ -198,3 +198,34 @@ def test_bad_json_errors(tmp_path):
         DeviceModel.load(p)
     with pytest.raises(DeviceModelError, match="unknown device model"):
         load_device("no-such-device")
+
+
+@pytest.mark.parametrize("name", ["rram", "rram1", "neurram"])
+def test_fast_level_sampler_matches_numpy_sampler(name):
+    """The Numba sampler (counter-based RNG) draws the same distribution as DeviceModel.sample."""
+    from scipy import stats
+
+    from cimsim.device import load_device
+
+    dev = load_device(name).replace(stuck_at_gmin=0.01, stuck_at_gmax=0.02)
+    levels = dev.level_conductances(4)
+    idx = np.random.default_rng(0).integers(0, 4, 200_000)
+    for t in (0.0, 1.0, 1e5):
+        fast = dev.sample_levels(levels, idx, t, np.random.default_rng(1))
+        ref = dev.sample(levels[idx], t, np.random.default_rng(2))
+        for k in range(4):
+            a, b = fast[idx == k], ref[idx == k]
+            assert stats.ks_2samp(a, b).pvalue > 1e-3, (name, t, k)
+    # reproducible from the seed, independent of the thread count
+    import numba
+
+    a = dev.sample_levels(levels, idx, 1.0, np.random.default_rng(3))
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        b = dev.sample_levels(levels, idx, 1.0, np.random.default_rng(3))
+    finally:
+        numba.set_num_threads(n)
+    assert np.array_equal(a, b)
+    with pytest.raises(Exception, match="level index"):
+        dev.sample_levels(levels, np.array([4]), 1.0, np.random.default_rng(0))

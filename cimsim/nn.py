@@ -1,0 +1,626 @@
+"""Crossbar layers for any PyTorch model: :class:`CIMLinear`, :class:`CIMConv2d`, :func:`convert`.
+
+A converted layer keeps its float (master) weights as ordinary parameters and runs in one of
+three modes (:func:`set_mode`):
+
+``ideal``  the plain float layer (``F.linear`` / ``F.conv2d`` with the float weights);
+``chip``   one frozen programmed chip: the layer's weights programmed once from its chip seed
+           and reused for every forward (re-programmed, from the same seed, only when the
+           weights change - e.g. after an optimizer step);
+``fresh``  (alias ``train_variation``) a new programming draw on every forward: training
+           against device variation; draw ``n`` of a layer uses seed
+           ``seed_sequence_child(layer.seed, n)``.
+
+Seeds: a chip is a seed. :func:`program` ``(model, seed)`` gives CIM layer number ``i`` (in
+``model.named_modules()`` order) the seed ``seed_sequence_child(seed, i)``; :func:`reprogram`
+draws the next chip of every layer from its own stream. Nothing uses a global RNG.
+
+Calibration (:func:`calibrate`) records every layer's inputs over a few batches (model run in
+``ideal`` mode) and sets the layer's input clipping range and ADC ranges from them: the
+``config.adc_percentile`` percentile of ``|x|`` and of the nominal (target-conductance) partial
+sums, as :meth:`cimsim.program.ProgrammedArray.calibrate` defines them. The values live in the
+module's buffers ``input_clip`` (scalar) and ``adc_range`` (n_groups, 1 | out) and are applied to
+every chip the layer programs, frozen or fresh. A layer used uncalibrated calibrates itself
+from its first simulated batch.
+
+State dict: weights, bias and calibration buffers as usual; the config, mode and seeds as JSON
+in the extra state; a frozen chip's conductances (``chip_g_pos_S``, ``chip_g_neg_S``), integer
+weights, scales and drift factor as extra entries, so a saved model reloads the very same chip.
+Loading a checkpoint of another shape or config fails with a message naming the layer and field.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from typing import Callable, Iterable, Iterator, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import functional as CF
+from .autograd import KERNELS
+from .config import CrossbarConfig
+from .device import DeviceModel
+from .mapping import MappedWeights, slice_digits
+from .program import ProgrammedArray, program as program_array, resolve_device, seed_sequence_child
+
+MODES = ("ideal", "chip", "fresh")
+_MODE_ALIASES = {"train_variation": "fresh"}
+#: extra state-dict entries of a frozen chip, and their roles
+CHIP_KEYS = ("chip_g_pos_S", "chip_g_neg_S", "chip_w_int", "chip_scale", "chip_drift_scale")
+_STATE_FORMAT = 1
+
+Skip = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
+
+
+def _check_mode(mode: str) -> str:
+    mode = _MODE_ALIASES.get(mode, mode)
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: choose one of {MODES} (or 'train_variation' for 'fresh')")
+    return mode
+
+
+def _mapped_from_int(w_int: np.ndarray, scale: np.ndarray, config: CrossbarConfig) -> MappedWeights:
+    """Rebuild the differential digit layout (as :func:`cimsim.mapping.map_weights`) from w_int (out, in)."""
+    wt = w_int.T
+    digits = slice_digits(np.abs(wt), config.bits_per_cell, config.n_slices)
+    return MappedWeights(w_int=w_int, scale=scale, digits_pos=np.where((wt > 0)[None], digits, 0).astype(np.uint8),
+                         digits_neg=np.where((wt < 0)[None], digits, 0).astype(np.uint8))
+
+
+class CIMModule(nn.Module):
+    """Base of the crossbar layers: mode, seeds, chips, calibration and state-dict handling.
+
+    Subclasses own ``weight`` (float master weights) and ``bias`` parameters and define
+    :meth:`weight_matrix` (the (out, in) matrix laid on the array), :meth:`input_rows`,
+    :meth:`_ideal_forward` and :meth:`_simulated_forward`.
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _init_cim(self, config: CrossbarConfig | None, seed: int, mode: str, kernel: str,
+                  device: torch.device | str | None) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel {kernel!r}: choose one of {KERNELS}")
+        self.config = config if config is not None else CrossbarConfig()
+        if not isinstance(self.config, CrossbarConfig):
+            raise TypeError(f"config must be a CrossbarConfig, got {type(self.config).__name__}")
+        self.kernel = kernel
+        self._mode = _check_mode(mode)
+        self.seed = int(seed)  # the layer's base seed: its first chip, and the stream of later draws
+        self.chip_seed = int(seed)  # seed of the current frozen chip
+        self.draw_count = 0  # draws taken from the layer's stream (fresh forwards and reprograms)
+        self._chip: ProgrammedArray | None = None
+        self._chip_key: tuple | None = None
+        self._calib_version = 0
+        self._calib_cache: tuple | None = None
+        self._devices: tuple[DeviceModel, DeviceModel] | None = None
+        self._init_buffers(device)
+
+    def _init_buffers(self, device: torch.device | str | None) -> None:
+        """Calibration buffers, NaN until calibrated: input_clip () and adc_range (n_groups, 1 | out)."""
+        self.register_buffer("input_clip", torch.full((), math.nan, dtype=torch.float64, device=device))
+        self.register_buffer("adc_range", torch.full(self._adc_range_shape(), math.nan, dtype=torch.float64,
+                                                      device=device))
+
+    # --------------------------------------------------------------- geometry
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def n_in(self) -> int:
+        """Rows of the array: inputs per output (in_features, or C*kh*kw for a convolution)."""
+        return int(np.prod(self.weight.shape[1:]))
+
+    def _adc_range_shape(self) -> tuple[int, int]:
+        cfg = self.config
+        groups = cfg.n_slices * (1 if cfg.adc_convert == "differential" else 2)
+        return groups, (self.n_out if cfg.adc_per_column else 1)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """(out, in) view of the float weights as the array holds them."""
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+    # ------------------------------------------------------------------- mode
+    @property
+    def mode(self) -> str:
+        """``ideal``, ``chip`` or ``fresh`` (see the module docstring)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = _check_mode(value)
+
+    def set_mode(self, mode: str) -> "CIMModule":
+        self.mode = mode
+        return self
+
+    # ----------------------------------------------------------------- chips
+    def device_model(self) -> DeviceModel:
+        """The config's device model (resolved once per layer)."""
+        return self._device_models()[0]
+
+    def _device_models(self) -> tuple[DeviceModel, DeviceModel]:
+        """(device model, its ideal twin for calibration), resolved once."""
+        if self._devices is None:
+            dev = resolve_device(self.config)
+            self._devices = (dev, dev.ideal())
+        return self._devices
+
+    def _weight_key(self) -> tuple:
+        """Changes whenever the weights may have changed (in-place updates bump ``_version``)."""
+        w = self.weight
+        return (w._version, w.data_ptr(), str(w.device), tuple(w.shape))
+
+    def _program(self, seed: int, nominal: bool = False) -> ProgrammedArray:
+        """Program the current weights with ``seed`` (nominal: exact target conductances)."""
+        w = self.weight_matrix().detach().to("cpu", torch.float64).numpy()
+        dev, ideal = self._device_models()
+        arr = program_array(w, self.config, int(seed), device=ideal if nominal else dev)
+        if not nominal:
+            self._apply_calibration(arr)
+        return arr
+
+    def chip(self) -> ProgrammedArray:
+        """The frozen chip, programmed from ``chip_seed`` on first use and whenever the weights changed."""
+        key = self._weight_key()
+        if self._chip is None or self._chip_key != key:
+            self._chip = self._program(self.chip_seed)
+            self._chip_key = key
+        elif self._chip._cache.get("calibration") != self._calib_version:
+            self._apply_calibration(self._chip)
+        return self._chip
+
+    def program(self, seed: int | None = None) -> ProgrammedArray:
+        """Program a frozen chip now; ``seed`` (default: the layer's seed) becomes the layer's seed."""
+        if seed is not None:
+            self.seed = int(seed)
+        self.chip_seed = self.seed
+        self.draw_count = 0
+        self._chip = None
+        return self.chip()
+
+    def reprogram(self) -> ProgrammedArray:
+        """Draw the next chip of the layer's stream and freeze it."""
+        self.draw_count += 1
+        self.chip_seed = seed_sequence_child(self.seed, self.draw_count)
+        self._chip = None
+        return self.chip()
+
+    def fresh_chip(self) -> ProgrammedArray:
+        """A new programming draw of the current weights (not kept): the next seed of the layer's stream."""
+        self.draw_count += 1
+        return self._program(seed_sequence_child(self.seed, self.draw_count))
+
+    # ------------------------------------------------------------ calibration
+    def _calibration(self) -> tuple[float | None, np.ndarray | None]:
+        """(input clip, ADC ranges (n_groups, 1 | out)) from the buffers, None where not calibrated;
+        read once per calibration change (no device sync per forward)."""
+        cached = self._calib_cache
+        if cached is None or cached[0] != self._calib_version:
+            clip = float(self.input_clip)
+            r = self.adc_range.detach().to("cpu", torch.float64).numpy().copy()
+            cached = (self._calib_version, clip if math.isfinite(clip) else None, r if np.isfinite(r).all() else None)
+            self._calib_cache = cached
+        return cached[1], cached[2]
+
+    @property
+    def is_calibrated(self) -> bool:
+        clip, adc = self._calibration()
+        clip_ok = self.config.input_clip is not None or clip is not None
+        return clip_ok and (self.config.adc_range != "calibrated" or adc is not None)
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set input clip and ADC ranges from layer inputs ``x`` (the layer's input shape)."""
+        self.calibrate_rows(self.input_rows(x.detach()))
+
+    def calibrate_rows(self, rows: torch.Tensor) -> None:
+        """Set input clip and ADC ranges from array input rows (N, n_in): the config's percentile of
+        |x| and of the nominal partial sums (:meth:`ProgrammedArray.calibrate`)."""
+        nominal = self._program(0, nominal=True)
+        nominal.calibrate(rows.detach().to("cpu", torch.float64).numpy())
+        with torch.no_grad():
+            if self.config.input_clip is None:
+                self.input_clip.fill_(float(nominal.input_clip))
+            if self.config.adc_range == "calibrated":
+                self.adc_range.copy_(torch.from_numpy(np.asarray(nominal.adc_range, dtype=np.float64)))
+        self._calib_version += 1
+
+    def _apply_calibration(self, arr: ProgrammedArray) -> None:
+        """Copy the layer's calibration into a chip (and drop its plan, whose ADC steps depend on it)."""
+        clip, adc = self._calibration()
+        arr.input_clip = clip
+        if self.config.adc_range == "calibrated":
+            arr.adc_range = None if adc is None else adc.copy()
+        arr._cache.pop("plan", None)
+        arr._cache["calibration"] = self._calib_version
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        self._calib_version += 1  # buffers may have been cast: chips re-read them
+        return out
+
+    # ---------------------------------------------------------------- forward
+    def input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n_in) rows the array reads for the layer input ``x``."""
+        raise NotImplementedError
+
+    def _ideal_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._mode == "ideal":
+            return self._ideal_forward(x)
+        if not self.is_calibrated:
+            self.calibrate(x)
+        arr = self.chip() if self._mode == "chip" else self.fresh_chip()
+        return self._simulated_forward(x, arr)
+
+    # ------------------------------------------------------------- state dict
+    def get_extra_state(self) -> dict:
+        return {"format": _STATE_FORMAT, "config": self.config.to_json(), "mode": self._mode, "seed": self.seed,
+                "chip_seed": self.chip_seed, "draw_count": self.draw_count}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._mode = _check_mode(state["mode"])
+        self.seed = int(state["seed"])
+        self.chip_seed = int(state["chip_seed"])
+        self.draw_count = int(state["draw_count"])
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        arr = self._chip
+        if arr is None or self._chip_key != self._weight_key():
+            return  # no chip, or a stale one that the next forward re-programs from chip_seed
+        destination[prefix + "chip_g_pos_S"] = torch.from_numpy(arr.g_pos_S)
+        destination[prefix + "chip_g_neg_S"] = torch.from_numpy(arr.g_neg_S)
+        destination[prefix + "chip_w_int"] = torch.from_numpy(arr.mapped.w_int)
+        destination[prefix + "chip_scale"] = torch.from_numpy(np.asarray(arr.scale, dtype=np.float64))
+        destination[prefix + "chip_drift_scale"] = torch.tensor(float(arr.drift_scale), dtype=torch.float64)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        name = prefix[:-1] or type(self).__name__
+        n_errors = len(error_msgs)
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self._check_checkpoint_config(extra, name, error_msgs)
+        chip = {k: state_dict[prefix + k] for k in CHIP_KEYS if prefix + k in state_dict}
+        rest = {k: v for k, v in state_dict.items() if not (k.startswith(prefix) and k[len(prefix):] in CHIP_KEYS)}
+        if len(error_msgs) > n_errors:
+            return  # another config: its buffers and chip do not fit this layer
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._calib_version += 1
+        self._chip, self._chip_key = None, None
+        if chip and len(chip) < len(CHIP_KEYS):
+            missing_keys.extend(prefix + k for k in CHIP_KEYS if k not in chip)
+        elif chip and len(error_msgs) == n_errors:
+            self._restore_chip(chip, prefix, error_msgs)
+
+    def _check_checkpoint_config(self, extra: object, name: str, error_msgs: list[str]) -> None:
+        """Append an error naming ``name`` and every differing CrossbarConfig field."""
+        try:
+            saved = json.loads(extra["config"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError) as e:
+            error_msgs.append(f"{name}: the checkpoint's extra state holds no CrossbarConfig ({e!r})")
+            return
+        mine = self.config.to_dict()
+        diff = [k for k in sorted(set(saved) | set(mine)) if saved.get(k, "<missing>") != mine.get(k, "<missing>")]
+        if diff:
+            what = "; ".join(f"CrossbarConfig.{k} is {saved.get(k, '<missing>')!r} in the checkpoint but "
+                             f"{mine.get(k, '<missing>')!r} in this model" for k in diff)
+            error_msgs.append(f"config mismatch for {name}: {what}")
+
+    def _restore_chip(self, chip: dict[str, torch.Tensor], prefix: str, error_msgs: list[str]) -> None:
+        """Rebuild the frozen chip from its saved tensors (shapes checked against this layer)."""
+        S = self.config.n_slices
+        expect = {"chip_g_pos_S": (S, self.n_in, self.n_out), "chip_g_neg_S": (S, self.n_in, self.n_out),
+                  "chip_w_int": (self.n_out, self.n_in), "chip_scale": (self.n_out,), "chip_drift_scale": ()}
+        bad = [k for k, shape in expect.items() if tuple(chip[k].shape) != shape]
+        for k in bad:
+            error_msgs.append(f"size mismatch for {prefix}{k}: copying a chip tensor with shape "
+                              f"{tuple(chip[k].shape)} from checkpoint, the shape in current model is {expect[k]}.")
+        if bad:
+            return
+        dev = self.device_model()
+        w_int = chip["chip_w_int"].detach().cpu().numpy().astype(np.int32)
+        scale = chip["chip_scale"].detach().cpu().numpy().astype(np.float64)
+        arr = ProgrammedArray(
+            config=self.config, device=dev, mapped=_mapped_from_int(w_int, scale, self.config),
+            g_pos_S=chip["chip_g_pos_S"].detach().cpu().numpy().astype(np.float64),
+            g_neg_S=chip["chip_g_neg_S"].detach().cpu().numpy().astype(np.float64),
+            levels_S=dev.level_conductances(self.config.cell_levels), seed=self.chip_seed,
+            drift_scale=float(chip["chip_drift_scale"]),
+        )
+        self._apply_calibration(arr)
+        self._chip, self._chip_key = arr, self._weight_key()
+
+    def _cim_repr(self) -> str:
+        c = self.config
+        return (f"mode={self._mode}, device={c.device}, dac={c.dac}, input_bits={c.input_bits}, "
+                f"weight_bits={c.weight_bits}, slices={c.n_slices}, adc_bits={c.adc_bits}")
+
+
+class CIMLinear(CIMModule):
+    """``nn.Linear`` on a simulated crossbar: x (..., in_features) -> (..., out_features).
+
+    weight (out_features, in_features) float master weights; bias (out_features,) added
+    digitally after the array. See the module docstring for modes, seeds and calibration.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: CrossbarConfig | None = None,
+                 *, seed: int = 0, mode: str = "chip", kernel: str = "auto", device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        ref = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.weight = ref.weight
+        self.register_parameter("bias", ref.bias)
+        self._init_cim(config, seed, mode, kernel, None if device == "meta" else self.weight.device)
+
+    @classmethod
+    def from_module(cls, module: nn.Linear, config: CrossbarConfig | None = None, *, seed: int = 0,
+                    mode: str = "chip", kernel: str = "auto") -> "CIMLinear":
+        """A CIMLinear sharing ``module``'s weight and bias parameters."""
+        new = cls(module.in_features, module.out_features, bias=False, config=config, seed=seed, mode=mode,
+                  kernel=kernel, device="meta")
+        new.weight, new.bias = module.weight, module.bias
+        new._init_buffers(module.weight.device)
+        new.train(module.training)
+        return new
+
+    def to_module(self) -> nn.Linear:
+        """The plain ``nn.Linear`` sharing this layer's parameters."""
+        m = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+        m.weight, m.bias = self.weight, self.bias
+        m.train(self.training)
+        return m
+
+    def input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, self.in_features)
+
+    def _ideal_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
+        return CF.linear(x, self.weight, arr, self.bias, self.kernel)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                + self._cim_repr())
+
+
+class CIMConv2d(CIMModule):
+    """``nn.Conv2d`` (groups=1, zero padding) on a simulated crossbar by im2col.
+
+    weight (out_channels, in_channels, kh, kw) is laid on the array as (out, in*kh*kw); every
+    output pixel is one read of the array (:func:`cimsim.functional.conv2d`).
+    x (B, in_channels, H, W) -> (B, out_channels, H', W').
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, config: CrossbarConfig | None = None, *, seed: int = 0,
+                 mode: str = "chip", kernel: str = "auto", device=None, dtype=None) -> None:
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"CIMConv2d supports groups=1 only, got groups={groups}")
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias,
+                        device=device, dtype=dtype)
+        self._copy_geometry(ref)
+        self.weight = ref.weight
+        self.register_parameter("bias", ref.bias)
+        self._init_cim(config, seed, mode, kernel, None if device == "meta" else self.weight.device)
+
+    def _copy_geometry(self, conv: nn.Conv2d) -> None:
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.padding = conv.padding
+        self.groups = 1
+
+    @classmethod
+    def from_module(cls, module: nn.Conv2d, config: CrossbarConfig | None = None, *, seed: int = 0,
+                    mode: str = "chip", kernel: str = "auto") -> "CIMConv2d":
+        """A CIMConv2d sharing ``module``'s parameters (groups=1, padding_mode='zeros')."""
+        if module.groups != 1 or module.padding_mode != "zeros":
+            raise ValueError(f"CIMConv2d needs groups=1 and padding_mode='zeros', got groups={module.groups}, "
+                             f"padding_mode={module.padding_mode!r}")
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                  module.dilation, bias=False, config=config, seed=seed, mode=mode, kernel=kernel, device="meta")
+        new.weight, new.bias = module.weight, module.bias
+        new._init_buffers(module.weight.device)
+        new.train(module.training)
+        return new
+
+    def to_module(self) -> nn.Conv2d:
+        """The plain ``nn.Conv2d`` sharing this layer's parameters."""
+        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                      self.dilation, bias=False, device="meta")
+        m.weight, m.bias = self.weight, self.bias
+        m.train(self.training)
+        return m
+
+    def input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return CF.conv_rows(x, self.kernel_size, self.stride, self.padding, self.dilation)[0]
+
+    def _ideal_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
+        return CF.conv2d(x, self.weight, arr, self.bias, self.stride, self.padding, self.dilation, self.kernel)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
+
+
+# ============================================================== model-level functions
+def _eligible(m: nn.Module) -> bool:
+    """Plain ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding); subclasses are left alone."""
+    if type(m) is nn.Linear:
+        return True
+    return type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros"
+
+
+def _skip_predicate(skip: Skip) -> Callable[[str, nn.Module], bool]:
+    """``skip`` as a predicate: names match a module or everything under it (``"features"``)."""
+    if skip is None:
+        return lambda name, m: False
+    if callable(skip):
+        return skip
+    names = {skip} if isinstance(skip, str) else set(skip)
+    return lambda name, m: any(name == s or name.startswith(s + ".") for s in names)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def cim_layers(model: nn.Module) -> list[tuple[str, CIMModule]]:
+    """Every crossbar layer of ``model`` as (qualified name, module), in ``named_modules`` order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, CIMModule)]
+
+
+def convert(model: nn.Module, config: CrossbarConfig | None = None, skip: Skip = None, *, keep_first: bool = False,
+            keep_last: bool = False, seed: int = 0, mode: str = "chip", kernel: str = "auto") -> nn.Module:
+    """Swap every eligible ``nn.Linear`` / ``nn.Conv2d`` of ``model`` for its crossbar twin, in place.
+
+    skip: names (a module or a whole subtree, e.g. ``"classifier"``) or a predicate
+        ``(name, module) -> bool`` of layers to keep digital.
+    keep_first, keep_last: keep the first / last eligible layer (``named_modules`` order) digital.
+    seed: the chip seed; CIM layer ``i`` gets ``seed_sequence_child(seed, i)`` (programmed lazily).
+    Parameters are shared with the original layers (an existing optimizer keeps working).
+    Returns the model (a new module only when ``model`` itself is an eligible layer).
+    """
+    config = config if config is not None else CrossbarConfig()
+    eligible = [(n, m) for n, m in model.named_modules() if _eligible(m)]
+    keep = ({eligible[0][0]} if keep_first and eligible else set()) | (
+        {eligible[-1][0]} if keep_last and eligible else set())
+    skip_fn = _skip_predicate(skip)
+    for name, m in eligible:
+        if name in keep or skip_fn(name, m):
+            continue
+        cls = CIMLinear if isinstance(m, nn.Linear) else CIMConv2d
+        new = cls.from_module(m, config, mode=mode, kernel=kernel)
+        if name == "":
+            model = new
+        else:
+            _set_submodule(model, name, new)
+    _seed_layers(model, seed)
+    return model
+
+
+def unconvert(model: nn.Module) -> nn.Module:
+    """Swap every crossbar layer back to its plain PyTorch layer (parameters shared), in place."""
+    for name, m in cim_layers(model):
+        if name == "":
+            return m.to_module()
+        _set_submodule(model, name, m.to_module())
+    return model
+
+
+def _seed_layers(model: nn.Module, seed: int) -> None:
+    for i, (_, layer) in enumerate(cim_layers(model)):
+        layer.seed = layer.chip_seed = seed_sequence_child(int(seed), i)
+        layer.draw_count = 0
+        layer._chip = None
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Put every crossbar layer in ``ideal``, ``chip`` or ``fresh`` (``train_variation``) mode."""
+    mode = _check_mode(mode)
+    for _, layer in cim_layers(model):
+        layer.mode = mode
+    return model
+
+
+@contextlib.contextmanager
+def use_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Context manager: every crossbar layer in ``mode`` inside, its previous mode restored after."""
+    before = [(layer, layer.mode) for _, layer in cim_layers(model)]
+    set_mode(model, mode)
+    try:
+        yield model
+    finally:
+        for layer, m in before:
+            layer.mode = m
+
+
+def program(model: nn.Module, seed: int) -> nn.Module:
+    """Program one chip now: CIM layer ``i`` gets chip seed ``seed_sequence_child(seed, i)``."""
+    for i, (_, layer) in enumerate(cim_layers(model)):
+        layer.program(seed_sequence_child(int(seed), i))
+    return model
+
+
+def reprogram(model: nn.Module) -> nn.Module:
+    """Draw the next chip of every crossbar layer (each from its own seed stream) and freeze it."""
+    for _, layer in cim_layers(model):
+        layer.reprogram()
+    return model
+
+
+def _batch_input(batch) -> torch.Tensor:
+    """The model input of a loader item: the item itself or the first element of a tuple/list."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def calibrate(model: nn.Module, loader: Iterable, batches: int | None = 8, max_rows: int = 16384,
+              seed: int = 0) -> nn.Module:
+    """Calibrate every crossbar layer's input clip and ADC ranges from ``batches`` batches of ``loader``.
+
+    The model runs in ``ideal`` mode, in eval mode, without gradients; each layer's array input
+    rows are recorded (at most ``max_rows`` per layer, a uniform random subset drawn with a
+    generator seeded by ``seed``) and passed to :meth:`CIMModule.calibrate_rows`. Modes and the
+    train/eval flag are restored afterwards. Returns the model.
+    """
+    layers = cim_layers(model)
+    if not layers:
+        return model
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
+    gen = torch.Generator().manual_seed(int(seed))
+    per_batch = max_rows if batches is None else max(1, -(-max_rows // max(int(batches), 1)))
+
+    def recorder(name: str):
+        def hook(layer: CIMModule, args) -> None:
+            rows = layer.input_rows(args[0].detach()).to("cpu", torch.float64)
+            if rows.shape[0] > per_batch:
+                rows = rows[torch.randperm(rows.shape[0], generator=gen)[:per_batch]]
+            seen[name].append(rows)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers]
+    was_training = model.training
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with use_mode(model, "ideal"), torch.no_grad():
+            for i, batch in enumerate(loader):
+                if batches is not None and i >= batches:
+                    break
+                model(_batch_input(batch).to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for name, layer in layers:
+        if not seen[name]:
+            raise RuntimeError(f"calibrate: layer {name!r} saw no input (is it used in forward? is the loader empty?)")
+        rows = torch.cat(seen[name])
+        if rows.shape[0] > max_rows:
+            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
+        layer.calibrate_rows(rows)
+    return model
+
+
+__all__ = ["CIMModule", "CIMLinear", "CIMConv2d", "convert", "unconvert", "cim_layers", "set_mode", "use_mode",
+           "program", "reprogram", "calibrate", "MODES", "CHIP_KEYS"]

@@ -1,0 +1,69 @@
+"""Monte Carlo metrics on constructed cases with known answers, and reproducible chips."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import load_dataset
+from training.evaluate import (
+    chip_seed,
+    converged,
+    convergence_probability,
+    evaluate_mc,
+    metrics_from_probs,
+)
+from training.models import build_model
+from training.variation import PaperNoise, make_generator
+
+
+def test_ekl_zero_when_all_chips_agree():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    m = metrics_from_probs(p.expand(5, 2, 3), torch.tensor([0, 1]))
+    assert m["ekl"] == pytest.approx(0.0, abs=1e-12)
+    assert m["acc_mean"] == pytest.approx(0.5)
+    assert m["acc_std"] == 0.0
+    assert m["confidence"] == pytest.approx((0.7 + 0.8) / 2)
+
+
+def test_two_chip_case_by_hand():
+    p1 = torch.tensor([[0.9, 0.1]], dtype=torch.float64)
+    p2 = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+    pm = np.array([0.6, 0.4])
+    kl = lambda p: float(np.sum(p * np.log(p / pm)))
+    want = 0.5 * (kl(np.array([0.9, 0.1])) + kl(np.array([0.3, 0.7])))
+    m = metrics_from_probs(torch.stack([p1, p2]), torch.tensor([0]))
+    assert m["ekl"] == pytest.approx(want, rel=1e-12)
+    assert m["acc_per_chip"] == [1.0, 0.0]
+    assert m["acc_mean"] == 0.5 and m["acc_std"] == pytest.approx(math.sqrt(0.5))
+    half = 12.706204736 * math.sqrt(0.5) / math.sqrt(2)  # t(0.975, 1)
+    assert m["acc_ci95_low"] == pytest.approx(0.5 - half, rel=1e-6)
+    assert m["confidence"] == pytest.approx(0.8)
+
+
+def test_chip_seed_is_spawned_child_and_chip_reproducible():
+    from numpy.random import SeedSequence
+
+    assert chip_seed(5, 3) == int(SeedSequence(5).spawn(4)[3].generate_state(1, dtype=np.uint64)[0])
+    assert len({chip_seed(5, i) for i in range(100)}) == 100
+    data = load_dataset("digits", "test").subset(slice(0, 100))
+    model = build_model("lenet", data.input_shape, 10)
+    pn = PaperNoise(1.0)
+    full = evaluate_mc(model, pn, data, 0.3, chips=4, seed=9, batch_size=32)
+    # Chip 2 alone, re-made from (seed, 2):
+    chip = pn.chip(model.eval(), 0.3, make_generator(chip_seed(9, 2)))
+    x, y = data.batch(slice(0, 100))
+    acc2 = (pn.forward_chip(model, chip, x).argmax(1) == y).float().mean().item()
+    assert acc2 == pytest.approx(full.acc_per_chip[2])
+    again = evaluate_mc(model, pn, data, 0.3, chips=4, seed=9, batch_size=100)
+    assert np.array_equal(full.acc_per_chip, again.acc_per_chip)
+    assert full.metrics["ekl"] > 0  # chips differ
+    clean = evaluate_mc(model, pn, data, 0.0, chips=3, seed=9)
+    assert clean.metrics["ekl"] == pytest.approx(0.0, abs=1e-12) and clean.metrics["acc_std"] == 0
+
+
+def test_convergence_definition():
+    assert converged(0.56, 10, 0.5)  # threshold 0.1 + 0.5 * 0.9 = 0.55
+    assert not converged(0.54, 10, 0.5)
+    assert not converged(0.99, 10, 0.5, diverged=True)
+    assert convergence_probability([True, False, True, True]) == 0.75

@@ -1,0 +1,89 @@
+"""Loss formulas of the methods against hand-computed values."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.methods import (
+    MethodSpec,
+    batch_loss,
+    negative_feedback_logits,
+    orthogonality_penalty,
+)
+from training.variation import Variation
+
+
+def test_negative_feedback_formula_by_hand():
+    z0 = torch.tensor([[1.0, 2.0, 3.0]])
+    zs = [torch.tensor([[10.0, 0.0, 0.0]]), torch.tensor([[0.0, 20.0, 0.0]]), torch.tensor([[0.0, 0.0, 300.0]])]
+    beta = 0.5
+    # (z0 - 0.5 * (1*z_0 + 0.1*z_1 + 0.01*z_2)) / 4
+    want = torch.tensor([[(1 - 0.5 * 10) / 4, (2 - 0.5 * 2) / 4, (3 - 0.5 * 3) / 4]])
+    got = negative_feedback_logits(z0, zs, beta, decay=10.0)
+    assert torch.allclose(got, want)
+    assert torch.allclose(negative_feedback_logits(z0, zs[:1], 0.0), z0 / 2)
+
+
+class FixedLogits(Variation):
+    """A fake backend returning preset logits per call, recording the sigmas it was asked for."""
+
+    def __init__(self, outputs):
+        self.outputs, self.sigmas = list(outputs), []
+
+    def forward(self, model, x, sigma, generator, heads=False):
+        self.sigmas.append(sigma)
+        return self.outputs.pop(0)
+
+    def chip(self, model, sigma, generator, heads=False):
+        return {}
+
+    def forward_chip(self, model, chip, x, heads=False):
+        return model(x)
+
+
+def test_ovf_loss_matches_hand_value_and_sigma_order():
+    z = [torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[5.0, 5.0]])]
+    var = FixedLogits(z)
+    spec = MethodSpec("ovf", sigma=0.2, beta=1e-1)
+    y = torch.tensor([0])
+    loss, main = batch_loss(spec, nn.Identity(), torch.zeros(1, 2), y, var, None)
+    comb = (z[0] - 0.1 * (z[1] + 0.1 * z[2] + 0.01 * z[3])) / 4
+    a, b = comb[0].tolist()
+    want = -a + math.log(math.exp(a) + math.exp(b))
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert var.sigmas == pytest.approx([0.2, 0.35, 0.30, 0.25])
+    assert main is z[0]
+
+
+def test_irs_loss_uses_heads_shallowest_first():
+    class Fake(FixedLogits):
+        def forward(self, model, x, sigma, generator, heads=False):
+            assert heads
+            return torch.tensor([[1.0, 0.0]]), [torch.tensor([[0.0, 4.0]]), torch.tensor([[8.0, 0.0]])]
+
+    spec = MethodSpec("irs", sigma=0.1, beta=0.5)
+    loss, _ = batch_loss(spec, nn.Identity(), torch.zeros(1, 2), torch.tensor([1]), Fake([]), None)
+    comb = (torch.tensor([[1.0, 0.0]]) - 0.5 * (torch.tensor([[0.0, 4.0]]) + 0.1 * torch.tensor([[8.0, 0.0]]))) / 3
+    assert loss.item() == pytest.approx(F.cross_entropy(comb, torch.tensor([1])).item(), rel=1e-6)
+
+
+def test_orthogonality_penalty_by_hand():
+    m = nn.Sequential(nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert orthogonality_penalty(m).item() == pytest.approx(0.0)
+    with torch.no_grad():
+        m[0].weight.mul_(2.0)  # W W^T = 4 I -> ||3 I||^2 = 9 * 2
+    assert orthogonality_penalty(m).item() == pytest.approx(18.0)
+    conv = nn.Sequential(nn.Conv2d(4, 1, 1, bias=False))  # [1, 4] -> gram on rows: 1x1
+    with torch.no_grad():
+        conv[0].weight.fill_(1.0)
+    assert orthogonality_penalty(conv).item() == pytest.approx((4 - 1) ** 2)
+
+
+def test_plain_ignores_variation():
+    lin = nn.Linear(2, 2)
+    loss, z = batch_loss(MethodSpec("plain", 0.3), lin, torch.ones(1, 2), torch.tensor([0]), FixedLogits([]), None)
+    assert torch.allclose(z, lin(torch.ones(1, 2)))

@@ -1,0 +1,255 @@
+"""Run configuration: one flat, frozen dataclass, validated on construction, saved next to results.
+
+A :class:`RunConfig` holds everything that decides a training run (model, data, method, noise
+backend, optimiser, evaluation). It round-trips through JSON (``config.json``, written into every
+run folder) and TOML (``config.toml``; read with :mod:`tomllib`, written by a small flat writer).
+
+Defaults that come from the NeFT paper (Qin et al., arXiv 2305.14561; authors' code
+github.com/YifanQin-ND/NeFT_CIM; ``/work/shared/reference/README.md`` s.1) are marked there:
+OVF deltas (0.15, 0.10, 0.05) and decay 10, the beta table (:func:`default_beta`), Adam without
+weight decay, cosine schedule, lr 1e-3 (VGG-8) / 1e-2 (ResNet-18), batch 128.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODELS = ("mlp", "lenet", "vgg8", "resnet18")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
+METHODS = ("plain", "nit", "ovf", "irs", "correctnet")
+NOISES = ("paper", "device", "crossbar")
+SIGMA_MODES = ("replace", "multiply")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("cosine", "none")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration (the message is one line, meant for the user)."""
+
+
+def default_beta(model: str, method: str, dataset: str) -> float:
+    """The negative-feedback strength beta the paper used (README s.1), or our documented pick.
+
+    VGG-8: OVF 1e-3; IRS 1e-2 on MNIST-like data, 1e-1 on CIFAR-10.
+    ResNet-18: OVF 1e-4 (MNIST-like) / 1e-1 (CIFAR); IRS 1e-1 (MNIST-like) / 1e-3 (CIFAR).
+    LeNet-5 and MLP (not in the paper): the VGG-8 MNIST values, OVF 1e-3 and IRS 1e-2.
+    Methods without negative feedback get 0.
+    """
+    if method not in ("ovf", "irs"):
+        return 0.0
+    cifar = dataset.startswith("cifar")
+    if model == "resnet18":
+        if method == "ovf":
+            return 1e-1 if cifar else 1e-4
+        return 1e-3 if cifar else 1e-1
+    if method == "ovf":
+        return 1e-3
+    return 1e-1 if (cifar and model == "vgg8") else 1e-2
+
+
+def default_lr(model: str) -> float:
+    """Adam learning rate: 1e-2 for ResNet-18 (paper), 1e-3 otherwise (paper's VGG-8 value)."""
+    return 1e-2 if model == "resnet18" else 1e-3
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides one training run. Fields (units in names where they have one):
+
+    Model and data
+        model: ``mlp | lenet | vgg8 | resnet18``. dataset: ``digits | fashion-mnist | mnist | cifar10``.
+        data_dir: folder of the data set files (``None``: the data set's default place).
+        resize: square side in pixels the images are interpolated to (``None``: native size).
+        train_limit / test_limit: use only the first n training / test images (tests, quick looks).
+        val_fraction: share of the training set held out for validation (chooses the checkpoint).
+    Method and noise
+        method: ``plain | nit | ovf | irs | correctnet``. noise: ``paper | device | crossbar``.
+        device_model: preset name or JSON path. The ``paper`` backend needs a NeFT stylized
+            model (rram1, fefet2, rram4, fefet6) and reads its ``s``; the ``device`` backend takes any.
+        sigma: training variation (paper: sigma_d; device: see ``sigma_mode``).
+        eval_sigma: variation at test (``None``: = sigma, as in the paper).
+        sigma_mode (device backend): ``replace`` sets ``DeviceModel.sigma_scale = sigma`` (for the
+            NeFT stylized presets this is exactly the paper's sigma_d); ``multiply`` multiplies the
+            model's own ``sigma_scale`` by sigma (sigma = 1: the device as fitted).
+        weight_bits: magnitude bits of a quantized weight (sign on the differential pair), device
+            backend. bits_per_cell: bits stored per cell. read_time_s: read time after programming (s).
+        beta: negative-feedback strength (``None``: :func:`default_beta`).
+        ovf_deltas: extra sigma of OVF's extra forwards, in order (their count is N).
+        ovf_decay: z_i is weighted ``ovf_decay ** -i``. correctnet_lambda: weight of CorrectNet's
+            orthogonality (Lipschitz) penalty.
+    Optimisation
+        epochs, batch_size, lr (``None``: :func:`default_lr`), optimizer ``adam | sgd``, momentum
+        (sgd), weight_decay, scheduler ``cosine | none``, seed, torch_device (``auto | cpu | cuda``),
+        threads (torch intra-op threads; ``None``: leave torch's default).
+    Evaluation
+        eval_chips: Monte Carlo chips at test. val_chips: chips that score each epoch's
+        validation accuracy (selects the checkpoint). eval_batch_size. converge_frac: a run
+        converged when its best clean validation accuracy >= chance + converge_frac * (1 - chance).
+    """
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    resize: int | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    val_fraction: float = 0.1
+    method: str = "plain"
+    noise: str = "paper"
+    device_model: str = "rram1"
+    sigma: float = 0.1
+    eval_sigma: float | None = None
+    sigma_mode: str = "replace"
+    weight_bits: int = 8
+    bits_per_cell: int = 2
+    read_time_s: float = 1.0
+    beta: float | None = None
+    ovf_deltas: tuple[float, ...] = (0.15, 0.10, 0.05)
+    ovf_decay: float = 10.0
+    correctnet_lambda: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float | None = None
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    seed: int = 0
+    torch_device: str = "auto"
+    threads: int | None = None
+    eval_chips: int = 200
+    val_chips: int = 4
+    eval_batch_size: int = 1000
+    converge_frac: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ovf_deltas", tuple(float(d) for d in self.ovf_deltas))
+        _choice("model", self.model, MODELS)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("method", self.method, METHODS)
+        _choice("noise", self.noise, NOISES)
+        _choice("sigma_mode", self.sigma_mode, SIGMA_MODES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("torch_device", self.torch_device, ("auto", "cpu", "cuda"))
+        for name in ("epochs", "batch_size", "eval_chips", "val_chips", "eval_batch_size", "weight_bits", "bits_per_cell"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("resize", "train_limit", "test_limit", "threads"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int) and v >= 1):
+                raise ConfigError(f"{name} must be an integer >= 1 or unset, got {v!r}")
+        if self.bits_per_cell > self.weight_bits:
+            raise ConfigError(f"bits_per_cell ({self.bits_per_cell}) exceeds weight_bits ({self.weight_bits})")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        for name in ("sigma", "eval_sigma", "read_time_s", "weight_decay", "correctnet_lambda", "beta", "lr"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.lr is not None and self.lr == 0:
+            raise ConfigError("lr must be > 0")
+        if self.method == "ovf" and not self.ovf_deltas:
+            raise ConfigError("ovf needs at least one extra forward (ovf_deltas is empty)")
+        if any(not (math.isfinite(d) and d >= 0) for d in self.ovf_deltas):
+            raise ConfigError(f"ovf_deltas must be finite and >= 0, got {self.ovf_deltas}")
+        if not self.ovf_decay > 0:
+            raise ConfigError(f"ovf_decay must be > 0, got {self.ovf_decay}")
+        if not 0 <= self.converge_frac <= 1:
+            raise ConfigError(f"converge_frac must lie in [0, 1], got {self.converge_frac}")
+
+    # ------------------------------------------------------------ resolved values
+    @property
+    def beta_value(self) -> float:
+        """beta, or the paper's default for this model/method/data set."""
+        return default_beta(self.model, self.method, self.dataset) if self.beta is None else float(self.beta)
+
+    @property
+    def lr_value(self) -> float:
+        return default_lr(self.model) if self.lr is None else float(self.lr)
+
+    @property
+    def eval_sigma_value(self) -> float:
+        return self.sigma if self.eval_sigma is None else float(self.eval_sigma)
+
+    @property
+    def uses_heads(self) -> bool:
+        return self.method == "irs"
+
+    # -------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ovf_deltas"] = list(self.ovf_deltas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        kw = dict(d)
+        if "ovf_deltas" in kw:
+            kw["ovf_deltas"] = tuple(kw["ovf_deltas"])
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ConfigError(f"malformed config: {e}") from None
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    def to_toml(self) -> str:
+        """Flat TOML; fields that are ``None`` are left out (they take their default on reading)."""
+        lines = []
+        for k, v in self.to_dict().items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {_toml_value(v)}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``config.json`` and ``config.toml`` into ``folder``."""
+        folder = Path(folder)
+        (folder / "config.json").write_text(self.to_json() + "\n")
+        (folder / "config.toml").write_text(self.to_toml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a config from a ``.json`` or ``.toml`` file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        try:
+            d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot parse config ({e})") from None
+        return cls.from_dict(d)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r} (choose from {', '.join(allowed)})")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} as TOML")

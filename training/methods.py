@@ -1,0 +1,112 @@
+"""Training methods, each a loss over one batch.
+
+``batch_loss(spec, model, x, y, variation, generator) -> (loss, logits)`` with ``x [B, C, H, W]``,
+``y [B]`` and ``logits [B, classes]`` of the main (first) forward. Methods:
+
+``plain``       CE(model(x), y); no noise.
+``nit``         noise-injection training: CE(f(x; W + n), y), n drawn at the training sigma.
+``ovf``         NeFT's Oriented Variational Forward (Qin et al., arXiv 2305.14561): the forward at
+                sigma (z0) plus N extra forwards of the same batch at sigma + delta_i
+                (default deltas 0.15, 0.10, 0.05, in that order), each with fresh noise, all in the
+                model's current (training) mode, so BatchNorm statistics are updated by each, no
+                detach; loss = CE((z0 - beta * sum_i decay^-i z_i) / (N + 1), y), i = 0..N-1.
+                The larger variation reaches every noisy layer (the authors' ResNet-18 code reaches
+                only the stem conv and the final FC; we do not copy that).
+``irs``         NeFT's Intermediate Representation Snapshot: one noisy forward with side heads; the
+                same loss form with the head logits as z_i, shallowest head first (weighted 1).
+                Head weights are noisy too (the paper backend uses s = 1 for them).
+``correctnet``  Eldebiky et al. (CorrectNet, arXiv 2211.14917), the regularisation half: noise
+                injection plus ``lambda * sum_W ||W_2d W_2d^T - I||_F^2`` over conv/linear weights
+                (W reshaped to ``[out, in*kh*kw]``, the Gram matrix taken on the smaller side), a
+                Lipschitz/orthogonality penalty that keeps errors from growing through layers. Its
+                error-compensation layers are NOT implemented.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import noisy_weight_names
+from .variation import Variation
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """The method and its knobs (see the module docstring)."""
+
+    name: str
+    sigma: float
+    beta: float = 0.0
+    ovf_deltas: tuple[float, ...] = (0.15, 0.10, 0.05)
+    ovf_decay: float = 10.0
+    correctnet_lambda: float = 1e-3
+
+    @classmethod
+    def from_config(cls, cfg) -> MethodSpec:
+        return cls(cfg.method, cfg.sigma, cfg.beta_value, tuple(cfg.ovf_deltas), cfg.ovf_decay, cfg.correctnet_lambda)
+
+
+def negative_feedback_logits(z0: torch.Tensor, zs: Sequence[torch.Tensor], beta: float, decay: float = 10.0) -> torch.Tensor:
+    """NeFT's combined logits ``(z0 - beta * sum_i decay^-i * zs[i]) / (len(zs) + 1)``, shapes ``[B, classes]``."""
+    fb = torch.zeros_like(z0)
+    for i, z in enumerate(zs):
+        fb = fb + (float(decay) ** -i) * z
+    return (z0 - beta * fb) / (len(zs) + 1)
+
+
+def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
+    """``sum_W ||G - I||_F^2`` with ``G = W W^T`` (rows <= cols) or ``W^T W``, over backbone conv/linear weights."""
+    params = dict(model.named_parameters())
+    total = None
+    for name in noisy_weight_names(model):
+        if name.startswith("heads."):
+            continue
+        w = params[name].flatten(1)
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+        term = (gram - eye).pow(2).sum()
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros((), device=next(model.parameters()).device)
+    return total
+
+
+def _plain(spec, model, x, y, variation, gen):
+    z = model(x)
+    return F.cross_entropy(z, y), z
+
+
+def _nit(spec, model, x, y, variation, gen):
+    z = variation.forward(model, x, spec.sigma, gen)
+    return F.cross_entropy(z, y), z
+
+
+def _ovf(spec, model, x, y, variation, gen):
+    z0 = variation.forward(model, x, spec.sigma, gen)
+    zs = [variation.forward(model, x, spec.sigma + d, gen) for d in spec.ovf_deltas]
+    return F.cross_entropy(negative_feedback_logits(z0, zs, spec.beta, spec.ovf_decay), y), z0
+
+
+def _irs(spec, model, x, y, variation, gen):
+    z0, hs = variation.forward(model, x, spec.sigma, gen, heads=True)
+    return F.cross_entropy(negative_feedback_logits(z0, hs, spec.beta, spec.ovf_decay), y), z0
+
+
+def _correctnet(spec, model, x, y, variation, gen):
+    z = variation.forward(model, x, spec.sigma, gen)
+    return F.cross_entropy(z, y) + spec.correctnet_lambda * orthogonality_penalty(model), z
+
+
+METHOD_LOSSES: dict[str, Callable] = {"plain": _plain, "nit": _nit, "ovf": _ovf, "irs": _irs, "correctnet": _correctnet}
+
+
+def batch_loss(spec: MethodSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               variation: Variation, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (scalar) and main logits ``[B, classes]`` of method ``spec.name`` on one batch."""
+    if spec.name not in METHOD_LOSSES:
+        raise ValueError(f"unknown method {spec.name!r} (choose from {', '.join(METHOD_LOSSES)})")
+    return METHOD_LOSSES[spec.name](spec, model, x, y, variation, generator)

@@ -1,0 +1,324 @@
+"""Training loop, checkpoints, resume, and the ``python -m training.train`` command.
+
+Example::
+
+    python -m training.train --model lenet --dataset fashion-mnist --method ovf --noise device \\
+        --device-model device_models/rram1.json --sigma 0.2 --epochs 5 --out runs/lenet_ovf
+
+A run works in ``<out>.partial/`` and renames it to ``<out>`` when complete, which then holds:
+``config.json`` / ``config.toml`` (the config used), ``metrics.csv`` (one row per epoch), ``best.pt``
+(model state of the epoch with the best validation score), ``last.pt`` (full training state, for
+``--resume``), ``eval.json`` (final Monte Carlo evaluation of ``best.pt`` on the test set),
+``chips.csv`` (accuracy of every chip) and ``acc_hist.png``.
+
+The checkpoint is chosen on a validation split carved from the training set (never the test set):
+the score is the mean accuracy over ``val_chips`` fixed chips at the evaluation sigma (the clean
+accuracy when the backend is noise-free there). A NaN/inf loss stops the run with one line naming
+epoch and step; the folder is then completed with ``diverged.json`` (exit code 3).
+Bad options or missing files: one line on stderr, exit code 2, no folder created.
+
+Determinism: the whole run is seeded at its top (``torch.manual_seed(seed)``, used by weight
+initialisation), data order and noise come from explicit generators whose states are checkpointed,
+so ``--resume`` continues the exact same run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cimsim.device import DeviceModelError
+
+from .config import ConfigError, RunConfig
+from .data import DataError, ImageSet, check_available, load_dataset, train_val_split
+from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
+from .methods import MethodSpec, batch_loss
+from .models import build_model
+from .variation import VariationError, make_generator, make_variation
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+class UsageError(RuntimeError):
+    """Bad option or missing file (one line; the CLI exits with code 2)."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"training diverged: loss {loss} at epoch {epoch} step {step}; lower --lr or --sigma")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("torch_device 'cuda' asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def check_options(cfg: RunConfig) -> None:
+    """Data set present, noise backend buildable, torch device available; raises :class:`UsageError`."""
+    try:
+        check_available(cfg.dataset, cfg.data_dir)
+        make_variation(cfg)
+        resolve_device(cfg.torch_device)
+    except (DataError, VariationError, DeviceModelError) as e:
+        raise UsageError(str(e)) from None
+
+
+def check_run(cfg: RunConfig, out: Path, resume: bool) -> None:
+    """Everything that can be checked before a folder is made; raises :class:`UsageError`."""
+    check_options(cfg)
+    if out.exists():
+        raise UsageError(f"{out} already exists (a finished run); choose another --out")
+    if partial_dir(out).exists() and not resume:
+        raise UsageError(f"{partial_dir(out)} holds an unfinished run; pass --resume to continue it or remove it")
+
+
+def load_data(cfg: RunConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Train, validation and test sets as the config says."""
+    full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.resize)
+    if cfg.train_limit:
+        full = full.subset(slice(0, cfg.train_limit))
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.resize)
+    if cfg.test_limit:
+        test = test.subset(slice(0, cfg.test_limit))
+    tr, va = train_val_split(len(full), cfg.val_fraction, cfg.seed)
+    return full.subset(tr), full.subset(va), test
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Train and evaluate one run into folder ``out``; returns the final evaluation dict.
+
+    Raises :class:`UsageError` before creating anything when the options cannot work, and
+    :class:`Diverged` (after completing the folder with ``diverged.json``) on a NaN/inf loss.
+    """
+    out = Path(out)
+    check_run(cfg, out, resume)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    dev = resolve_device(cfg.torch_device)
+    try:
+        train, val, test = load_data(cfg)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    train_d, val_d = train.to(dev), val.to(dev)
+    model = build_model(cfg.model, train.input_shape, train.num_classes, with_heads=cfg.uses_heads).to(dev)
+    variation = make_variation(cfg)
+    spec = MethodSpec.from_config(cfg)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_value, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_value, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.scheduler == "cosine" else None
+    shuffle_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, 1]).generate_state(1)[0]))
+    noise_gen = make_generator(int(np.random.SeedSequence([cfg.seed, 2]).generate_state(2, np.uint64)[0]), dev)
+    val_seed = int(np.random.SeedSequence([cfg.seed, 3]).generate_state(1)[0])
+    eval_sigma = cfg.eval_sigma_value
+
+    work = partial_dir(out)
+    start_epoch, best_score, history = 0, -math.inf, []
+    ck = work / "last.pt"
+    if resume and ck.exists():
+        state = torch.load(ck, map_location=dev, weights_only=False)
+        saved = RunConfig.from_dict(state["config"])
+        if saved != cfg:
+            raise UsageError(f"{work}: the unfinished run was made with a different config; resume with the same options")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state["scheduler"] is not None:
+            sched.load_state_dict(state["scheduler"])
+        shuffle_gen.set_state(state["shuffle_gen"].cpu())
+        noise_gen.set_state(state["noise_gen"].cpu())  # generator states are CPU byte tensors
+        torch.set_rng_state(state["torch_rng"].cpu())
+        start_epoch, best_score, history = state["epoch"] + 1, state["best_score"], state["history"]
+        _log(f"resuming {work} at epoch {start_epoch + 1}/{cfg.epochs}", quiet)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        cfg.save(work)
+
+    n, bs = len(train_d), cfg.batch_size
+    steps = max(1, math.ceil(n / bs))
+    t_run = time.time()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0, loss_sum, correct, seen, last_print = time.time(), 0.0, 0, 0, time.time()
+            perm = torch.randperm(n, generator=shuffle_gen).to(dev)
+            for step in range(steps):
+                idx = perm[step * bs : (step + 1) * bs]
+                x, y = train_d.batch(idx, dev)
+                loss, logits = batch_loss(spec, model, x, y, variation, noise_gen)
+                if not torch.isfinite(loss):
+                    raise Diverged(epoch + 1, step + 1, float(loss.detach()))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                if not quiet and (time.time() - last_print > 5 or step + 1 == steps):
+                    last_print = time.time()
+                    _log(f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {loss_sum / seen:.4f} "
+                         f"acc {correct / seen:.4f} {time.time() - t0:.1f} s", quiet)
+            if sched is not None:
+                sched.step()
+            train_time = time.time() - t0
+            clean_val = clean_accuracy(model, val_d, cfg.eval_batch_size, dev)
+            noisy_val = evaluate_mc(model, variation, val_d, eval_sigma, cfg.val_chips, val_seed,
+                                    cfg.eval_batch_size, dev).metrics["acc_mean"]
+            score = noisy_val
+            is_best = score > best_score
+            if is_best:
+                best_score = score
+                torch.save({"model": model.state_dict(), "epoch": epoch + 1}, work / "best.pt")
+            history.append({
+                "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                "val_acc_clean": clean_val, "val_acc_noisy": noisy_val, "best": int(is_best),
+                "lr": opt.param_groups[0]["lr"], "epoch_time_s": round(train_time, 3),
+            })
+            _write_metrics(work / "metrics.csv", history)
+            torch.save({
+                "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch,
+                "best_score": best_score, "history": history, "shuffle_gen": shuffle_gen.get_state(),
+                "noise_gen": noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            }, ck)
+            _log(f"epoch {epoch + 1}/{cfg.epochs} done: val clean {clean_val:.4f} noisy {noisy_val:.4f}"
+                 f"{' (best)' if is_best else ''} {train_time:.1f} s", quiet)
+    except Diverged as d:
+        _write_metrics(work / "metrics.csv", history)
+        (work / "diverged.json").write_text(json.dumps({"epoch": d.epoch, "step": d.step, "loss": str(d.loss)}) + "\n")
+        _finish(work, out)
+        raise
+
+    # Final evaluation of the best checkpoint (backbone only) on the test set.
+    best = torch.load(work / "best.pt", map_location=dev, weights_only=True)
+    model.load_state_dict(best["model"])
+    t0 = time.time()
+    mc = evaluate_mc(model, variation, test.to(dev), eval_sigma, cfg.eval_chips, cfg.seed,
+                     cfg.eval_batch_size, dev, progress=not quiet)
+    best_row = max(history, key=lambda r: (r["val_acc_noisy"], -r["epoch"])) if history else {}
+    result = {
+        **mc.metrics,
+        "sigma": cfg.sigma, "eval_sigma": eval_sigma, "method": cfg.method, "noise": cfg.noise,
+        "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
+        "best_epoch": best["epoch"],
+        "best_val_acc_noisy": best_row.get("val_acc_noisy", float("nan")),
+        "best_val_acc_clean": max((r["val_acc_clean"] for r in history), default=float("nan")),
+        "clean_test_acc": clean_accuracy(model, test, cfg.eval_batch_size, dev),
+        "diverged": False,
+        "train_time_s": round(sum(r["epoch_time_s"] for r in history), 3),
+        "eval_time_s": round(time.time() - t0, 3),
+        "chip_seed_rule": "chip i: torch generator on the eval device seeded by training.evaluate.chip_seed(seed, i)",
+    }
+    result["converged"] = converged(result["best_val_acc_clean"], test.num_classes, cfg.converge_frac)
+    (work / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    with open(work / "chips.csv", "w") as fh:
+        fh.write("chip,seed,accuracy\n")
+        fh.writelines(f"{i},{chip_seed(cfg.seed, i)},{a:.6f}\n" for i, a in enumerate(mc.acc_per_chip))
+    plot_histogram(mc.acc_per_chip, work / "acc_hist.png",
+                   f"{cfg.model} {cfg.method} {cfg.noise} sigma={eval_sigma:g}: {100 * mc.metrics['acc_mean']:.2f} %")
+    _finish(work, out)
+    _log(f"done in {time.time() - t_run:.1f} s: test acc {100 * result['acc_mean']:.2f} +- "
+         f"{100 * result['acc_std']:.2f} % over {result['chips']} chips -> {out}", quiet)
+    return result
+
+
+def _finish(work: Path, out: Path) -> None:
+    work.rename(out)
+
+
+# ----------------------------------------------------------------------------- CLI
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line and exits with code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _field_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(RunConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if isinstance(hint, types.UnionType) and args else hint
+    if typing.get_origin(base) is tuple:
+        return lambda s: tuple(float(v) for v in s.split(",") if v.strip())
+    return base
+
+
+def add_config_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per :class:`RunConfig` field (default: the config's)."""
+    doc = "see training.config.RunConfig"
+    p.add_argument("--config", help="JSON or TOML config file; options given here override it")
+    for f in dataclasses.fields(RunConfig):
+        if f.name in skip:
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
+                       help=f"{doc} (default {f.default!r})")
+
+
+def config_from_args(ns: argparse.Namespace, skip: tuple[str, ...] = ()) -> RunConfig:
+    base = RunConfig.load(ns.config) if ns.config else RunConfig()
+    changes = {f.name: getattr(ns, f.name) for f in dataclasses.fields(RunConfig)
+               if f.name not in skip and getattr(ns, f.name, None) is not None}
+    return base.replace(**changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="python -m training.train", description="Train one model with a NeFT method and evaluate it on Monte Carlo chips.")
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in <out>.partial")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    ns = p.parse_args(argv)
+    try:
+        cfg = config_from_args(ns)
+        run(cfg, Path(ns.out), resume=ns.resume, quiet=ns.quiet)
+    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Diverged as d:
+        print(f"{p.prog}: {d}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
