@@ -28,16 +28,25 @@ ADC_BITS = (6, 8, 10)
 TARGET = ((1024, 1024), 256)
 
 
-def _timeit(fn: Callable[[], object], min_time_s: float = 0.3, max_reps: int = 50) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    times: list[float] = []
+def _paired(sim: Callable[[], object], ideal: Callable[[], object], min_time_s: float = 0.5,
+            max_reps: int = 40) -> tuple[float, float, float]:
+    """Time ``sim`` and ``ideal`` alternately; returns (median sim s, median ideal s, median ratio).
+
+    Alternating the two keeps a load that comes and goes from biasing their ratio.
+    """
+    sim(), ideal()
+    ts, ti, r = [], [], []
     t_end = time.perf_counter() + min_time_s
-    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < max_reps):
+    while len(ts) < 5 or (time.perf_counter() < t_end and len(ts) < max_reps):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        ideal()
+        t1 = time.perf_counter()
+        sim()
+        t2 = time.perf_counter()
+        ti.append(t1 - t0)
+        ts.append(t2 - t1)
+        r.append((t2 - t1) / (t1 - t0))
+    return float(np.median(ts)), float(np.median(ti)), float(np.median(r))
 
 
 def _reset_peak_rss() -> int:
@@ -87,31 +96,35 @@ def run(shapes=SHAPES, batches=BATCHES, quick: bool = False, out: Path | None = 
         wt = torch.from_numpy(w)
         for batch in batches:
             x = torch.from_numpy(np.abs(rng.normal(size=(batch, n_in))).astype(np.float32))
-            t_ideal = _timeit(lambda: x @ wt.T)
+            def ideal():
+                return x @ wt.T
+
             at_target = ((n_out, n_in), batch) == TARGET
             for cfg in _configs(quick, at_target):
                 variants = [("off", None)] + ([("on", noisy_dev)] if at_target else [])
-                t_off = None
+                r_off = None
                 for noise, dev in variants:
                     c = cfg.replace(read_noise=noise == "on")
-                    t0 = time.perf_counter()
-                    arr = program(w, c, 0, device=dev)
-                    t_prog = time.perf_counter() - t0
+                    t_prog = np.inf
+                    for _ in range(2):  # the first call may compile the sampler
+                        t0 = time.perf_counter()
+                        arr = program(w, c, 0, device=dev)
+                        t_prog = min(t_prog, time.perf_counter() - t0)
                     arr.calibrate(x.numpy())
                     base_rss = _reset_peak_rss()
-                    t_sim = _timeit(lambda: crossbar_matmul_torch(arr, x))
+                    t_sim, t_ideal, ratio = _paired(lambda: crossbar_matmul_torch(arr, x), ideal)
                     peak = max(_rss("VmHWM") - base_rss, 0) if base_rss else float("nan")
                     floor = c.partial_products_floor()
                     row = dict(
                         out=n_out, inp=n_in, batch=batch, dac=c.dac, slices=c.n_slices, adc_bits=c.adc_bits,
-                        read_noise=noise, sim_s=t_sim, ideal_s=t_ideal, ratio=t_sim / t_ideal, floor=floor,
-                        ratio_over_floor=t_sim / t_ideal / floor, program_cells_per_s=arr.n_cells / t_prog,
+                        read_noise=noise, sim_s=t_sim, ideal_s=t_ideal, ratio=ratio, floor=floor,
+                        ratio_over_floor=ratio / floor, program_cells_per_s=arr.n_cells / t_prog,
                         peak_mem_MiB=peak / 2**20,
                     )
                     if noise == "off":
-                        t_off = t_sim
-                    else:
-                        row["noise_cost_x"] = (t_sim - t_off) / t_off
+                        r_off = ratio
+                    else:  # extra time of the read-noise GEMM and draws, relative to the noise-free forward
+                        row["noise_cost_x"] = (ratio - r_off) / r_off
                     rows.append(row)
                     log(_fmt(row))
     if out is not None:

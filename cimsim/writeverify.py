@@ -330,43 +330,14 @@ def _stuck_codes(device: DeviceModel, n: int, gen: np.random.Generator) -> np.nd
 _KERNEL = None
 
 
-def _ensure_threading_layer() -> None:
-    """Pick numba's threading layer before the first parallel launch (process-wide).
-
-    torch and numba share one OpenMP runtime here. The layer follows the package-wide switch
-    ``CIMSIM_NUMBA_THREADING`` (default ``omp``, as in :mod:`cimsim.kernels`), so the choice does
-    not depend on which module launches a kernel first; it is only set if the user has not
-    chosen one (``NUMBA_THREADING_LAYER``) and numba has not launched its threads yet.
-
-    Measured on the 2-core build machine (2 M cells, ~10 pulses/cell, ``bench_writeverify``):
-    alone, ``omp`` 7.5 and ``workqueue`` 7.3 M cells/s (1 thread: 3.8); while a torch thread runs
-    matmuls at the same time, ``omp`` 2.1 and ``workqueue`` 2.8 M cells/s. ``omp`` adds one OS
-    thread to torch's pool (it reuses torch's libgomp workers, so torch + numba never run more
-    threads than cores), ``workqueue`` adds its own pool of 3 (oversubscribes when both are
-    busy). Hence ``omp``: as fast alone and it does not oversubscribe; ``workqueue`` is the
-    fallback when no OpenMP layer loads.
-    """
-    import os
-
-    import numba
-
-    if numba.config.THREADING_LAYER == "default":
-        try:
-            from numba.np.ufunc import parallel as _par
-
-            launched = bool(getattr(_par, "_is_initialized", False))
-        except ImportError:  # pragma: no cover
-            launched = False
-        if not launched:
-            numba.config.THREADING_LAYER = os.environ.get("CIMSIM_NUMBA_THREADING", "omp")
-
-
 def _get_kernel():
     """Compile (or load from cache) the Numba kernel on first use."""
     global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
-    _ensure_threading_layer()
+    from .kernels import choose_threading_layer
+
+    choose_threading_layer()
     import numba
     from numba import njit, prange
 

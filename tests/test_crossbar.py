@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cimsim.config import ConfigError, CrossbarConfig
 from cimsim.device import DeviceModel, load_device
-from cimsim.kernels import adc_shift_add
+from cimsim.kernels import adc_shift_add_tiles
 from cimsim.mapping import map_weights, quantize_weights, slice_digits, unmap
 from cimsim.mvm import _adc_shift_add_torch, crossbar_matmul, make_plan
 from cimsim.mvm_ref import matmul_quantized, mvm_reference
@@ -193,7 +193,7 @@ def test_adc_error_at_most_half_lsb_when_nothing_clips(convert):
             colw, cycw = np.zeros(G), np.zeros(C)
             colw[g], cycw[c] = 1.0, 1.0
             acc = np.zeros((B, n_out))
-            adc_shift_add(P, C, B, n_out, lsb, lo, hi, colw, cycw, 1.0, acc)
+            adc_shift_add_tiles(P[None], C, B, n_out, lsb, lo, hi, colw, cycw, 1.0, acc)
             exact = P[c * B:(c + 1) * B, g * n_out:(g + 1) * n_out]
             assert np.all(np.abs(acc - exact) <= 0.5 * lsb[g * n_out:(g + 1) * n_out] * (1 + 1e-6))
 
