@@ -78,6 +78,12 @@ therefore depend only on the seed, never on the thread count or chunking, and th
 Python reference (:func:`write_verify_reference`) reproduces the Numba kernel number for
 number. Relaxation and one-shot programming use a numpy ``Generator``.
 
+Command line: ``python -m cimsim.writeverify --run runs/<run> ...`` evaluates trained models
+under one-shot / full / selective write-verify and writes accuracy-vs-energy/latency tables and
+budgets. It needs the ``training`` package (and torch): the command is
+:mod:`training.writeverify` (also ``python -m training.writeverify``), imported only when this
+file runs as a script, so importing :mod:`cimsim.writeverify` loads neither training nor torch.
+
 Numba threading layer: ``omp`` by default (``CIMSIM_NUMBA_THREADING``); measurements in
 :func:`_ensure_threading_layer`.
 """
@@ -907,3 +913,19 @@ def bench_writeverify(n_cells: int = 2_000_000, repeats: int = 3, threads: Seque
             best = {"cells_per_s": rate, "pulses_per_cell": ppc, "threads": float(label)}
     best["setup_s"] = compile_s
     return best
+
+
+# ============================================================================ command line
+if __name__ == "__main__":
+    # ``python -m cimsim.writeverify``: write-verify budgets of trained models. That command programs
+    # torch models from training run folders, so it lives in the ``training`` package
+    # (training/writeverify.py, also ``python -m training.writeverify``); it is imported only here,
+    # when this file runs as a script, so ``import cimsim.writeverify`` never loads training or torch.
+    import sys
+
+    try:
+        from training.writeverify import main as _cli_main
+    except ImportError as _e:
+        print(f"python -m cimsim.writeverify: needs the training package and torch ({_e})", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_cli_main(prog="python -m cimsim.writeverify"))

@@ -1,0 +1,267 @@
+"""Write-verify budgets of trained models: training.programming and the CLI
+(``python -m cimsim.writeverify`` = ``python -m training.writeverify``)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cimsim.config import CrossbarConfig
+from cimsim.device import load_device
+from training.config import RunConfig
+from training.programming import (
+    Policy,
+    ProgrammingError,
+    ProgrammingSetup,
+    cell_mask,
+    ideal_weights,
+    layer_seed,
+    prepare_layers,
+    program_layer,
+    selection_masks,
+)
+from training.train import run
+from training.writeverify import NOT_REACHED, main
+
+# rram1 (the NeFT stylized RRAM, 4 levels on 0..40 uS) at sigma_scale 1: one-shot programming
+# ruins the MLP, write-verify restores it, so the budget has something to decide.
+SIGMA = "1.0"
+
+
+def _read(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny trained runs (MLP on scikit-learn digits, 2 epochs): plain and nit."""
+    base = tmp_path_factory.mktemp("wv_runs")
+    cfg = RunConfig(model="mlp", dataset="digits", epochs=2, batch_size=64, lr=5e-3, eval_chips=2, val_chips=1,
+                    eval_batch_size=512, sigma=0.1, threads=1, seed=0)
+    out = {}
+    for method in ("plain", "nit"):
+        run(cfg.replace(method=method), base / method, quiet=True)
+        out[method] = base / method
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli(runs, tmp_path_factory):
+    """One CLI run through ``python -m cimsim.writeverify`` over both runs; returns (out, process)."""
+    out = tmp_path_factory.mktemp("wv_out") / "res"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "cimsim.writeverify", "--run", str(runs["plain"]), "--run", str(runs["nit"]),
+            "--policies", "none,full,selective", "--tolerances", "2", "--fractions", "0.1,1", "--chips", "2",
+            "--sigma", SIGMA, "--sensitivity", "second", "--out", str(out)]
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def _rows_by(rows, run_dir):
+    return [r for r in rows if r["run"] == str(run_dir)]
+
+
+def _find(rows, policy, fraction=None):
+    hits = [r for r in rows if r["policy"] == policy and (fraction is None or float(r["fraction"]) == fraction)]
+    assert len(hits) == 1, (policy, fraction, hits)
+    return hits[0]
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_writes_table_plots_budget_and_config(cli, runs):
+    out, proc = cli
+    for f in ("writeverify.csv", "layers.csv", "budget.csv", "acc_vs_energy.png", "acc_vs_latency.png", "config.json"):
+        assert (out / f).is_file(), f
+    assert (out / "acc_vs_energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = _read(out / "writeverify.csv")
+    assert len(rows) == 2 * 4  # none, full tol 2, selective 10 %, selective 100 %
+    for key in ("run", "method", "policy", "tolerance", "fraction", "chips", "acc_mean", "acc_std", "acc_ci95_low",
+                "acc_ci95_high", "energy_J", "latency_s", "pulses", "reads", "failed_cells"):
+        assert key in rows[0]
+    assert {r["method"] for r in rows} == {"plain", "nit"}
+    assert all(int(r["chips"]) == 2 for r in rows)
+    # per-layer costs add up to the model's
+    layers = _read(out / "layers.csv")
+    for r in rows:
+        mine = [la for la in layers if la["run"] == r["run"] and la["policy"] == r["policy"]
+                and la["fraction"] == r["fraction"] and la["tolerance"] == r["tolerance"]]
+        assert len(mine) == 4  # the MLP's four linear layers
+        assert sum(float(la["energy_J"]) for la in mine) == pytest.approx(float(r["energy_J"]), rel=1e-9)
+        assert sum(float(la["latency_s"]) for la in mine) == pytest.approx(float(r["latency_s"]), rel=1e-9)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["algorithm"] == "ispp" and cfg["chips"] == 2 and cfg["crossbar"]["weight_bits"] == 8
+    assert set(cfg["runs"]) == {str(runs["plain"]), str(runs["nit"])}
+    assert "min energy J" in proc.stdout  # the budget table is printed
+    assert "chips" in proc.stderr  # progress lines
+
+
+def test_selective_fraction_one_equals_full(cli, runs):
+    rows = _read(cli[0] / "writeverify.csv")
+    for run_dir in runs.values():
+        mine = _rows_by(rows, run_dir)
+        full, sel = _find(mine, "full"), _find(mine, "selective", 1.0)
+        for k in ("acc_mean", "acc_std", "energy_J", "latency_s", "pulses", "reads", "failed_cells"):
+            assert full[k] == sel[k], k
+
+
+def test_energy_full_above_selective_above_none(cli, runs):
+    rows = _read(cli[0] / "writeverify.csv")
+    for run_dir in runs.values():
+        mine = _rows_by(rows, run_dir)
+        e_full, e_sel, e_none = (float(_find(mine, p, f)["energy_J"]) for p, f in
+                                 (("full", None), ("selective", 0.1), ("none", None)))
+        assert e_full > e_sel > e_none >= 0
+        l_full, l_sel = float(_find(mine, "full")["latency_s"]), float(_find(mine, "selective", 0.1)["latency_s"])
+        assert l_full > l_sel
+        # one-shot programming at this spread is far worse than write-verify
+        assert float(_find(mine, "none")["acc_mean"]) < float(_find(mine, "full")["acc_mean"]) - 0.3
+
+
+def test_budget_picks_cheapest_setting_reaching_target(cli, runs):
+    rows = _read(cli[0] / "writeverify.csv")
+    budget = _read(cli[0] / "budget.csv")
+    assert len(budget) == 2
+    for b in budget:
+        mine = [r for r in rows if r["run"] == b["run"]]
+        target = float(b["clean_acc"]) - 0.01  # default: 1 point below the clean accuracy
+        assert float(b["target_acc"]) == pytest.approx(target)
+        assert float(b["acc_none"]) == float(_find(mine, "none")["acc_mean"])
+        ok = [r for r in mine if float(r["acc_mean"]) >= target]
+        assert ok, "write-verify at 2 uS should reach the target"
+        assert float(b["min_energy_J"]) == min(float(r["energy_J"]) for r in ok)
+        assert float(b["min_latency_s"]) == min(float(r["latency_s"]) for r in ok)
+        assert float(b["energy_acc"]) >= target and b["energy_policy"] in ("full", "selective")
+
+
+def test_budget_not_reached(runs, tmp_path, capsys):
+    out = tmp_path / "nr"
+    rc = main(["--run", str(runs["plain"]), "--policies", "none", "--chips", "1", "--sigma", SIGMA,
+               "--target-acc", "1.0", "--quiet", "--out", str(out)])
+    assert rc == 0
+    b = _read(out / "budget.csv")[0]
+    assert b["min_energy_J"] == NOT_REACHED and b["min_latency_s"] == NOT_REACHED and b["energy_policy"] == ""
+    assert NOT_REACHED in capsys.readouterr().out
+
+
+def test_tiny_tolerance_gives_quantized_accuracy(runs, tmp_path):
+    out = tmp_path / "tiny"
+    rc = main(["--run", str(runs["plain"]), "--policies", "full", "--tolerances", "0.02", "--max-pulses", "none",
+               "--chips", "1", "--sigma", SIGMA, "--quiet", "--out", str(out)])
+    assert rc == 0
+    row = _read(out / "writeverify.csv")[0]
+    b = _read(out / "budget.csv")[0]
+    assert float(row["failed_cells"]) == 0
+    assert abs(float(row["acc_mean"]) - float(b["quant_acc"])) <= 0.01
+
+
+@pytest.fixture
+def bad_runs(runs, tmp_path):
+    """A folder without best.pt and one whose best.pt is not a checkpoint."""
+    no_ckpt = tmp_path / "no_ckpt"
+    no_ckpt.mkdir()
+    shutil.copy(runs["plain"] / "config.json", no_ckpt / "config.json")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    shutil.copy(runs["plain"] / "config.json", corrupt / "config.json")
+    (corrupt / "best.pt").write_bytes(b"not a checkpoint")
+    return {"no_ckpt": no_ckpt, "corrupt": corrupt}
+
+
+def _rc(argv):
+    """Exit code of the CLI called in-process (argparse errors exit through SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("case", [
+    ["--run", "{missing}"],
+    ["--run", "{no_ckpt}"],
+    ["--run", "{plain}", "--run", "{corrupt}"],  # fails only after the first run was evaluated
+    ["--run", "{plain}", "--policies", "none,sometimes"],
+    ["--run", "{plain}", "--fractions", "0"],
+    ["--run", "{plain}", "--fractions", "0.1,1.5"],
+    ["--run", "{plain}", "--tolerances", "-1"],
+    ["--run", "{plain}", "--tolerances", "abc"],
+    ["--run", "{plain}", "--tolerances", "0.05,1.5", "--relative"],
+    ["--run", "{plain}", "--sensitivity", "third"],
+    ["--run", "{plain}", "--algorithm", "magic"],
+    ["--run", "{plain}", "--device-model", "no_such_device"],
+    ["--run", "{plain}", "--target-acc", "95"],
+    ["--run", "{plain}", "--max-pulses", "0"],
+])
+def test_bad_input_exits_2_without_output(case, runs, bad_runs, tmp_path, capsys):
+    paths = {"missing": tmp_path / "nope", "plain": runs["plain"], **bad_runs}
+    out = tmp_path / "out"
+    args = [a.format(**{k: str(v) for k, v in paths.items()}) for a in case]
+    if "--policies" not in args:
+        args += ["--policies", "none"]
+    assert _rc([*args, "--chips", "1", "--sigma", SIGMA, "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_import_does_not_load_training_or_torch():
+    code = ("import sys, cimsim.writeverify; "
+            "print('torch' in sys.modules, any(m.split('.')[0] == 'training' for m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------- programming
+def _tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+
+
+def test_cell_mask_selects_all_cells_of_the_chosen_weights():
+    setup = ProgrammingSetup(device=load_device("rram1"))
+    layer = prepare_layers(_tiny_model(), setup)[0]
+    wm = np.zeros(layer.shape, bool)
+    wm[2, 4] = True  # weight (out 2, in 4)
+    cm = cell_mask(wm, layer)
+    assert cm.shape == layer.targets_S.shape  # (2, S, in, out)
+    assert cm.sum() == 2 * CrossbarConfig().n_slices and cm[:, :, 4, 2].all()
+
+
+def test_selection_masks_global_and_per_layer():
+    sens = {"a": np.arange(10.0).reshape(2, 5), "b": 100 + np.arange(10.0)}
+    g = selection_masks(sens, 0.5, "global")
+    assert g["b"].all() and not g["a"].any()  # the 10 most sensitive of 20 are all in b
+    per = selection_masks(sens, 0.5, "layer")
+    assert per["a"].sum() == 5 and per["b"].sum() == 5 and per["a"][1].all()
+
+
+def test_full_write_verify_on_a_noiseless_cell_gives_quantized_weights():
+    setup = ProgrammingSetup(device=load_device("rram1").replace(sigma_scale=0.0), max_pulses=None)
+    layers = prepare_layers(_tiny_model(), setup)
+    ideal = ideal_weights(layers, setup)
+    for k, la in enumerate(layers):
+        w, cost = program_layer(la, setup, Policy("full", 1e-9), None, layer_seed(123, k))
+        # each cell within 1 nS of its target: weight error <= scale * sum_k 4^k * 2 nS / step
+        step = float(np.diff(setup.levels_S)[0])
+        bound = float(la.mapped.scale.max()) * sum(4**s for s in range(4)) * 2e-9 / step
+        assert np.abs(w - ideal[la.name]).max() <= bound + 1e-12
+        assert cost.energy_J > 0 and cost.latency_s > 0 and cost.breakdown["failed"] == 0
+
+
+def test_policy_validation():
+    with pytest.raises(ProgrammingError):
+        Policy("selective", 1e-6, 0.0, "second")
+    with pytest.raises(ProgrammingError):
+        Policy("full", -1.0)
+    with pytest.raises(ProgrammingError):
+        Policy("sometimes")
+    assert Policy("selective", 1e-6, 0.1, "first").label() == "selective(first, 10 %) tol 1 uS"
