@@ -419,21 +419,26 @@ def _get_kernel():
             noise = math.exp(p[5] * xp)
             if d == 1:
                 j = min(k, a_set.size - 1)
-                e_set += v2_set[j] * g
+                v2 = v2_set[j]
                 x = (gmax - g) / rng_
                 b = x if p[4] == 1.0 else x ** p[4]
                 step = p[2] * a_set[j] * c_cell * noise * b * rng_
                 nset += 1
             else:
                 j = min(k, a_reset.size - 1)
-                e_reset += v2_reset[j] * g
+                v2 = v2_reset[j]
                 x = (g - gmin) / rng_
                 b = x if p[4] == 1.0 else x ** p[4]
                 step = -(p[3] * a_reset[j] * c_cell * noise * b * rng_)
                 nreset += 1
             k += 1
+            g_before = g
             if stuck == 0:
                 g = min(max(g + step, gmin), gmax)
+            if d == 1:  # energy of the pulse: V^2 x the mean of G before and after it, x t (in cost.py)
+                e_set += v2 * 0.5 * (g_before + g)
+            else:
+                e_reset += v2 * 0.5 * (g_before + g)
             s, r = read(s, g, poly, p[7])
             gsum += g
             ok = lo <= r <= hi
@@ -515,14 +520,15 @@ def run_reference(inp: KernelInputs) -> tuple[np.ndarray, np.ndarray]:
             noise = math.exp(p[_P_SC2C] * st.logistic())
             amp, v2, alpha = tables[d]
             j = min(k, amp.size - 1)
-            energy[d] += float(v2[j]) * g
             x = (gmax - g) / span if d == 1 else (g - gmin) / span
             b = x if p[_P_BETA] == 1.0 else x ** p[_P_BETA]
             mag = alpha * float(amp[j]) * c_cell * noise * b * span
             counts[d] += 1
             k += 1
+            g_before = g
             if stuck == 0:
                 g = min(max(g + (mag if d == 1 else -mag), gmin), gmax)
+            energy[d] += float(v2[j]) * 0.5 * (g_before + g)
             r = verify_read(st, g)
             gsum += g
             ok = lo <= r <= hi
@@ -540,7 +546,7 @@ class WriteVerifyResult:
     after programming (t = 0), S; ``pulses_set``/``pulses_reset``/``reads``: counts per cell
     (one-shot cells: 1 SET pulse, 0 reads); ``success``: verified cells whose last read was
     inside the window (one-shot cells: False); ``verified``: the mask; ``v2g_set_V2S`` /
-    ``v2g_reset_V2S``: sum over the cell's pulses of V^2 * G_before (V^2 S; times the pulse
+    ``v2g_reset_V2S``: sum over the cell's pulses of V^2 * (G_before + G_after) / 2 (V^2 S; times the pulse
     width gives joules); ``g_read_sum_S``: sum of G over the cell's verify reads (S).
     """
 
@@ -772,7 +778,7 @@ def write_verify(
         g_prog[rest] = g_os
         v2 = pm.v_set_V**2
         stats_i[rest, 0] = 1
-        stats_f[rest, 1] = v2 * g0.ravel()[rest]
+        stats_f[rest, 1] = v2 * 0.5 * (g0.ravel()[rest] + g_os)  # one pulse from the start to the landing value
     # verified stuck cells stay stuck after relaxation (one-shot cells got their own stuck draw in sample)
     st = np.where(m.ravel(), stuck.ravel(), 0)
     g_relaxed = np.where(st == 1, device.gmin_S, np.where(st == 2, device.gmax_S, g_relaxed))
