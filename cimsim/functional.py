@@ -38,21 +38,27 @@ def conv_rows(x: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair | 
     """im2col: x (B, C, H, W) -> rows (B*H'*W', C*kh*kw), and the output size (H', W').
 
     Row ``b*H'*W' + p`` holds the receptive field of output pixel ``p`` of image ``b``, in the
-    order of ``weight.reshape(out, -1)`` (channel, then kernel row, then kernel column).
-    ``padding`` is ``(ph, pw)`` zeros, ``'valid'`` or ``'same'``.
+    order of ``weight.reshape(out, -1)`` (channel, then kernel row, then kernel column): the
+    transposed ``F.unfold(x, ...)``. ``padding`` is ``(ph, pw)`` zeros, ``'valid'`` or ``'same'``.
+    Built from strided views (``Tensor.unfold``) with a single copy, which is faster than
+    ``F.unfold`` + transpose forward and backward.
     """
     if x.dim() != 4:
         raise ValueError(f"conv input must be (B, C, H, W), got {tuple(x.shape)}")
     if padding == "same":
-        x = F.pad(x, same_padding(kernel_size, dilation))
-        padding = (0, 0)
+        pads = same_padding(kernel_size, dilation)
     elif padding == "valid":
-        padding = (0, 0)
-    B, _, H, W = x.shape
-    ho = (H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
-    wo = (W + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
-    cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # (B, C*kh*kw, L)
-    return cols.transpose(1, 2).reshape(B * ho * wo, cols.shape[1]), (ho, wo)
+        pads = (0, 0, 0, 0)
+    else:
+        pads = (padding[1], padding[1], padding[0], padding[0])
+    if any(pads):
+        x = F.pad(x, pads)
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    u = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)  # (B, C, H', W', span_h, span_w)
+    if dh > 1 or dw > 1:
+        u = u[..., ::dh, ::dw]
+    B, C, ho, wo = u.shape[:4]
+    return u.permute(0, 2, 3, 1, 4, 5).reshape(B * ho * wo, C * kh * kw), (ho, wo)
 
 
 def rows_to_image(y: torch.Tensor, batch: int, out_hw: Pair) -> torch.Tensor:

@@ -96,6 +96,7 @@ class CIMModule(nn.Module):
         self.draw_count = 0  # draws taken from the layer's stream (fresh forwards and reprograms)
         self._chip: ProgrammedArray | None = None
         self._chip_key: tuple | None = None
+        self._chip_weights: torch.Tensor | None = None  # the weights the frozen chip was programmed from
         self._calib_version = 0
         self._calib_cache: tuple | None = None
         self._devices: tuple[DeviceModel, DeviceModel] | None = None
@@ -166,12 +167,28 @@ class CIMModule(nn.Module):
             self._apply_calibration(arr)
         return arr
 
+    def _chip_is_current(self) -> bool:
+        """True when the frozen chip holds the current weights: same version counter, or (after a
+        device move, cast or other copy) the same values as the weights it was programmed from."""
+        if self._chip is None:
+            return False
+        key = self._weight_key()
+        if self._chip_key == key:
+            return True
+        w, src = self.weight.detach(), self._chip_weights
+        if src is not None and src.shape == w.shape and torch.equal(src.to(w.device, w.dtype), w):
+            self._chip_key = key
+            return True
+        return False
+
+    def _set_chip(self, arr: ProgrammedArray) -> None:
+        self._chip, self._chip_key = arr, self._weight_key()
+        self._chip_weights = self.weight.detach().clone()
+
     def chip(self) -> ProgrammedArray:
         """The frozen chip, programmed from ``chip_seed`` on first use and whenever the weights changed."""
-        key = self._weight_key()
-        if self._chip is None or self._chip_key != key:
-            self._chip = self._program(self.chip_seed)
-            self._chip_key = key
+        if not self._chip_is_current():
+            self._set_chip(self._program(self.chip_seed))
         elif self._chip._cache.get("calibration") != self._calib_version:
             self._apply_calibration(self._chip)
         return self._chip
@@ -278,7 +295,7 @@ class CIMModule(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         arr = self._chip
-        if arr is None or self._chip_key != self._weight_key():
+        if not self._chip_is_current():
             return  # no chip, or a stale one that the next forward re-programs from chip_seed
         destination[prefix + "chip_g_pos_S"] = torch.from_numpy(arr.g_pos_S)
         destination[prefix + "chip_g_neg_S"] = torch.from_numpy(arr.g_neg_S)
@@ -342,7 +359,7 @@ class CIMModule(nn.Module):
             drift_scale=float(chip["chip_drift_scale"]),
         )
         self._apply_calibration(arr)
-        self._chip, self._chip_key = arr, self._weight_key()
+        self._set_chip(arr)
 
     def _cim_repr(self) -> str:
         c = self.config
