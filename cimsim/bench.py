@@ -171,8 +171,9 @@ def summarize(rows: list[dict], log=print) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cimsim.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "writeverify", "all"),
-                    help="mvm: crossbar forward and programming (default); writeverify: the write-verify kernel")
+    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "train", "writeverify", "all"),
+                    help="mvm: crossbar forward and programming (default); train: one LeNet-5 training step "
+                         "simulated vs plain torch; writeverify: the write-verify kernel")
     ap.add_argument("--quick", action="store_true", help="the target shape and batch only, 8-bit ADC")
     ap.add_argument("-o", "--out", type=Path, default=Path("results/bench_mvm.csv"), help="CSV of the table")
     ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
@@ -189,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(shapes, batches, quick=a.quick, out=a.out)
         print(f"wrote {a.out}")
         ok &= summarize(rows)
+    if a.what in ("train", "all"):
+        from .bench_torch import TARGET_RATIO, bench_training_step
+
+        res = bench_training_step()
+        ok &= max(res["chip_ratio"], res["fresh_ratio"]) <= TARGET_RATIO
     if a.what in ("writeverify", "all"):
         from .writeverify import bench_writeverify
 
