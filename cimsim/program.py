@@ -229,12 +229,12 @@ class ProgrammedArray:
         return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def program(weights: np.ndarray, config: CrossbarConfig, rng: np.random.Generator | int | None = None,
+def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.Generator | None = None,
             device: DeviceModel | None = None) -> ProgrammedArray:
     """Program ``weights`` (out, in) onto crossbar tiles: one chip's draw of every cell.
 
-    rng: a numpy Generator or an int seed (the chip's identity; the same seed gives the same
-        chip). ``None`` means seed 0.
+    seed: the chip's identity, an int (the same seed gives the same chip; ``None`` means 0), or
+        a numpy Generator that the chip's seed is drawn from.
     device: overrides ``config.device`` (with ``config.sigma_scale`` still applied).
 
     Every cell's conductance is sampled from the device model at ``config.read_time_s``. With
@@ -245,11 +245,10 @@ def program(weights: np.ndarray, config: CrossbarConfig, rng: np.random.Generato
         device = resolve_device(config)
     elif config.sigma_scale is not None:
         device = device.replace(sigma_scale=config.sigma_scale)
-    seed = rng if isinstance(rng, (int, np.integer)) else None
-    if rng is None:
-        seed = 0
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        seed = int(seed.integers(0, 2**63 - 1))  # the chip's seed, drawn from the caller's generator
+    seed = 0 if seed is None else int(seed)
+    rng = np.random.default_rng(seed)
     mapped = map_weights(np.asarray(weights), config)
     levels = device.level_conductances(config.cell_levels)
     t = config.read_time_s
@@ -259,7 +258,7 @@ def program(weights: np.ndarray, config: CrossbarConfig, rng: np.random.Generato
         g_pos = device.sample_levels(levels, mapped.digits_pos, t, rng, drift=False)
         g_neg = device.sample_levels(levels, mapped.digits_neg, t, rng, drift=False)
     arr = ProgrammedArray(config=config, device=device, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
-                          levels_S=levels, seed=None if seed is None else int(seed))
+                          levels_S=levels, seed=seed)
     if device.drift is not None:
         arr.g_pos_S = device.apply_drift(g_pos, t, rng)
         arr.g_neg_S = device.apply_drift(g_neg, t, rng)
