@@ -130,33 +130,28 @@ def dac_drive(x, clip, xmax, n_cycles, pos, neg):  # pragma: no cover - compiled
 
     x: (B, in) inputs; x_int = rint(min(max(x / clip, -1), 1) * xmax), as
     :func:`cimsim.mapping.quantize_inputs` computes it.
-    pos, neg: (n_cycles, B, in_padded) float32, zero-initialised, written: the magnitudes of the
-    positive / negative inputs (``n_cycles == 1``, multi-bit DAC) or their bits, LSB first (bit-
-    serial). Returns the number of negative inputs (0: the negative phase can be skipped).
+    pos, neg: (n_cycles, B, in_padded) float32, every element written (no zeroing needed): the
+    magnitudes of the positive / negative inputs (``n_cycles == 1``, multi-bit DAC) or their
+    bits, LSB first (bit-serial); zeros elsewhere and in the padding columns. Returns the number
+    of negative inputs (0: the negative phase can be skipped).
     """
     B, n_in = x.shape
+    n_pad = pos.shape[2]
     n_neg = 0
     for b in prange(B):
-        for i in range(n_in):
-            v = np.rint(min(max(x[b, i] / clip, -1.0), 1.0) * xmax)
-            if v == 0.0:
-                continue
-            # two explicit branches: rebinding an array variable per element (dst = pos / neg)
-            # costs reference counting in the inner loop (several times slower)
+        for i in range(n_pad):
+            v = np.rint(min(max(x[b, i] / clip, -1.0), 1.0) * xmax) if i < n_in else 0.0
+            mp = np.int64(v) if v > 0 else 0
+            mn = np.int64(-v) if v < 0 else 0
             if v < 0:
                 n_neg += 1
-                if n_cycles == 1:
-                    neg[0, b, i] = -v
-                else:
-                    m = np.int64(-v)
-                    for c in range(n_cycles):
-                        neg[c, b, i] = (m >> c) & 1
-            elif n_cycles == 1:
-                pos[0, b, i] = v
+            if n_cycles == 1:
+                pos[0, b, i] = mp
+                neg[0, b, i] = mn
             else:
-                m = np.int64(v)
                 for c in range(n_cycles):
-                    pos[c, b, i] = (m >> c) & 1
+                    pos[c, b, i] = (mp >> c) & 1
+                    neg[c, b, i] = (mn >> c) & 1
     return n_neg
 
 

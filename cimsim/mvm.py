@@ -179,8 +179,8 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
         b1 = min(B, b0 + bblock)
         nb = b1 - b0
         if kernel == "numba":
-            pos = torch.zeros(C, nb, plan.padded_in, dtype=dtype)
-            neg = torch.zeros_like(pos)
+            pos = torch.empty(C, nb, plan.padded_in, dtype=dtype)
+            neg = torch.empty_like(pos)
             xb = x[b0:b1].numpy()
             any_neg = kernels.dac_drive(xb, clip, float(cfg.x_max_int), C, pos.numpy(), neg.numpy()) > 0
         else:
