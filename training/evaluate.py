@@ -20,6 +20,12 @@ Metrics over ``T`` chips (``p_t [N, C]`` softmax of chip t, ``p_mean`` their ave
 Efficiency: each chip's realised weights are drawn once, then the test set runs through in
 batches of ``batch_size`` with the data already on the device; the per-input statistics are
 accumulated on the device in float64 (memory ``O(N * C)``, independent of T).
+
+Fan-out (:func:`evaluate_run`, ``python -m training.evaluate --run runs/X --chips 200 --engine ray``):
+the chips of a finished run are split into chunks of consecutive chip indices, each chunk a task
+of a :mod:`training.engines` engine (in this process, local worker processes, or Ray) that loads
+the run's ``best.pt`` and test set itself; chunk sums are merged in chip order, so the per-chip
+accuracies (and every metric) are the same whichever engine ran them.
 """
 from __future__ import annotations
 
@@ -90,7 +96,7 @@ class MCAccumulator:
         pm = self.sum_p / T
         h_mean = -(pm * torch.log(pm.clamp_min(1e-300))).sum(1)
         ekl = float(torch.clamp(h_mean - self.sum_h / T, min=0).mean())
-        std = float(acc.std(ddof=1)) if T > 1 else 0.0
+        std = float(acc.std(ddof=1)) if T > 1 and acc.max() > acc.min() else 0.0  # exact 0 when all chips agree
         from scipy.stats import t as student
 
         half = float(student.ppf(0.975, T - 1)) * std / math.sqrt(T) if T > 1 else 0.0
@@ -140,11 +146,19 @@ def evaluate_mc(model: nn.Module, variation: Variation, data: ImageSet, sigma: f
     model.eval()
     dev = torch.device(device)
     data = data.to(dev)
-    n = len(data)
-    acc = MCAccumulator(n, data.num_classes, dev)
+    acc = MCAccumulator(len(data), data.num_classes, dev)
+    _chip_loop(model, variation, data, sigma, range(chips), seed, batch_size, dev, acc, progress)
+    model.train(was)
+    return MCResult(acc.result(), np.asarray(acc.accs))
+
+
+def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: float, chip_ids: Sequence[int],
+               seed: int, batch_size: int, dev: torch.device, acc: MCAccumulator, progress: bool = False) -> None:
+    """Add chips ``chip_ids`` (chip i drawn from :func:`chip_seed` ``(seed, i)``) to ``acc``; model in eval mode."""
+    n, total = len(data), len(chip_ids)
     t0 = time.time()
     logits_cache = None
-    for i in range(chips):
+    for k, i in enumerate(chip_ids):
         gen = make_generator(chip_seed(seed, i), dev)
         chip = variation.chip(model, sigma, gen, heads=False)
         if not chip and logits_cache is not None:
@@ -162,10 +176,8 @@ def evaluate_mc(model: nn.Module, variation: Variation, data: ImageSet, sigma: f
         acc.end_chip()
         if not chip:
             logits_cache = cache
-        if progress and (i + 1) % max(1, chips // 10) == 0:
-            print(f"eval chip {i + 1}/{chips} acc {acc.accs[-1]:.4f} {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
-    model.train(was)
-    return MCResult(acc.result(), np.asarray(acc.accs))
+        if progress and (k + 1) % max(1, total // 10) == 0:
+            print(f"eval chip {k + 1}/{total} acc {acc.accs[-1]:.4f} {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -211,3 +223,175 @@ def plot_histogram(acc_per_chip: np.ndarray, path: str | Path, title: str = "") 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ------------------------------------------------- Monte Carlo of a finished run, fanned out to an engine
+@dataclass
+class MCPartial:
+    """The sums :class:`MCAccumulator` keeps, over one chunk of chips (mergeable, picklable numpy)."""
+
+    chip_ids: list[int]
+    accs: list[float]
+    sum_p: np.ndarray
+    sum_h: np.ndarray
+    conf_sum: float
+
+
+@torch.no_grad()
+def evaluate_chips(model: nn.Module, variation: Variation, data: ImageSet, sigma: float, chip_ids: Sequence[int],
+                   seed: int, batch_size: int = 1000, device: torch.device | str = "cpu") -> MCPartial:
+    """Chips ``chip_ids`` only (chip i from :func:`chip_seed` ``(seed, i)``, exactly as in :func:`evaluate_mc`)."""
+    model.eval()
+    dev = torch.device(device)
+    data = data.to(dev)
+    acc = MCAccumulator(len(data), data.num_classes, dev)
+    _chip_loop(model, variation, data, sigma, list(chip_ids), seed, batch_size, dev, acc)
+    return MCPartial(list(map(int, chip_ids)), list(acc.accs), acc.sum_p.cpu().numpy(), acc.sum_h.cpu().numpy(),
+                     float(acc.conf_sum))
+
+
+def merge_partials(parts: Sequence[MCPartial]) -> MCResult:
+    """The metrics of all chips of ``parts``, summed in chip order (so any engine gives the same numbers)."""
+    parts = sorted(parts, key=lambda q: q.chip_ids[0])
+    ids = [i for q in parts for i in q.chip_ids]
+    if ids != list(range(len(ids))):
+        raise ValueError(f"chunks do not cover chips 0..{len(ids) - 1} exactly once")
+    n, c = parts[0].sum_p.shape
+    acc = MCAccumulator(n, c)
+    for q in parts:
+        acc.sum_p += torch.tensor(q.sum_p, dtype=torch.float64)
+        acc.sum_h += torch.tensor(q.sum_h, dtype=torch.float64)
+        acc.accs.extend(q.accs)
+        acc.conf_sum += q.conf_sum
+    return MCResult(acc.result(), np.asarray(acc.accs))
+
+
+def chunk_chips(chips: int, chunk_size: int) -> list[list[int]]:
+    """Chips ``0 .. chips-1`` in consecutive chunks of at most ``chunk_size``."""
+    if chips < 1 or chunk_size < 1:
+        raise ValueError("chips and chunk_size must be >= 1")
+    return [list(range(s, min(chips, s + chunk_size))) for s in range(0, chips, chunk_size)]
+
+
+def load_run(run_dir: str | Path, torch_device: str | None = None):
+    """``(config, model with best.pt loaded, variation, test set, device)`` of a finished run folder."""
+    from .config import RunConfig
+    from .data import load_dataset
+    from .models import build_model
+    from .train import resolve_device
+    from .variation import make_variation
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "best.pt").exists():
+        raise FileNotFoundError(f"{run_dir}: no best.pt (not a finished training run folder)")
+    cfg = RunConfig.load(run_dir / "config.json")
+    dev = resolve_device(torch_device or cfg.torch_device)
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.resize)
+    if cfg.test_limit:
+        test = test.subset(slice(0, cfg.test_limit))
+    variation = make_variation(cfg)
+    model = build_model(cfg.model, test.input_shape, test.num_classes, with_heads=cfg.uses_heads).to(dev)
+    prepare = getattr(variation, "prepare", None)  # backends that convert the model's layers (crossbar)
+    if prepare is not None:
+        model = prepare(model)
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)["model"])
+    return cfg, model, variation, test, dev
+
+
+def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_device: str | None, threads: int) -> MCPartial:
+    """Engine task: load the run and evaluate chips ``chip_ids`` of it (see :func:`evaluate_run`)."""
+    torch.set_num_threads(max(1, int(threads)))
+    cfg, model, variation, test, dev = load_run(run_dir, torch_device)
+    s = cfg.eval_sigma_value if sigma is None else float(sigma)
+    return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev)
+
+
+def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | None = None, engine=None,
+                 chunk_size: int | None = None, torch_device: str | None = None, threads: int | None = None) -> MCResult:
+    """Monte Carlo test accuracy of a finished run, its chips split into chunks run on ``engine``.
+
+    Chip i always uses ``chip_seed(run seed, i)`` and chunks are merged in chip order, so the
+    result does not depend on the engine or the chunking (on the same kind of torch device). The
+    defaults (the run's ``eval_chips``, ``eval_sigma``, ``torch_device``) repeat the run's own final
+    evaluation. ``engine``: a :mod:`training.engines` engine (default: in this process);
+    ``chunk_size`` default ``ceil(chips / 8)``; ``threads``: torch threads per chunk (default 1).
+    """
+    from .config import RunConfig
+    from .engines import InlineEngine, Task
+
+    cfg = RunConfig.load(Path(run_dir) / "config.json")
+    chips = chips or cfg.eval_chips
+    chunks = chunk_chips(chips, chunk_size or max(1, math.ceil(chips / 8)))
+    engine = engine or InlineEngine()
+    tasks = [Task(ids[0], mc_chunk, (str(run_dir), ids, sigma, torch_device, threads or 1)) for ids in chunks]
+    parts = []
+    for res in engine.run(tasks):
+        if not res.ok:
+            raise RuntimeError(f"chips {res.key}..: {res.error}")
+        parts.append(res.value)
+    return merge_partials(parts)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Write JSON to a temporary name, then rename it into place."""
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.evaluate --run DIR [--chips N] [--engine local|ray] ...`` (see :func:`evaluate_run`)."""
+    from .config import ConfigError
+    from .engines import EngineError, make_engine
+    from .train import UsageError, _Parser
+
+    p = _Parser(prog="python -m training.evaluate",
+                description="Monte Carlo test accuracy of a finished run folder, chips fanned out to an engine.")
+    p.add_argument("--run", required=True, help="finished run folder (config.json, best.pt)")
+    p.add_argument("--chips", type=int, default=None, help="chips (default: the run's eval_chips)")
+    p.add_argument("--sigma", type=float, default=None, help="variation at test (default: the run's eval sigma)")
+    p.add_argument("--chunk-size", type=int, default=None, help="chips per task (default ceil(chips / 8))")
+    p.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="device of the chips (default: the run's); CPU and CUDA chips differ")
+    p.add_argument("--engine", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=1, help="local engine: worker processes (0: in this process)")
+    p.add_argument("--address", default=None, help="ray engine: cluster address; default: a local Ray for this run")
+    p.add_argument("--cpus-per-chunk", type=float, default=None, help="CPUs (and torch threads) per chunk (default 1)")
+    p.add_argument("--gpus-per-chunk", type=float, default=0.0, help="ray engine: GPUs per chunk, fractions allowed")
+    p.add_argument("--retries", type=int, default=2, help="retries of a chunk whose worker died (default 2)")
+    p.add_argument("--out", default=None, help="write metrics and per-chip accuracies to this JSON file")
+    ns = p.parse_args(argv)
+    engine = None
+    try:
+        if ns.workers < 0 or ns.retries < 0 or (ns.chips is not None and ns.chips < 1) or \
+                (ns.chunk_size is not None and ns.chunk_size < 1):
+            raise ConfigError("--workers and --retries must be >= 0, --chips and --chunk-size >= 1")
+        if not (Path(ns.run) / "best.pt").exists():
+            raise UsageError(f"{ns.run}: no best.pt (not a finished training run folder)")
+        engine = make_engine(ns.engine, workers=ns.workers, retries=ns.retries, address=ns.address,
+                             cpus_per_task=ns.cpus_per_chunk, gpus_per_task=ns.gpus_per_chunk)
+        threads = max(1, round(ns.cpus_per_chunk or 1))
+        res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads)
+    except (UsageError, ConfigError, EngineError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"{p.prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if engine is not None:
+            engine.close()
+    m = res.metrics
+    print(f"{ns.run}: test acc {100 * m['acc_mean']:.2f} +- {100 * m['acc_std']:.2f} % over {m['chips']} chips, "
+          f"EKL {m['ekl']:.4f}", file=sys.stderr)
+    if ns.out:
+        _write_json(Path(ns.out), {**m, "run": str(ns.run), "acc_per_chip": res.acc_per_chip.tolist()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
