@@ -25,6 +25,8 @@ DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
 METHODS = ("plain", "nit", "ovf", "irs", "correctnet")
 NOISES = ("paper", "device", "crossbar")
 SIGMA_MODES = ("replace", "multiply")
+DACS = ("multibit", "bit_serial")
+CROSSBAR_CALIBRATIONS = ("batch", "epoch")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "none")
 
@@ -79,6 +81,15 @@ class RunConfig:
             model's own ``sigma_scale`` by sigma (sigma = 1: the device as fitted).
         weight_bits: magnitude bits of a quantized weight (sign on the differential pair), device
             backend. bits_per_cell: bits stored per cell. read_time_s: read time after programming (s).
+        crossbar backend (the full simulated array, ``training.variation.CrossbarNoise``):
+            crossbar_config: TOML/JSON file of a ``cimsim.config.CrossbarConfig`` (``None``: its
+            defaults); device_model, weight_bits, bits_per_cell, read_time_s and sigma_mode above
+            apply as for the device backend and replace the file's values. adc_bits (1..24) and
+            dac (``multibit | bit_serial``) replace the file's when set. keep_first / keep_last:
+            keep the first / last backbone layer digital (float, noise-free). crossbar_calibration:
+            ``batch`` (input clips and ADC ranges re-fitted in every training forward from that
+            forward's layer inputs, and on training images after every epoch for the test chips)
+            or ``epoch`` (training images only: before training and after every epoch).
         beta: negative-feedback strength (``None``: :func:`default_beta`).
         ovf_deltas: extra sigma of OVF's extra forwards, in order (their count is N).
         ovf_decay: z_i is weighted ``ovf_decay ** -i``. correctnet_lambda: weight of CorrectNet's
@@ -109,6 +120,12 @@ class RunConfig:
     weight_bits: int = 8
     bits_per_cell: int = 2
     read_time_s: float = 1.0
+    crossbar_config: str | None = None
+    adc_bits: int | None = None
+    dac: str | None = None
+    keep_first: bool = False
+    keep_last: bool = False
+    crossbar_calibration: str = "batch"
     beta: float | None = None
     ovf_deltas: tuple[float, ...] = (0.15, 0.10, 0.05)
     ovf_decay: float = 10.0
@@ -135,6 +152,7 @@ class RunConfig:
         _choice("method", self.method, METHODS)
         _choice("noise", self.noise, NOISES)
         _choice("sigma_mode", self.sigma_mode, SIGMA_MODES)
+        _choice("crossbar_calibration", self.crossbar_calibration, CROSSBAR_CALIBRATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("torch_device", self.torch_device, ("auto", "cpu", "cuda"))
@@ -145,6 +163,15 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and v >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1 or unset, got {v!r}")
+        if self.adc_bits is not None and not (type(self.adc_bits) is int and 1 <= self.adc_bits <= 24):
+            raise ConfigError(f"adc_bits must be an integer in 1..24 or unset, got {self.adc_bits!r}")
+        if self.dac is not None:
+            _choice("dac", self.dac, DACS)
+        if self.crossbar_config is not None and not (isinstance(self.crossbar_config, str) and self.crossbar_config):
+            raise ConfigError(f"crossbar_config must be a file path or unset, got {self.crossbar_config!r}")
+        for name in ("keep_first", "keep_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.bits_per_cell > self.weight_bits:
             raise ConfigError(f"bits_per_cell ({self.bits_per_cell}) exceeds weight_bits ({self.weight_bits})")
         if not 0 < self.val_fraction < 1:

@@ -42,6 +42,7 @@ from torch import nn
 
 from .data import ImageSet
 from .variation import Variation, make_generator
+from .threads import set_threads
 
 
 def chip_seed(seed: int, i: int) -> int:
@@ -300,7 +301,7 @@ def load_run(run_dir: str | Path, torch_device: str | None = None):
 
 def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_device: str | None, threads: int) -> MCPartial:
     """Engine task: load the run and evaluate chips ``chip_ids`` of it (see :func:`evaluate_run`)."""
-    torch.set_num_threads(max(1, int(threads)))
+    set_threads(threads)
     cfg, model, variation, test, dev = load_run(run_dir, torch_device)
     s = cfg.eval_sigma_value if sigma is None else float(sigma)
     return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev)

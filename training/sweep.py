@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .threads import set_threads
 from .config import ConfigError, RunConfig
 from .engines import ENGINES, Engine, EngineError, InlineEngine, LocalEngine, Task, make_engine, one_line
 
@@ -171,8 +172,6 @@ def run_cell(cfg_dict: dict, run_dir: str, threads: int, faults: dict | None = N
     Idempotent: a finished folder is read back, an unfinished ``.partial`` one is resumed, so an
     engine may run it again after its worker died. An exception becomes a ``failed`` row.
     """
-    import torch
-
     from .train import Diverged, partial_dir, run
 
     cfg = RunConfig.from_dict(cfg_dict)
@@ -181,7 +180,7 @@ def run_cell(cfg_dict: dict, run_dir: str, threads: int, faults: dict | None = N
         _inject_fault(faults or {}, rd)
         if rd.exists():
             return row_from_result(cfg.method, cfg.sigma, cfg.seed, rd)
-        torch.set_num_threads(max(1, int(threads)))
+        set_threads(threads)
         work = partial_dir(rd)
         if work.exists() and not _checkpoints_load(work):  # killed while saving one: start the cell afresh
             shutil.rmtree(work)

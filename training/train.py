@@ -4,6 +4,8 @@ Example::
 
     python -m training.train --model lenet --dataset fashion-mnist --method ovf --noise device \\
         --device-model device_models/rram1.json --sigma 0.2 --epochs 5 --out runs/lenet_ovf
+    python -m training.train --model lenet --dataset digits --method nit --noise crossbar \\
+        --device-model rram --sigma 1.0 --adc-bits 8 --epochs 2 --out runs/lenet_xbar
 
 A run works in ``<out>.partial/`` and renames it to ``<out>`` when complete, which then holds:
 ``config.json`` / ``config.toml`` (the config used), ``metrics.csv`` (one row per epoch), ``best.pt``
@@ -17,6 +19,14 @@ accuracy when the backend is noise-free there). A NaN/inf loss stops the run wit
 epoch and step; the folder is then completed with ``diverged.json`` (exit code 3).
 Bad options or missing files: one line on stderr, exit code 2, no folder created.
 
+Backends that change the model (``--noise crossbar``: every conv/linear layer becomes a simulated
+crossbar layer, ``training.variation.CrossbarNoise``) do it right after the model is built
+(``Variation.prepare``); their data-dependent settings (crossbar: input clips and ADC ranges) are
+calibrated on training images before the first epoch and again after every epoch, before
+validation and checkpointing, so ``best.pt`` holds weights and matching calibration. Checkpoints
+leave out the conductances of the last evaluated chip (:func:`training.variation.checkpoint_state`);
+a crossbar ``best.pt`` loads into ``make_variation(cfg).prepare(build_model(...))``.
+
 Determinism: the whole run is seeded at its top (``torch.manual_seed(seed)``, used by weight
 initialisation), data order and noise come from explicit generators whose states are checkpointed,
 so ``--resume`` continues the exact same run.
@@ -27,6 +37,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import math
 import sys
 import time
@@ -39,12 +50,13 @@ import torch
 
 from cimsim.device import DeviceModelError
 
+from .threads import set_threads
 from .config import ConfigError, RunConfig
 from .data import DataError, ImageSet, check_available, load_dataset, train_val_split
 from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
 from .methods import MethodSpec, batch_loss
 from .models import build_model
-from .variation import VariationError, make_generator, make_variation
+from .variation import VariationError, checkpoint_state, make_generator, make_variation
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -61,6 +73,14 @@ class Diverged(RuntimeError):
         self.epoch, self.step, self.loss = epoch, step, loss
         super().__init__(f"training diverged: loss {loss} at epoch {epoch} step {step}; lower --lr or --sigma")
 
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a killed run never leaves
+    a truncated checkpoint (resume and the sweep's cell recovery read these)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -130,7 +150,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     out = Path(out)
     check_run(cfg, out, resume)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     dev = resolve_device(cfg.torch_device)
@@ -139,8 +159,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     except DataError as e:
         raise UsageError(str(e)) from None
     train_d, val_d = train.to(dev), val.to(dev)
-    model = build_model(cfg.model, train.input_shape, train.num_classes, with_heads=cfg.uses_heads).to(dev)
     variation = make_variation(cfg)
+    model = variation.prepare(build_model(cfg.model, train.input_shape, train.num_classes, with_heads=cfg.uses_heads).to(dev))
     spec = MethodSpec.from_config(cfg)
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_value, weight_decay=cfg.weight_decay)
@@ -172,6 +192,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     else:
         work.mkdir(parents=True, exist_ok=True)
         cfg.save(work)
+        variation.calibrate(model, train_d, cfg.batch_size)  # crossbar: input clips and ADC ranges
 
     n, bs = len(train_d), cfg.batch_size
     steps = max(1, math.ceil(n / bs))
@@ -199,6 +220,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
                          f"acc {correct / seen:.4f} {time.time() - t0:.1f} s", quiet)
             if sched is not None:
                 sched.step()
+            variation.calibrate(model, train_d, cfg.batch_size)  # the weights moved: re-fit the ADC ranges
             train_time = time.time() - t0
             clean_val = clean_accuracy(model, val_d, cfg.eval_batch_size, dev)
             noisy_val = evaluate_mc(model, variation, val_d, eval_sigma, cfg.val_chips, val_seed,
@@ -207,15 +229,15 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
             is_best = score > best_score
             if is_best:
                 best_score = score
-                torch.save({"model": model.state_dict(), "epoch": epoch + 1}, work / "best.pt")
+                save_atomic({"model": checkpoint_state(model), "epoch": epoch + 1}, work / "best.pt")
             history.append({
                 "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                 "val_acc_clean": clean_val, "val_acc_noisy": noisy_val, "best": int(is_best),
                 "lr": opt.param_groups[0]["lr"], "epoch_time_s": round(train_time, 3),
             })
             _write_metrics(work / "metrics.csv", history)
-            torch.save({
-                "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_atomic({
+                "config": cfg.to_dict(), "model": checkpoint_state(model), "optimizer": opt.state_dict(),
                 "scheduler": None if sched is None else sched.state_dict(), "epoch": epoch,
                 "best_score": best_score, "history": history, "shuffle_gen": shuffle_gen.get_state(),
                 "noise_gen": noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -280,7 +302,19 @@ def _field_type(f: dataclasses.Field):
     base = args[0] if isinstance(hint, types.UnionType) and args else hint
     if typing.get_origin(base) is tuple:
         return lambda s: tuple(float(v) for v in s.split(",") if v.strip())
+    if base is bool:
+        return _parse_bool
     return base
+
+
+def _parse_bool(s: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) as a bool option value."""
+    v = s.strip().lower()
+    if v in ("true", "yes", "on", "1"):
+        return True
+    if v in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
 def add_config_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

@@ -6,8 +6,10 @@ A :class:`Variation` runs a model forward "on a chip":
   weight for this one forward (gradients reach the clean weights straight through,
   ``d(W + n)/dW = 1``); BatchNorm behaves as the model's mode says.
 * ``chip(model, sigma, generator, heads=False)`` - test: one frozen draw of every noisy weight
-  (one programmed chip), a ``dict name -> tensor``; ``forward_chip(model, chip, x)`` runs inputs
-  through that same chip (use it for the whole test set).
+  (one programmed chip), a ``dict name -> tensor`` (weight-noise backends: the realised weights;
+  ``crossbar``: the chip's seed and spread, see :class:`CrossbarNoise`); ``forward_chip(model,
+  chip, x)`` runs inputs through that same chip (use it for the whole test set). An empty chip
+  means "the clean model" (callers may then reuse outputs across chips).
 
 Backends (``make_variation``):
 
@@ -21,10 +23,17 @@ Backends (``make_variation``):
     time-dependent possibly heavy-tailed programming error, drift, stuck cells, floor), decoded back
     to the weight actually realised. With a NeFT stylized preset (rram1...) and
     ``sigma_mode="replace"`` its per-weight spread equals the paper formula's (test-checked for s=1).
-``crossbar`` - the full simulated array (``cimsim.nn.convert``). Not part of this package: the
-    extension point is to subclass :class:`Variation` (``forward``, ``chip``, ``forward_chip``) on
-    top of converted modules and register it in :data:`BACKENDS`; :func:`make_variation` says so
-    in one line while ``cimsim.nn`` does not offer ``convert``.
+``crossbar`` :class:`CrossbarNoise` - the full simulated array: every eligible conv/linear layer
+    becomes a ``cimsim.nn`` crossbar layer (bit slicing, DAC, tiles, ADC, device programming
+    variation, drift, read noise; :func:`crossbar_config` says which ``CrossbarConfig``), and
+    training runs directly against simulated programming draws (see the class docstring for sigma,
+    chips, side heads and calibration).
+
+Backends that change the model itself (only ``crossbar``) do it in :meth:`Variation.prepare`, which
+a training run calls right after building the model (before loading any checkpoint), and keep it
+fitted to the data in :meth:`Variation.calibrate` (before training and after every epoch).
+:func:`checkpoint_state` is the model's state dict without transient frozen-chip tensors;
+:func:`float_state` turns a crossbar checkpoint into the plain model's state dict.
 
 Weight-noise backends (:class:`WeightNoise`) perturb parameters functionally with
 :func:`torch.func.functional_call`: the module keeps its clean weights, noise is drawn with torch on
@@ -42,7 +51,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from cimsim.config import ConfigError as CrossbarConfigError
+from cimsim.config import CrossbarConfig
 from cimsim.device import DeviceModel, load_device
+from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
+from cimsim.nn import calibrate as cim_calibrate
+from cimsim.nn import convert as cim_convert
+from cimsim.program import resolve_device as cim_resolve_device
+from cimsim.program import seed_sequence_child
 
 from .models import noisy_weight_names
 
@@ -72,6 +88,17 @@ class Variation(abc.ABC):
     @abc.abstractmethod
     def forward_chip(self, model: nn.Module, chip: Chip, x: torch.Tensor, heads: bool = False):
         """Logits of inputs ``x`` through the frozen ``chip`` (no gradient to the chip)."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model made ready for this backend, in place where possible (default: unchanged).
+
+        Call it right after building the model, before creating the optimizer's state or loading
+        a checkpoint written by a run of the same backend (the state dict's keys depend on it).
+        """
+        return model
+
+    def calibrate(self, model: nn.Module, data, batch_size: int = 128, batches: int = 8) -> None:
+        """Fit data-dependent hardware settings to training ``data`` (an ``ImageSet``); default: nothing."""
 
 
 class WeightNoise(Variation):
@@ -292,6 +319,241 @@ class DeviceNoise(WeightNoise):
         return out
 
 
+# ---------------------------------------------------------------------- crossbar
+CHIP_SEED, CHIP_SIGMA = "crossbar.seed", "crossbar.sigma_scale"
+CALIBRATIONS = ("batch", "epoch")
+#: rows (array reads) per layer that a training forward's own calibration looks at
+BATCH_CALIBRATION_ROWS = 4096
+
+
+def crossbar_config(cfg) -> CrossbarConfig:
+    """The ``CrossbarConfig`` of a run (a :class:`training.config.RunConfig`).
+
+    Base: the file ``cfg.crossbar_config`` (TOML or JSON, as ``CrossbarConfig.save`` writes it),
+    else ``CrossbarConfig()`` (256x256 tiles, multi-bit DAC, 8-bit inputs, 8-bit calibrated ADC).
+    The run's own fields always replace the file's: ``device = device_model``, ``weight_bits``,
+    ``bits_per_cell``, ``read_time_s``; ``adc_bits`` and ``dac`` when set. The file's
+    ``sigma_scale`` (if any) is the device's base spread that ``sigma_mode="multiply"`` multiplies.
+    Raises :class:`VariationError` (one line) for a missing file or an impossible combination.
+    """
+    try:
+        base = CrossbarConfig.load(cfg.crossbar_config) if cfg.crossbar_config else CrossbarConfig()
+        changes = {"device": cfg.device_model, "weight_bits": cfg.weight_bits, "bits_per_cell": cfg.bits_per_cell,
+                   "read_time_s": cfg.read_time_s}
+        changes.update({k: getattr(cfg, k) for k in ("adc_bits", "dac") if getattr(cfg, k) is not None})
+        return base.replace(**changes)
+    except CrossbarConfigError as e:
+        raise VariationError(f"crossbar backend: {e}") from None
+
+
+def _eligible_layers(model: nn.Module) -> list[str]:
+    """Names of the layers ``cimsim.nn.convert`` would put on crossbars, backbone first, heads last."""
+    names = [n for n, m in model.named_modules()
+             if type(m) is nn.Linear or (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros")]
+    return [n for n in names if not n.startswith("heads.")] + [n for n in names if n.startswith("heads.")]
+
+
+class _WithHeads(nn.Module):
+    """``model(x, heads=True)`` as a one-argument module, so calibration reaches the side heads too."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x, heads=True)
+
+
+class CrossbarNoise(Variation):
+    """Training and testing on the simulated crossbar (``cimsim.nn`` layers, ``cimsim.program``).
+
+    Model. :meth:`prepare` converts, in place, every plain ``nn.Linear`` / ``nn.Conv2d`` (groups 1,
+    zero padding) to a ``CIMLinear`` / ``CIMConv2d`` sharing its parameters, in ``ideal`` mode
+    (so ``model(x)`` stays the clean float model: clean accuracy means what it means for the other
+    backends). ``keep_first`` / ``keep_last`` keep the first / last *backbone* layer digital (float,
+    noise-free). Side heads (IRS) are converted too: on the paper's chip they are crossbar layers
+    as noisy as the rest (the ``paper`` and ``device`` backends make them noisy as well), so IRS
+    trains against the same hardware in every branch. Heads take no part in test chips.
+
+    Sigma. ``sigma_eff = sigma`` (``sigma_mode="replace"``: ``DeviceModel.sigma_scale = sigma``,
+    for a fitted model sigma 1 is the measured spread, for a NeFT preset it is the paper's sigma_d)
+    or ``sigma * base.sigma_scale`` (``"multiply"``), where ``base`` is the config's device model
+    with the config's own ``sigma_scale`` applied. Each layer programs with
+    ``base.replace(sigma_scale=sigma_eff)``; these device models are cached per ``sigma_eff``, so
+    OVF's extra forwards at sigma + delta rebuild nothing but the draw. Sigma scales the
+    programming spread only: shifts, drift, stuck cells, read noise and the ADC are not scaled.
+    With an ideal device any sigma gives the quantized, noise-free array.
+
+    Draws. :meth:`forward` takes one 62-bit seed ``s`` from ``generator``
+    (``torch.randint(0, 2**62)`` on the generator's device); CIM layer ``i`` (in
+    ``named_modules`` order) then programs a fresh array with seed
+    ``seed_sequence_child(seed_sequence_child(s, i), 1)`` (the layer's ``fresh`` mode), so a
+    forward is replayed exactly from the generator's state. Programming itself is cimsim's
+    (numpy, on the host, per layer and forward); the array's GEMMs, read noise and ADC run where
+    the activations live (Numba kernel on CPU, torch kernel on CUDA). Gradients: cimsim's
+    straight-through estimator (input gradient through the programmed effective weights, weight
+    gradient as for the float layer).
+
+    Chips. :meth:`chip` takes one seed ``s`` the same way and returns
+    ``{"crossbar.seed": s, "crossbar.sigma_scale": sigma_eff}`` (int64 / float64 scalars): a chip
+    is its seed. It programs layer ``i`` (backbone; heads too when ``heads``) with chip seed
+    ``seed_sequence_child(s, i)`` (``cimsim.nn.program``'s rule) and freezes it; :meth:`forward_chip`
+    runs ``chip`` mode, re-programming (deterministically, from the seed) only the layers whose
+    frozen array is another chip. Read noise, when the config turns it on, is drawn per read from
+    the chip's read counter (fresh per batch, replayed when the chip is re-programmed).
+
+    Calibration. :meth:`calibrate` sets every layer's input clip and ADC ranges from training
+    images (``cimsim.nn.calibrate``: float forward, the config's percentile of |x| and of nominal
+    partial sums; heads included). A run calls it before training and after every epoch (the
+    weights moved); the values are buffers of the model, so checkpoints carry them, and every test
+    chip uses them. A layer used before any calibration calibrates itself from its first batch.
+    ``calibration="batch"`` (default) also re-calibrates, in every training forward, each layer
+    from the rows of its own input in that forward (at most :data:`BATCH_CALIBRATION_ROWS`, evenly
+    spaced): ranges track the weights step by step, as batch statistics do in BatchNorm (and as
+    aihwkit's per-batch noise/bound management does); these overwrite the model's calibration, so
+    call :meth:`calibrate` again before evaluating chips (a run does, at every epoch end). ``"epoch"`` keeps one calibration per epoch;
+    measured on digits (MLP, Adam lr 5e-3, ideal device, 8-bit ADC) the ranges set at
+    initialisation go stale within the first epoch: the loss stays at ~2.2 for its 25 steps (the
+    float model reaches ~0.5) and jumps to ~50 after the epoch-end re-calibration, while
+    ``"batch"`` follows the float model's loss curve step for step.
+    """
+
+    name = "crossbar"
+
+    def __init__(self, config: CrossbarConfig, sigma_mode: str = "replace", keep_first: bool = False,
+                 keep_last: bool = False, calibration: str = "batch"):
+        if sigma_mode not in ("replace", "multiply"):
+            raise VariationError(f"unknown sigma_mode {sigma_mode!r} (replace or multiply)")
+        if calibration not in CALIBRATIONS:
+            raise VariationError(f"unknown crossbar calibration {calibration!r} (choose from {', '.join(CALIBRATIONS)})")
+        self.sigma_mode = sigma_mode
+        self.calibration = calibration
+        self.keep_first, self.keep_last = bool(keep_first), bool(keep_last)
+        self.base = cim_resolve_device(config)
+        self.config = config.replace(sigma_scale=None)  # the spread is set per call (device models below)
+        self._devices: dict[float, tuple[DeviceModel, DeviceModel]] = {}
+
+    # ----------------------------------------------------------------- sigma
+    def sigma_eff(self, sigma: float) -> float:
+        """The ``DeviceModel.sigma_scale`` programming uses at ``sigma`` (see the class docstring)."""
+        return float(sigma) if self.sigma_mode == "replace" else float(sigma) * self.base.sigma_scale
+
+    def device_models(self, sigma_eff: float) -> tuple[DeviceModel, DeviceModel]:
+        """(device model at ``sigma_eff``, its ideal twin for nominal calibration), cached."""
+        key = float(sigma_eff)
+        if key not in self._devices:
+            dev = self.base.replace(sigma_scale=key)
+            self._devices[key] = (dev, dev.ideal())
+        return self._devices[key]
+
+    # ----------------------------------------------------------------- model
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Convert ``model``'s layers to crossbar layers in place (idempotent); see the class docstring."""
+        if getattr(model, "_crossbar_prepared", False):
+            return model
+        if cim_layers(model):
+            raise VariationError("crossbar backend: the model already holds crossbar layers it did not convert")
+        backbone = [n for n in _eligible_layers(model) if not n.startswith("heads.")]
+        keep = set(backbone[:1] if self.keep_first else []) | set(backbone[-1:] if self.keep_last else [])
+        model = cim_convert(model, self.config, skip=sorted(keep), mode="ideal")
+        model._crossbar_prepared = True
+        return model
+
+    def layers(self, model: nn.Module, heads: bool = True) -> list[tuple[int, CIMModule]]:
+        """``(index, layer)`` of the model's crossbar layers (index over all of them, heads last)."""
+        self.prepare(model)
+        return [(i, m) for i, (n, m) in enumerate(cim_layers(model)) if heads or not n.startswith("heads.")]
+
+    def _use(self, layer: CIMModule, sigma_eff: float) -> None:
+        """Make ``layer`` program with the device models of ``sigma_eff``.
+
+        ``cimsim.nn`` resolves a layer's ``(device, ideal twin)`` once into ``layer._devices`` and
+        programs every later array with them; replacing that pair is the cheap per-call spread
+        override (the layer config's ``sigma_scale`` is None, so ``cimsim.program`` keeps it).
+        """
+        layer._devices = self.device_models(sigma_eff)
+
+    # -------------------------------------------------------------- forwards
+    def forward(self, model, x, sigma, generator, heads=False):
+        s, se = _draw_seed(generator), self.sigma_eff(sigma)
+        layers = self.layers(model, heads=True)
+        for i, layer in layers:
+            self._use(layer, se)
+            layer.seed, layer.draw_count = seed_sequence_child(s, i), 0  # fresh draw n: child(seed, n)
+        hooks = [layer.register_forward_pre_hook(_calibrate_on_input) for _, layer in layers] \
+            if self.calibration == "batch" else []
+        try:
+            with use_mode(model, "fresh"):
+                return model(x, heads=heads)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def chip(self, model, sigma, generator, heads=False):
+        s, se = _draw_seed(generator), self.sigma_eff(sigma)
+        chip = {CHIP_SEED: torch.tensor(s, dtype=torch.int64), CHIP_SIGMA: torch.tensor(se, dtype=torch.float64)}
+        self._program(model, chip, heads)
+        return chip
+
+    def forward_chip(self, model, chip, x, heads=False):
+        self._program(model, chip, heads)
+        with use_mode(model, "chip"):
+            return model(x, heads=heads)
+
+    def _program(self, model: nn.Module, chip: Chip, heads: bool) -> None:
+        """Freeze ``chip`` on every layer (backbone, and heads if ``heads``) that holds another one."""
+        s, se = int(chip[CHIP_SEED]), float(chip[CHIP_SIGMA])
+        devices = self.device_models(se)
+        with torch.no_grad():
+            for i, layer in self.layers(model, heads):
+                cs = seed_sequence_child(s, i)
+                if layer.chip_seed != cs or layer._devices is not devices or layer._chip is None:
+                    self._use(layer, se)
+                    layer.program(cs)
+
+    # ----------------------------------------------------------- calibration
+    def calibrate(self, model, data, batch_size=128, batches=8):
+        """Calibrate input clips and ADC ranges from ``batches`` batches of ``batch_size`` images of
+        ``data`` (an ``ImageSet``), a fixed random subset (``torch.Generator`` seeded 0)."""
+        self.prepare(model)
+        if not cim_layers(model):
+            return
+        param = next(model.parameters())
+        n = min(len(data), batch_size * batches)
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+        loader = [data.batch(idx[k : k + batch_size], param.device)[0] for k in range(0, n, batch_size)]
+        has_heads = len(getattr(model, "heads", ())) > 0
+        cim_calibrate(_WithHeads(model) if has_heads else model, loader, batches=None)
+
+
+def _calibrate_on_input(layer: CIMModule, args: tuple) -> None:
+    """Forward pre-hook: calibrate ``layer`` from the array rows of its own input ``args[0]``
+    (at most :data:`BATCH_CALIBRATION_ROWS` of them, evenly spaced: deterministic, no RNG)."""
+    rows = layer.input_rows(args[0].detach())
+    if rows.shape[0] > BATCH_CALIBRATION_ROWS:
+        rows = rows[torch.linspace(0, rows.shape[0] - 1, BATCH_CALIBRATION_ROWS, device=rows.device).long()]
+    layer.calibrate_rows(rows)
+
+
+def _draw_seed(generator: torch.Generator) -> int:
+    """One 62-bit seed from ``generator`` (on the generator's device)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without frozen-chip tensors (``cimsim.nn.CHIP_KEYS``): the weights,
+    calibration and layer settings, not the conductances of whatever chip was last evaluated."""
+    return {k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] not in CHIP_KEYS}
+
+
+def float_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A crossbar model's state dict as the plain (unconverted) model's: the float weights, biases
+    and BatchNorm entries, without calibration buffers (``input_clip``, ``adc_range``), layer extra
+    state or chip tensors. For tools that only want the trained weights of a crossbar run."""
+    drop = {"input_clip", "adc_range", "_extra_state", *CHIP_KEYS}
+    return {k: v for k, v in state.items() if k.rpartition(".")[2] not in drop}
+
+
 # ---------------------------------------------------------------------- registry
 def paper_s(model: DeviceModel) -> float:
     """The stylized-device factor ``s`` of a NeFT preset (rram1 1, fefet2 2, rram4 4, fefet6 6)."""
@@ -313,10 +575,7 @@ def _device(cfg) -> Variation:
 
 
 def _crossbar(cfg) -> Variation:
-    raise VariationError(
-        "noise backend 'crossbar' is not available: it needs cimsim.nn.convert(model, config), which this "
-        "build does not provide yet (extension point: training/variation.py, Variation)"
-    )
+    return CrossbarNoise(crossbar_config(cfg), cfg.sigma_mode, cfg.keep_first, cfg.keep_last, cfg.crossbar_calibration)
 
 
 BACKENDS: dict[str, Callable[..., Variation]] = {"paper": _paper, "device": _device, "crossbar": _crossbar}

@@ -98,6 +98,7 @@ from .programming import (
     sensitivities,
     weights_accuracy,
 )
+from .variation import float_state
 from .train import UsageError, load_data, resolve_device
 
 EXIT_USAGE = 2
@@ -313,7 +314,7 @@ def load_model(spec: RunSpec, input_shape: tuple[int, int, int], num_classes: in
     model = build_model(cfg.model, input_shape, num_classes, with_heads=cfg.uses_heads)
     try:
         state = torch.load(spec.path / "best.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(float_state(state["model"]))  # a crossbar run's checkpoint holds more
     except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, OSError, ValueError, TypeError) as e:
         raise UsageError(f"--run {spec.path}: cannot load best.pt ({str(e).splitlines()[0]})") from None
     return model.to(device).eval()

@@ -95,7 +95,7 @@ def test_divergence_message_and_exit_code(tmp_path):
                                       (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "--data-dir"),
                                       (["--noise", "device", "--device-model", "/nonexistent.json"], "no such device model"),
                                       (["--epochs", "x"], "invalid int"),
-                                      (["--noise", "crossbar"], "cimsim.nn")])
+                                      (["--noise", "crossbar", "--crossbar-config", "/nonexistent.toml"], "no such config file")])
 def test_bad_options_exit_2_one_line_no_folder(tmp_path, capsys, args, msg):
     from training.train import main
 

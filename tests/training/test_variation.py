@@ -11,6 +11,7 @@ from training.config import RunConfig
 from training.models import build_model
 from training.variation import (
     PAPER_C,
+    CrossbarNoise,
     DeviceNoise,
     PaperNoise,
     VariationError,
@@ -152,5 +153,6 @@ def test_make_variation_backends_and_errors():
     assert isinstance(make_variation(RunConfig(noise="device", device_model="neurram")), DeviceNoise)
     with pytest.raises(VariationError, match="stylized"):
         make_variation(RunConfig(noise="paper", device_model="neurram"))
-    with pytest.raises(VariationError, match="cimsim.nn.convert"):
-        make_variation(RunConfig(noise="crossbar"))
+    assert isinstance(make_variation(RunConfig(noise="crossbar", device_model="rram")), CrossbarNoise)
+    with pytest.raises(VariationError, match="no such config file"):
+        make_variation(RunConfig(noise="crossbar", crossbar_config="/nonexistent/xbar.toml"))

@@ -1,0 +1,188 @@
+"""The ``crossbar`` variation backend: training and Monte Carlo chips on the full simulated array."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cimsim.config import CrossbarConfig
+from cimsim.mapping import quantize_weights
+from cimsim.nn import CIMConv2d, CIMLinear, cim_layers
+from training.config import ConfigError, RunConfig
+from training.data import load_dataset
+from training.evaluate import evaluate_mc
+from training.methods import MethodSpec, batch_loss
+from training.models import build_model
+from training.train import run
+from training.variation import (
+    CrossbarNoise,
+    float_state,
+    make_generator,
+    make_variation,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "train")
+
+
+def _prepared(variation, digits, model="lenet", heads=False, seed=0):
+    torch.manual_seed(seed)
+    m = variation.prepare(build_model(model, digits.input_shape, digits.num_classes, with_heads=heads))
+    variation.calibrate(m, digits, 128, 2)
+    return m
+
+
+def _quantized_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` computed in float with every crossbar layer's weights quantized as the
+    array stores them (``quantize_weights``) and its inputs clipped to the layer's ``input_clip``
+    and rounded to its input grid: the array's result when nothing else (noise, ADC) intervenes."""
+
+    def exact(layer, args, _out):
+        cfg = layer.config
+        w_int, scale = quantize_weights(layer.weight_matrix().detach().double().numpy(), cfg)
+        wq = (torch.from_numpy(w_int).double() * torch.from_numpy(scale)[:, None]).view_as(layer.weight)
+        clip, xmax = float(layer.input_clip), cfg.x_max_int
+        xq = torch.round(torch.clamp(args[0].double() / clip, -1, 1) * xmax) * (clip / xmax)
+        b = None if layer.bias is None else layer.bias.double()
+        if isinstance(layer, CIMLinear):
+            return F.linear(xq, wq, b).float()
+        return F.conv2d(xq, wq, b, layer.stride, layer.padding, layer.dilation).float()
+
+    hooks = [layer.register_forward_hook(exact) for _, layer in cim_layers(model)]
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_ideal_crossbar_is_the_quantized_model(tmp_path, digits):
+    # Ideal device, full-range 20-bit ADC (one-unit steps: every partial sum exact).
+    path = CrossbarConfig(adc_range="full").save(tmp_path / "xbar.toml")
+    v = make_variation(RunConfig(noise="crossbar", device_model="ideal", crossbar_config=str(path), adc_bits=20))
+    m = _prepared(v, digits)
+    assert isinstance(m.conv1, CIMConv2d) and isinstance(m.fc3, CIMLinear) and m.conv1.mode == "ideal"
+    m.eval()
+    x = digits.batch(slice(0, 100))[0]
+    chip = v.chip(m, 0.0, make_generator(0))
+    z_chip = v.forward_chip(m, chip, x)  # calibrated clips from training images
+    ref = _quantized_reference(m, x)
+    assert torch.allclose(z_chip, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert not torch.allclose(z_chip, m(x), rtol=1e-5, atol=1e-5 * ref.abs().max().item())  # quantization shows
+    z = v.forward(m, x, 0.7, make_generator(1))  # a training draw: any sigma is noise-free on an ideal device
+    ref = _quantized_reference(m, x)  # with the clips this forward calibrated from its own inputs
+    assert torch.allclose(z, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_forward_draws_replay_from_the_generator_and_grow_with_sigma(digits):
+    v = make_variation(RunConfig(noise="crossbar", device_model="rram", sigma=1.0))
+    m = _prepared(v, digits, "mlp")
+    x, y = digits.batch(slice(0, 64))
+    a = v.forward(m, x, 1.0, make_generator(0))
+    assert torch.equal(v.forward(m, x, 1.0, make_generator(0)), a)  # replayed from the same seed
+    assert not torch.allclose(v.forward(m, x, 1.0, make_generator(1)), a)
+    g = make_generator(5)
+    assert not torch.allclose(v.forward(m, x, 1.0, g), v.forward(m, x, 1.0, g))  # each call a new draw
+    # OVF-style larger sigmas: the same draw scaled, so the spread around the sigma-0 array grows
+    base = v.forward(m, x, 0.0, make_generator(2)).detach()
+    spread = [(v.forward(m, x, s, make_generator(2)).detach() - base).std().item() for s in (0.5, 1.0, 3.0)]
+    assert 0 < spread[0] < spread[1] < spread[2]
+    assert v.device_models(1.0) is v.device_models(1.0) and v.device_models(3.0)[0].sigma_scale == 3.0
+    multiply = make_variation(RunConfig(noise="crossbar", device_model="rram1", sigma_mode="multiply"))
+    assert multiply.sigma_eff(2.0) == pytest.approx(0.2)  # rram1's own sigma_scale is 0.1
+    # straight-through gradients reach every float weight
+    m.zero_grad()
+    F.cross_entropy(a, y).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_chip_is_frozen_and_reproducible_heads_run_on_the_crossbar(digits):
+    v = make_variation(RunConfig(noise="crossbar", device_model="rram", sigma=1.0))
+    m = _prepared(v, digits, "lenet", heads=True)
+    assert all(isinstance(h.fc1, CIMLinear) and isinstance(h.fc2, CIMLinear) for h in m.heads)
+    x, y = digits.batch(slice(0, 80))
+    m.eval()
+    c1 = v.chip(m, 1.0, make_generator(7))
+    assert set(c1) == {"crossbar.seed", "crossbar.sigma_scale"}
+    assert all(torch.equal(c1[k], v.chip(m, 1.0, make_generator(7))[k]) for k in c1)
+    a = v.forward_chip(m, c1, x)
+    assert torch.equal(v.forward_chip(m, c1, x), a)  # frozen: the same array for every batch
+    assert not torch.allclose(v.forward_chip(m, v.chip(m, 1.0, make_generator(8)), x), a)
+    z, hs = v.forward_chip(m, c1, x, heads=True)
+    assert torch.equal(z, a) and len(hs) == 2
+    # training draws in between (at another sigma) overwrite layer state; the chip is re-made from its seed
+    m.train()
+    for method in ("ovf", "irs"):
+        loss, _ = batch_loss(MethodSpec(method, 1.0, beta=1e-2), m, x, y, v, make_generator(0))
+        assert torch.isfinite(loss)
+        loss.backward()
+    m.eval()
+    v.calibrate(m, digits, 128, 2)  # training forwards re-calibrate per batch; a run re-calibrates before chips
+    assert torch.equal(v.forward_chip(m, c1, x), a)
+
+
+def test_nit_on_the_crossbar_learns_digits_and_best_pt_replays(tmp_path, fast_cfg):
+    cfg = fast_cfg.replace(method="nit", noise="crossbar", device_model="rram", sigma=1.0, eval_chips=3)
+    res = run(cfg, tmp_path / "r", quiet=True)
+    assert res["acc_mean"] > 0.8 and res["clean_test_acc"] > 0.8, res  # chance is 0.1
+    state = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
+    assert "hidden.0.adc_range" in state and not any("chip_g_pos_S" in k for k in state)
+    # Monte Carlo evaluation of the reloaded checkpoint repeats the run's own, chip for chip
+    v = make_variation(cfg)
+    test = load_dataset("digits", "test")
+    m = v.prepare(build_model("mlp", test.input_shape, test.num_classes))
+    m.load_state_dict(state)
+    mc = evaluate_mc(m, v, test, cfg.eval_sigma_value, 3, cfg.seed, cfg.eval_batch_size)
+    assert mc.metrics["acc_mean"] == res["acc_mean"] and mc.metrics["chips"] == 3
+    rows = (tmp_path / "r" / "chips.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[2]) for r in rows] == pytest.approx(list(mc.acc_per_chip), abs=1e-6)
+    plain = build_model("mlp", test.input_shape, test.num_classes)
+    plain.load_state_dict(float_state(state))  # the trained float weights, for tools without the crossbar
+    x = test.batch(slice(0, 50))[0]
+    assert torch.equal(plain(x), m(x))
+
+
+def test_cli_trains_lenet_on_the_crossbar(tmp_path):
+    out = tmp_path / "xbar"
+    args = ["--model", "lenet", "--dataset", "digits", "--method", "nit", "--noise", "crossbar", "--device-model",
+            "rram", "--sigma", "1.0", "--adc-bits", "6", "--keep-last", "true", "--epochs", "1", "--train-limit",
+            "400", "--eval-chips", "2", "--val-chips", "1", "--threads", "1", "--quiet", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "training.train", *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["noise"] == "crossbar" and ev["chips"] == 2 and 0 <= ev["acc_mean"] <= 1
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["adc_bits"] == 6 and cfg["keep_last"] is True
+    state = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert "conv1.input_clip" in state and "fc3.input_clip" not in state  # fc3 kept digital
+
+
+def test_crossbar_options_validate_and_override_the_file(tmp_path, digits):
+    for bad in ({"adc_bits": 0}, {"adc_bits": 25}, {"dac": "pwm"}, {"keep_first": "yes"},
+                {"crossbar_calibration": "never"}, {"crossbar_config": ""}):
+        with pytest.raises(ConfigError):
+            RunConfig(**bad)
+    cfg = RunConfig(noise="crossbar", device_model="rram", weight_bits=6, dac="bit_serial", keep_first=True,
+                    crossbar_calibration="epoch")
+    assert RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    path = CrossbarConfig(adc_bits=4, input_bits=6, tile_rows=64, weight_bits=8).save(tmp_path / "x.json")
+    v = make_variation(cfg.replace(crossbar_config=str(path)))
+    assert isinstance(v, CrossbarNoise)
+    c = v.config
+    assert (c.adc_bits, c.input_bits, c.tile_rows, c.weight_bits, c.dac, c.device) == (4, 6, 64, 6, "bit_serial", "rram")
+    assert make_variation(cfg.replace(crossbar_config=str(path), adc_bits=10)).config.adc_bits == 10
+    m = _prepared(v, digits, "lenet", heads=True)
+    assert type(m.conv1) is nn.Conv2d and isinstance(m.fc3, CIMLinear)  # keep_first: the backbone's first layer
+    clips = [layer.input_clip.clone() for _, layer in cim_layers(m)]
+    v.forward(m, digits.batch(slice(0, 16))[0], 0.1, make_generator(0))
+    assert all(torch.equal(a, layer.input_clip) for a, (_, layer) in zip(clips, cim_layers(m)))  # "epoch": no per-batch
