@@ -121,10 +121,10 @@ def unmap(g_pos_S: np.ndarray, g_neg_S: np.ndarray, levels_S: np.ndarray, scale:
 def quantize_inputs(x: np.ndarray, clip: float, input_bits: int) -> np.ndarray:
     """Inputs (..., in) to sign-magnitude integers in [-(2^b - 1), 2^b - 1] (int32).
 
-    ``x_int = sign(x) * round(min(|x|, clip) / clip * (2^b - 1))``: a symmetric uniform quantizer
-    whose step is ``clip / (2^b - 1)``.
+    ``x_int = rint(clip(x * (1 / clip), -1, 1) * (2^b - 1))`` (the fast path computes exactly
+    these float operations): a symmetric uniform quantizer whose step is ``clip / (2^b - 1)``.
     """
     xmax = (1 << input_bits) - 1
     x = np.asarray(x, dtype=np.float64)
-    q = np.rint(np.clip(x / clip, -1.0, 1.0) * xmax)
+    q = np.rint(np.clip(x * (1.0 / clip), -1.0, 1.0) * xmax)
     return q.astype(np.int32)

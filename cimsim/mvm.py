@@ -16,8 +16,10 @@ Blocks over the batch keep the partial-sum tensor (C x b x G*out floats) under `
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ import torch
 from .program import ProgrammedArray
 
 #: upper bound on the partial-sum block a forward materialises (bytes)
-BLOCK_BYTES = int(os.environ.get("CIMSIM_BLOCK_BYTES", 32 * 2**20))
+BLOCK_BYTES = int(os.environ.get("CIMSIM_BLOCK_BYTES", 8 * 2**20))  # 8 MiB: measured fastest of 2, 8, 32 here
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Plan:
     lo: int
     hi: int
     n_groups: int
+    V_bf16: torch.Tensor | None = None  # V in bfloat16, made on first use (see _variance)
 
     @property
     def n_tiles(self) -> int:
@@ -119,9 +122,11 @@ def _cycle_weights(cfg, device) -> torch.Tensor:
     return 2.0 ** torch.arange(cfg.n_cycles, dtype=torch.float64, device=device)
 
 
-def _drive_torch(x: torch.Tensor, clip: float, cfg, padded_in: int, dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Pure-torch twin of :func:`cimsim.kernels.dac_drive`: ((C, b, padded_in) x 2, any negative)."""
-    xq = torch.round(torch.clamp(x.to(torch.float64) / clip, -1.0, 1.0) * cfg.x_max_int).to(dtype)  # as mapping.quantize_inputs
+def _drive_torch(x: torch.Tensor, clip: float, cfg, n_tiles: int, rows: int,
+                 dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Pure-torch twin of :func:`cimsim.kernels.dac_drive`: ((T, C*b, rows) x 2, any negative)."""
+    xq = torch.round(torch.clamp(x.to(torch.float64) * (1.0 / clip), -1.0, 1.0) * cfg.x_max_int).to(dtype)  # as mapping.quantize_inputs
+    b = x.shape[0]
     phases = []
     for mag in (torch.clamp(xq, min=0), torch.clamp(-xq, min=0)):
         if cfg.dac == "bit_serial":
@@ -129,8 +134,36 @@ def _drive_torch(x: torch.Tensor, clip: float, cfg, padded_in: int, dtype) -> tu
             mag = torch.stack([(mi >> j) & 1 for j in range(cfg.input_bits)]).to(dtype)
         else:
             mag = mag.unsqueeze(0)
-        phases.append(torch.nn.functional.pad(mag, (0, padded_in - x.shape[1])))
+        mag = torch.nn.functional.pad(mag, (0, n_tiles * rows - x.shape[1]))  # (C, b, T*rows)
+        phases.append(mag.view(-1, b, n_tiles, rows).permute(2, 0, 1, 3).reshape(n_tiles, -1, rows))
     return phases[0], phases[1], bool((xq < 0).any())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16)."""
+    if os.environ.get("CIMSIM_NOISE_BF16", "1") == "0":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _variance(dd: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Read-noise variance of every partial sum: (T, C*b, rows) squared drive @ plan.V.
+
+    On a CPU with hardware bfloat16 (AMX / AVX512-BF16) this GEMM runs in bfloat16 with float32
+    accumulation, ~7x faster here: the variance then carries <= 0.4 % relative error (the noise
+    std <= 0.2 %), far below what a read-noise model is known to. ``CIMSIM_NOISE_BF16=0`` keeps
+    it in the GEMM dtype.
+    """
+    if dd.device.type == "cpu" and dd.dtype == torch.float32 and _cpu_has_fast_bf16():
+        if plan.V_bf16 is None:
+            plan.V_bf16 = plan.V.to(torch.bfloat16)
+        return torch.bmm(dd.to(torch.bfloat16), plan.V_bf16).float()
+    return torch.bmm(dd, plan.V)
 
 
 def _adc_shift_add_torch(P, C, b, n_out, plan: Plan, cycw, sign, acc):
@@ -173,32 +206,40 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
     if noisy and generator is None:
         generator = torch.Generator(device=dev)
         generator.manual_seed(arr.next_read_seed())
-    out_var = (cfg.output_noise * plan.lsb) ** 2 if cfg.output_noise > 0 else None
+    out_var = (cfg.output_noise * plan.lsb) ** 2 if cfg.output_noise > 0 else torch.zeros_like(plan.lsb)
+    if kernel == "numba":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
+        offset = 0  # counter of the noise stream: distinct for every conversion of this call
+        no_var = np.zeros((0, 0, 0), dtype=np.float32 if dtype == torch.float32 else np.float64)
     bblock = max(1, BLOCK_BYTES // (T * C * ncol * (torch.finfo(dtype).bits // 8)))
     for b0 in range(0, B, bblock):
         b1 = min(B, b0 + bblock)
         nb = b1 - b0
         if kernel == "numba":
-            pos = torch.empty(C, nb, plan.padded_in, dtype=dtype)
+            pos = torch.empty(T, C * nb, rows, dtype=dtype)
             neg = torch.empty_like(pos)
             xb = x[b0:b1].numpy()
-            any_neg = kernels.dac_drive(xb, clip, float(cfg.x_max_int), C, pos.numpy(), neg.numpy()) > 0
+            signed = bool(xb.min() < 0) if xb.size else False
+            any_neg = kernels.dac_drive(xb, 1.0 / clip, float(cfg.x_max_int), C, rows, pos.numpy(), neg.numpy(),
+                                        signed) > 0
         else:
-            pos, neg, any_neg = _drive_torch(x[b0:b1], clip, cfg, plan.padded_in, dtype)
-        for sign, drive in ((1.0, pos), (-1.0, neg)):
+            pos, neg, any_neg = _drive_torch(x[b0:b1], clip, cfg, T, rows, dtype)
+        for sign, d in ((1.0, pos), (-1.0, neg)):
             if sign < 0 and not any_neg:
                 continue
-            d = drive.view(C * nb, T, rows).transpose(0, 1)  # (T, C*nb, rows)
             P = torch.bmm(d, plan.G)  # (T, C*nb, Gc*out): every partial sum of the block
-            if noisy:
-                var = torch.bmm(d * d, plan.V) if plan.V is not None else torch.zeros_like(P)
-                if out_var is not None:
-                    var += out_var
-                P += var.sqrt_() * torch.randn(P.shape, generator=generator, device=dev, dtype=dtype)
+            var = None
+            if noisy:  # bit-serial drives are 0/1, so d*d == d
+                dd = d if cfg.dac == "bit_serial" else d * d
+                var = _variance(dd, plan) if plan.V is not None else torch.zeros_like(P)
             if kernel == "numba":
-                kernels.adc_shift_add_tiles(P.numpy(), C, nb, n_out, plan.lsb.numpy(), plan.lo, plan.hi,
+                kernels.adc_shift_add_tiles(P.numpy(), no_var if var is None else var.numpy(), out_var.numpy(), seed,
+                                            offset, C, nb, n_out, plan.lsb.numpy(), plan.lo, plan.hi,
                                             plan.colw.numpy(), cycw.numpy(), sign, acc[b0:b1].numpy())
+                offset += P.numel()
             else:
+                if var is not None:
+                    P = P + (var + out_var).sqrt_() * torch.randn(P.shape, generator=generator, device=dev, dtype=dtype)
                 _adc_shift_add_torch(P, C, nb, n_out, plan, cycw, sign, acc[b0:b1])
     return acc.mul_(torch.as_tensor(arr.output_scale(clip), device=dev))
 
@@ -222,10 +263,7 @@ def partial_sums(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
     rows = min(cfg.tile_rows, arr.n_in)
     G = _to_tiles(group_conductances(arr), rows, "cpu", torch.float32)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    pos, neg, any_neg = _drive_torch(xt, arr.resolved_input_clip(x), cfg, G.shape[0] * rows, torch.float32)
-    out = []
-    for drive in (pos, neg) if any_neg else (pos,):
-        d = drive.reshape(-1, G.shape[0], rows).transpose(0, 1)
-        out.append(torch.bmm(d, G).abs_().reshape(-1, G.shape[2]))
+    pos, neg, any_neg = _drive_torch(xt, arr.resolved_input_clip(x), cfg, G.shape[0], rows, torch.float32)
+    out = [torch.bmm(d, G).abs_().reshape(-1, G.shape[2]) for d in ((pos, neg) if any_neg else (pos,))]
     P = torch.cat(out)  # (reads, Gc*out)
     return P.view(P.shape[0], -1, arr.n_out).permute(1, 0, 2).numpy()

@@ -193,7 +193,8 @@ def test_adc_error_at_most_half_lsb_when_nothing_clips(convert):
             colw, cycw = np.zeros(G), np.zeros(C)
             colw[g], cycw[c] = 1.0, 1.0
             acc = np.zeros((B, n_out))
-            adc_shift_add_tiles(P[None], C, B, n_out, lsb, lo, hi, colw, cycw, 1.0, acc)
+            adc_shift_add_tiles(P[None], np.zeros((0, 0, 0), np.float32), np.zeros(G * n_out, np.float32), 0, 0,
+                                C, B, n_out, lsb, lo, hi, colw, cycw, 1.0, acc)
             exact = P[c * B:(c + 1) * B, g * n_out:(g + 1) * n_out]
             assert np.all(np.abs(acc - exact) <= 0.5 * lsb[g * n_out:(g + 1) * n_out] * (1 + 1e-6))
 
@@ -268,17 +269,48 @@ def test_torch_twins_of_kernels_match_numba():
     a_t = torch.zeros(B, 4, dtype=torch.float64)
     _adc_shift_add_torch(P, C, B, 4, plan, cycw, -1.0, a_t)
     a_n = np.zeros((B, 4))
-    kernels.adc_shift_add_tiles(P.numpy(), C, B, 4, plan.lsb.numpy(), plan.lo, plan.hi, plan.colw.numpy(),
-                                cycw.numpy(), -1.0, a_n)
+    no_var = np.zeros((0, 0, 0), np.float32)
+    kernels.adc_shift_add_tiles(P.numpy(), no_var, np.zeros_like(plan.lsb.numpy()), 0, 0, C, B, 4, plan.lsb.numpy(),
+                                plan.lo, plan.hi, plan.colw.numpy(), cycw.numpy(), -1.0, a_n)
     assert np.allclose(a_t.numpy(), a_n)
     for dac in ("multibit", "bit_serial"):
         cfg = CrossbarConfig(dac=dac, input_bits=3)
         x = rng.normal(size=(B, 10))
-        pos, neg = np.zeros((cfg.n_cycles, B, 12), np.float32), np.zeros((cfg.n_cycles, B, 12), np.float32)
-        n_neg = kernels.dac_drive(x, 1.3, 7.0, cfg.n_cycles, pos, neg)
-        tp, tn, any_neg = _drive_torch(torch.from_numpy(x), 1.3, cfg, 12, torch.float32)
+        shape = (3, cfg.n_cycles * B, 4)  # 10 inputs on 3 row tiles of 4
+        pos, neg = np.full(shape, 9, np.float32), np.full(shape, 9, np.float32)
+        n_neg = kernels.dac_drive(x, 1.0 / 1.3, 7.0, cfg.n_cycles, 4, pos, neg, True)
+        tp, tn, any_neg = _drive_torch(torch.from_numpy(x), 1.3, cfg, 3, 4, torch.float32)
         assert np.array_equal(pos, tp.numpy()) and np.array_equal(neg, tn.numpy())
         assert (n_neg > 0) == any_neg == (x < -0.5 * 1.3 / 7).any()
+
+
+def test_counter_based_normals_are_standard_normal():
+    """The ziggurat normals the ADC kernel adds read noise with: N(0, 1), tails included."""
+    from scipy import stats
+
+    from cimsim import kernels
+
+    z = np.empty(400_000)
+    kernels.standard_normals(123, z)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert abs((np.abs(z) > 3.5).mean() / (2 * stats.norm.sf(3.5)) - 1) < 0.2  # the tail beyond r = 3.44
+    z2 = np.empty_like(z)
+    kernels.standard_normals(123, z2)
+    assert np.array_equal(z, z2)
+
+
+def test_read_noise_numba_and_torch_paths_agree_in_distribution():
+    dev = _test_device(sigma_poly_uS=((0.0,),), read_noise_poly_uS=(0.05, 0.3))
+    rng = np.random.default_rng(16)
+    w, x = _layer(rng, 4, 40, 2)
+    cfg = CrossbarConfig(tile_rows=16, input_clip=2.0, read_noise=True, output_noise=0.5, dac="bit_serial",
+                         input_bits=4, **EXACT)
+    arr = program(w, cfg, 0, device=dev)
+    a = np.stack([arr.matmul(x, kernel="numba") for _ in range(800)])
+    b = np.stack([arr.matmul(x, kernel="torch") for _ in range(800)])
+    assert np.allclose(a.mean(0), b.mean(0), atol=0.15 * b.std(0).max())
+    assert np.allclose(a.std(0), b.std(0), rtol=0.1)
 
 
 def test_config_validation_and_round_trip(tmp_path):
