@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import math
+import shutil
 import sys
 import time
 import types
@@ -104,11 +105,13 @@ def check_options(cfg: RunConfig) -> None:
         raise UsageError(str(e)) from None
 
 
-def check_run(cfg: RunConfig, out: Path, resume: bool) -> None:
+def check_run(cfg: RunConfig, out: Path, resume: bool, overwrite: bool = False) -> None:
     """Everything that can be checked before a folder is made; raises :class:`UsageError`."""
     check_options(cfg)
-    if out.exists():
-        raise UsageError(f"{out} already exists (a finished run); choose another --out")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists (a finished run); choose another --out or pass --overwrite")
+    if out.exists() and not (out / "config.json").exists():
+        raise UsageError(f"{out} exists and is not a run folder; not overwriting it")
     if partial_dir(out).exists() and not resume:
         raise UsageError(f"{partial_dir(out)} holds an unfinished run; pass --resume to continue it or remove it")
 
@@ -141,14 +144,16 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False, overwrite: bool = False) -> dict:
     """Train and evaluate one run into folder ``out``; returns the final evaluation dict.
+
+    overwrite: replace a finished run already in ``out`` (only once the new one is complete).
 
     Raises :class:`UsageError` before creating anything when the options cannot work, and
     :class:`Diverged` (after completing the folder with ``diverged.json``) on a NaN/inf loss.
     """
     out = Path(out)
-    check_run(cfg, out, resume)
+    check_run(cfg, out, resume, overwrite)
     if cfg.threads:
         set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -284,6 +289,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
 
 
 def _finish(work: Path, out: Path) -> None:
+    if out.exists():  # --overwrite: the old run goes only now that the new one is complete
+        shutil.rmtree(out)
     work.rename(out)
 
 
@@ -340,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in <out>.partial")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in <out> once the new one completes")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     ns = p.parse_args(argv)
     try:
         cfg = config_from_args(ns)
-        run(cfg, Path(ns.out), resume=ns.resume, quiet=ns.quiet)
+        run(cfg, Path(ns.out), resume=ns.resume, quiet=ns.quiet, overwrite=ns.overwrite)
     except (UsageError, ConfigError, DataError, VariationError, DeviceModelError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -114,3 +114,17 @@ def test_run_raises_diverged_in_process(tmp_path, fast_cfg):
     with pytest.raises(Diverged) as e:
         run(fast_cfg.replace(optimizer="sgd", lr=1e30, epochs=1), tmp_path / "x", quiet=True)
     assert e.value.epoch == 1
+
+
+def test_overwrite_replaces_a_finished_run_only(tmp_path):
+    out = tmp_path / "run"
+    args = [*FAST, "--method", "plain", "--epochs", "1", "--out", str(out)]
+    assert _cli(args, tmp_path).returncode == 0
+    again = _cli(args, tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert _cli([*args, "--overwrite", "--seed", "1"], tmp_path).returncode == 0
+    assert '"seed": 1' in (out / "config.json").read_text()
+    other = tmp_path / "notarun"
+    other.mkdir()
+    r = _cli([*FAST, "--epochs", "1", "--out", str(other), "--overwrite"], tmp_path)
+    assert r.returncode == 2 and "not a run folder" in r.stderr
