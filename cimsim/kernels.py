@@ -222,12 +222,45 @@ def _zig_normal(key0, k):  # pragma: no cover - compiled
             return hz * _ZW[iz]
 
 
+# bfloat16 -> float: value = (implicit + mantissa) * 2^(exponent - 134), implicit 128 (0 if subnormal)
+_BF16_SCALE = np.array([2.0 ** (max(e, 1) - 134) for e in range(256)])
+_BF16_IMPLICIT = np.array([0.0] + [128.0] * 255)
+
+
+@njit(inline="always", cache=True)
+def _bf16_nonneg(bits):  # pragma: no cover - compiled
+    """The float value of a non-negative bfloat16 given as its 16 raw bits (int16 storage)."""
+    u = np.int64(bits) & 0x7FFF
+    e = u >> 7
+    return (_BF16_IMPLICIT[e] + (u & 0x7F)) * _BF16_SCALE[e]
+
+
+@njit(inline="always", cache=True)
+def _zig_fill(key0, k0, z, ok):  # pragma: no cover - compiled
+    """``z[o] = _zig_normal(key0, k0 + o)`` for every o, in two passes: a branch-free fast path
+    that the compiler vectorizes, then the rare (1.2 %) rejections one by one."""
+    for o in range(z.shape[0]):
+        h = _mix64(key0 + (k0 + np.uint64(o)) * _GOLDEN)
+        hz = np.int64(h >> np.uint64(32)) - 2147483648
+        iz = np.int64(h & np.uint64(127))
+        z[o] = hz * _ZW[iz]
+        ok[o] = abs(hz) < _ZK[iz]
+    for o in range(z.shape[0]):
+        if not ok[o]:
+            z[o] = _zig_normal(key0, k0 + np.uint64(o))
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def standard_normals(seed, out):  # pragma: no cover - compiled
     """Fill ``out`` (1-D) with the counter-based normals the ADC kernel draws (for tests)."""
     key0 = _mix64(np.uint64(seed))
-    for i in prange(out.shape[0]):
-        out[i] = _zig_normal(key0, np.uint64(i))
+    n = out.shape[0]
+    chunk = 4096
+    for c in prange((n + chunk - 1) // chunk):
+        k0 = c * chunk
+        m = min(chunk, n - k0)
+        ok = np.empty(m, dtype=np.bool_)
+        _zig_fill(key0, np.uint64(k0), out[k0:k0 + m], ok)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -243,7 +276,8 @@ def adc_shift_add_tiles(P, V, out_var, seed, offset, C, B, n_out, lsb, lo, hi, c
     acc: (B, n_out) float64, updated in place:
        acc[b, o] += sign * sum_{t,c,g} cycw[c] colw[g] clip(rint(P / lsb), lo, hi) * lsb.
     Noise (read noise of the column current and ADC input noise), when ``V`` is not empty:
-    ``P + sqrt(V + out_var[j]) * z`` before the conversion, ``V`` like ``P`` (variance), ``z`` a
+    ``P + sqrt(V + out_var[j]) * z`` before the conversion, ``V`` like ``P``: the read-noise
+    variance as raw bfloat16 bits (int16; <= 0.4 % relative error, no conversion pass), ``z`` a
     standard normal of the counter-based stream (seed, offset + flat index of P): every
     conversion's noise is fixed by the seed, whatever the thread count.
     """
@@ -253,6 +287,8 @@ def adc_shift_add_tiles(P, V, out_var, seed, offset, C, B, n_out, lsb, lo, hi, c
     noisy = V.size > 0
     key0 = _mix64(np.uint64(seed))
     for b in prange(B):
+        z = np.empty(n_out)  # this row segment's normals (noisy only)
+        ok = np.empty(n_out, dtype=np.bool_)
         for t in range(T):
             for c in range(C):
                 row = c * B + b
@@ -260,13 +296,15 @@ def adc_shift_add_tiles(P, V, out_var, seed, offset, C, B, n_out, lsb, lo, hi, c
                 for g in range(G):
                     w = cw * colw[g]
                     base = g * n_out
+                    if noisy:
+                        k0 = np.uint64(offset + (t * P.shape[1] + row) * ncol + base)
+                        _zig_fill(key0, k0, z, ok)
                     for o in range(n_out):
                         j = base + o
                         s = lsb[j]
                         p = P[t, row, j]
                         if noisy:
-                            k = np.uint64(offset + (t * P.shape[1] + row) * ncol + j)
-                            p += np.sqrt(V[t, row, j] + out_var[j]) * _zig_normal(key0, k)
+                            p += np.sqrt(_bf16_nonneg(V[t, row, j]) + out_var[j]) * z[o]
                         q = np.rint(p / s)
                         if q < lo:
                             q = lo

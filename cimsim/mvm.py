@@ -151,19 +151,22 @@ def _cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _variance(dd: torch.Tensor, plan: Plan) -> torch.Tensor:
+def _variance(dd: torch.Tensor, plan: Plan, bf16: bool) -> torch.Tensor:
     """Read-noise variance of every partial sum: (T, C*b, rows) squared drive @ plan.V.
 
-    On a CPU with hardware bfloat16 (AMX / AVX512-BF16) this GEMM runs in bfloat16 with float32
-    accumulation, ~7x faster here: the variance then carries <= 0.4 % relative error (the noise
-    std <= 0.2 %), far below what a read-noise model is known to. ``CIMSIM_NOISE_BF16=0`` keeps
-    it in the GEMM dtype.
+    ``bf16`` (the Numba path): the result in bfloat16, which the ADC kernel reads as raw bits
+    (<= 0.4 % relative error in the variance, <= 0.2 % in the noise std: far below what any
+    read-noise model is known to). On a CPU with hardware bfloat16 (AMX / AVX512-BF16) the GEMM
+    itself runs in bfloat16 with float32 accumulation (~7x faster here than float32);
+    ``CIMSIM_NOISE_BF16=0`` keeps the GEMM in float32 and only rounds its result.
     """
-    if dd.device.type == "cpu" and dd.dtype == torch.float32 and _cpu_has_fast_bf16():
+    if not bf16:
+        return torch.bmm(dd, plan.V)
+    if dd.device.type == "cpu" and _cpu_has_fast_bf16():
         if plan.V_bf16 is None:
             plan.V_bf16 = plan.V.to(torch.bfloat16)
-        return torch.bmm(dd.to(torch.bfloat16), plan.V_bf16).float()
-    return torch.bmm(dd, plan.V)
+        return torch.bmm(dd.to(torch.bfloat16), plan.V_bf16)
+    return torch.bmm(dd, plan.V).to(torch.bfloat16)
 
 
 def _adc_shift_add_torch(P, C, b, n_out, plan: Plan, cycw, sign, acc):
@@ -210,7 +213,7 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
     if kernel == "numba":
         seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
         offset = 0  # counter of the noise stream: distinct for every conversion of this call
-        no_var = np.zeros((0, 0, 0), dtype=np.float32 if dtype == torch.float32 else np.float64)
+        no_var = np.zeros((0, 0, 0), dtype=np.int16)  # no noise: an empty bfloat16-bits array
     bblock = max(1, BLOCK_BYTES // (T * C * ncol * (torch.finfo(dtype).bits // 8)))
     for b0 in range(0, B, bblock):
         b1 = min(B, b0 + bblock)
@@ -231,9 +234,12 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
             var = None
             if noisy:  # bit-serial drives are 0/1, so d*d == d
                 dd = d if cfg.dac == "bit_serial" else d * d
-                var = _variance(dd, plan) if plan.V is not None else torch.zeros_like(P)
+                bf16 = kernel == "numba"
+                var = _variance(dd, plan, bf16) if plan.V is not None else \
+                    torch.zeros_like(P, dtype=torch.bfloat16 if bf16 else P.dtype)
             if kernel == "numba":
-                kernels.adc_shift_add_tiles(P.numpy(), no_var if var is None else var.numpy(), out_var.numpy(), seed,
+                kernels.adc_shift_add_tiles(P.numpy(), no_var if var is None else var.view(torch.int16).numpy(),
+                                            out_var.numpy(), seed,
                                             offset, C, nb, n_out, plan.lsb.numpy(), plan.lo, plan.hi,
                                             plan.colw.numpy(), cycw.numpy(), sign, acc[b0:b1].numpy())
                 offset += P.numel()

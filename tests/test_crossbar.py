@@ -193,7 +193,7 @@ def test_adc_error_at_most_half_lsb_when_nothing_clips(convert):
             colw, cycw = np.zeros(G), np.zeros(C)
             colw[g], cycw[c] = 1.0, 1.0
             acc = np.zeros((B, n_out))
-            adc_shift_add_tiles(P[None], np.zeros((0, 0, 0), np.float32), np.zeros(G * n_out, np.float32), 0, 0,
+            adc_shift_add_tiles(P[None], np.zeros((0, 0, 0), np.int16), np.zeros(G * n_out, np.float32), 0, 0,
                                 C, B, n_out, lsb, lo, hi, colw, cycw, 1.0, acc)
             exact = P[c * B:(c + 1) * B, g * n_out:(g + 1) * n_out]
             assert np.all(np.abs(acc - exact) <= 0.5 * lsb[g * n_out:(g + 1) * n_out] * (1 + 1e-6))
@@ -269,7 +269,7 @@ def test_torch_twins_of_kernels_match_numba():
     a_t = torch.zeros(B, 4, dtype=torch.float64)
     _adc_shift_add_torch(P, C, B, 4, plan, cycw, -1.0, a_t)
     a_n = np.zeros((B, 4))
-    no_var = np.zeros((0, 0, 0), np.float32)
+    no_var = np.zeros((0, 0, 0), np.int16)
     kernels.adc_shift_add_tiles(P.numpy(), no_var, np.zeros_like(plan.lsb.numpy()), 0, 0, C, B, 4, plan.lsb.numpy(),
                                 plan.lo, plan.hi, plan.colw.numpy(), cycw.numpy(), -1.0, a_n)
     assert np.allclose(a_t.numpy(), a_n)
