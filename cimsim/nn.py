@@ -30,6 +30,7 @@ Loading a checkpoint of another shape or config fails with a message naming the 
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import math
@@ -71,7 +72,7 @@ def _mapped_from_int(w_int: np.ndarray, scale: np.ndarray, config: CrossbarConfi
                          digits_neg=np.where((wt < 0)[None], digits, 0).astype(np.uint8))
 
 
-class CIMModule(nn.Module):
+class CIMModule(nn.Module, metaclass=abc.ABCMeta):
     """Base of the crossbar layers: mode, seeds, chips, calibration and state-dict handling.
 
     Subclasses own ``weight`` (float master weights) and ``bias`` parameters and define
@@ -263,15 +264,17 @@ class CIMModule(nn.Module):
         return out
 
     # ---------------------------------------------------------------- forward
+    @abc.abstractmethod
     def input_rows(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_in) rows the array reads for the layer input ``x``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _ideal_forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The float layer's output for ``x`` (mode ``ideal``)."""
 
+    @abc.abstractmethod
     def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
-        raise NotImplementedError
+        """The output for ``x`` computed on the programmed array ``arr``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._mode == "ideal":

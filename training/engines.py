@@ -25,6 +25,8 @@ terminated; Ray tasks are cancelled with ``force=True``), then re-raise ``Keyboa
 """
 from __future__ import annotations
 
+import abc
+
 import multiprocessing as mp
 import signal
 import time
@@ -75,13 +77,14 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class Engine:
+class Engine(abc.ABC):
     """Base class: ``run(tasks)`` yields an :class:`Outcome` per task; use as a context manager."""
 
     name = "engine"
 
+    @abc.abstractmethod
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
-        raise NotImplementedError
+        """Run every task; yield one :class:`Outcome` per task as it finishes."""
 
     def close(self) -> None:
         """Release what the engine started (pools, a local Ray session)."""
@@ -151,10 +154,20 @@ class LocalEngine(Engine):
         try:
             while queue or inflight:
                 pool = self._pool_or_new()
+                broken_on_submit = False
                 while queue and len(inflight) < self.workers:
                     t = queue.pop()
+                    try:  # a worker may have died since the last wait: the pool refuses new work
+                        fut = pool.submit(t.fn, *t.args)
+                    except BrokenProcessPool:
+                        queue.append(t)  # never started: no attempt charged
+                        broken_on_submit = True
+                        break
                     attempts[t.key] = attempts.get(t.key, 0) + 1
-                    inflight[pool.submit(t.fn, *t.args)] = t
+                    inflight[fut] = t
+                if broken_on_submit:
+                    yield from self._after_crash(inflight, queue, attempts)
+                    continue
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 broken = False
                 for f in done:
