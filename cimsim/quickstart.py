@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED_READ_NOISE = REPO.parent / "shared" / "measured" / "rram_techA_readnoise.tsv.gz"
 READ_TIMES_S = (0.0, 1.0, 4.0, 1e5)
 ADC_BITS = (6, 8, 10)
 
@@ -51,7 +52,7 @@ def crossbar_error_study(device_json: Path, n_out: int = 256, n_in: int = 512, b
     return rows
 
 
-def _plot(rows: "list[dict]") -> bytes:
+def _plot(rows: "list[dict]", read_noise: bool) -> bytes:
     import io
 
     import matplotlib
@@ -68,7 +69,8 @@ def _plot(rows: "list[dict]") -> bytes:
     ax.set_xscale("log")
     ax.set_xlabel("read time after programming (s; 0 s drawn at 1 ms)")
     ax.set_ylabel("relative RMS error vs exact quantized matmul")
-    ax.set_title("256x512 layer on the fitted RRAM model (tech C), read noise on", fontsize=9)
+    ax.set_title(f"256x512 layer on the fitted RRAM model (tech C), read noise {'on' if read_noise else 'off'}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     buf = io.BytesIO()
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(REPO / "data/measured/rram.csv"), help="measured data to fit")
     ap.add_argument("--out", type=Path, default=Path("out"), help="folder for the results (default out/)")
     ap.add_argument("--chips", type=int, default=8, help="programmed chips per setting (default 8)")
+    ap.add_argument("--read-noise", default=str(SHARED_READ_NOISE) if SHARED_READ_NOISE.exists() else None,
+                    help="read-noise time series to fit (default: the measured tech A series in ../shared when "
+                         "present; none otherwise, and the study runs without read noise)")
     a = ap.parse_args(argv)
     if a.chips < 2:
         print("python -m cimsim: --chips must be at least 2", file=sys.stderr)
@@ -92,17 +97,24 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model_json = a.out / "rram.json"
-    rc = fit.main([a.data, "-o", str(model_json), "--plot", str(a.out / "rram_fit.png")])
+    fit_args = [a.data, "-o", str(model_json), "--plot", str(a.out / "rram_fit.png")]
+    if a.read_noise:
+        fit_args += ["--read-noise", a.read_noise]
+    rc = fit.main(fit_args)
     if rc:
         return rc
     rows = crossbar_error_study(model_json, chips=a.chips)
+    from .device import DeviceModel
+
+    has_read_noise = DeviceModel.load(model_json).read_noise_poly_uS is not None
     import pandas as pd
 
     config = {"data": a.data, "device_model": str(model_json), "read_times_s": READ_TIMES_S, "adc_bits": ADC_BITS,
-              "chips": a.chips, "layer": [256, 512], "batch": 64, "seed": 0, "read_noise": True}
+              "chips": a.chips, "layer": [256, 512], "batch": 64, "seed": 0, "read_noise": has_read_noise,
+              "read_noise_data": a.read_noise}
     write_outputs({
         a.out / "crossbar_error.csv": pd.DataFrame(rows).to_csv(index=False),
-        a.out / "crossbar_error.png": _plot(rows),
+        a.out / "crossbar_error.png": _plot(rows, has_read_noise),
         a.out / "crossbar_error_config.json": json.dumps(config, indent=1),
     })
     print(f"wrote {a.out / 'crossbar_error.csv'}, {a.out / 'crossbar_error.png'} ({time.perf_counter() - t0:.0f} s)")
