@@ -130,7 +130,8 @@ def test_chip_is_frozen_and_reproducible_heads_run_on_the_crossbar(digits):
 
 
 def test_nit_on_the_crossbar_learns_digits_and_best_pt_replays(tmp_path, fast_cfg):
-    cfg = fast_cfg.replace(method="nit", noise="crossbar", device_model="rram", sigma=1.0, eval_chips=3)
+    # CPU: chips are drawn with the eval device's generator, and the replay below evaluates on the CPU
+    cfg = fast_cfg.replace(method="nit", noise="crossbar", device_model="rram", sigma=1.0, eval_chips=3, torch_device="cpu")
     res = run(cfg, tmp_path / "r", quiet=True)
     assert res["acc_mean"] > 0.8 and res["clean_test_acc"] > 0.8, res  # chance is 0.1
     state = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
