@@ -31,6 +31,50 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "none")
 
 
+#: one line of ``--help`` per :class:`RunConfig` field (the class docstring says more)
+FIELD_HELP = {
+    "model": f"network: {' | '.join(MODELS)}",
+    "dataset": f"data set: {' | '.join(DATASETS)}",
+    "data_dir": "folder of the data set's files (default: its usual place)",
+    "resize": "square side (pixels) the images are resized to",
+    "train_limit": "use only the first N training images",
+    "test_limit": "use only the first N test images",
+    "val_fraction": "share of the training set held out for validation (chooses the checkpoint)",
+    "method": f"training method: {' | '.join(METHODS)}",
+    "noise": f"where variation comes from: {' | '.join(NOISES)}",
+    "device_model": "device model: preset name (rram, rram1, fefet2, rram4, fefet6, neurram, pcm_joshi) or JSON path",
+    "sigma": "training variation (paper: sigma_d; device/crossbar: see --sigma-mode)",
+    "eval_sigma": "variation at test (default: = --sigma)",
+    "sigma_mode": f"device/crossbar: {' | '.join(SIGMA_MODES)} the device model's sigma_scale by sigma",
+    "weight_bits": "magnitude bits of a quantized weight (device/crossbar)",
+    "bits_per_cell": "bits stored per cell (device/crossbar)",
+    "read_time_s": "read time after programming, seconds (device/crossbar)",
+    "crossbar_config": "crossbar: TOML/JSON file of a cimsim CrossbarConfig",
+    "adc_bits": "crossbar: ADC bits (overrides the config file)",
+    "dac": f"crossbar: {' | '.join(DACS)} (overrides the config file)",
+    "keep_first": "crossbar: keep the first layer digital (true/false)",
+    "keep_last": "crossbar: keep the last layer digital (true/false)",
+    "crossbar_calibration": f"crossbar: when input clips and ADC ranges are fitted: {' | '.join(CROSSBAR_CALIBRATIONS)}",
+    "beta": "negative-feedback strength of OVF/IRS (default: the paper's)",
+    "ovf_deltas": "OVF: extra sigma of each extra forward, comma-separated",
+    "ovf_decay": "OVF/IRS: z_i weighted decay^-i",
+    "correctnet_lambda": "CorrectNet: weight of the orthogonality (Lipschitz) penalty",
+    "epochs": "training epochs",
+    "batch_size": "training batch size",
+    "lr": "learning rate (default: the paper's for the model)",
+    "optimizer": f"optimizer: {' | '.join(OPTIMIZERS)}",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "scheduler": f"learning-rate schedule: {' | '.join(SCHEDULERS)}",
+    "seed": "seed of the whole run (data order, noise, chips)",
+    "torch_device": "auto | cpu | cuda",
+    "threads": "torch and Numba threads",
+    "eval_chips": "Monte Carlo chips at test",
+    "val_chips": "chips that score each epoch's validation accuracy",
+    "eval_batch_size": "batch size of evaluation",
+    "converge_frac": "a run converged when clean val accuracy >= chance + frac * (1 - chance)",
+}
+
 class ConfigError(ValueError):
     """An invalid run configuration (the message is one line, meant for the user)."""
 

@@ -52,7 +52,7 @@ import torch
 from cimsim.device import DeviceModelError
 
 from .threads import set_threads
-from .config import ConfigError, RunConfig
+from .config import FIELD_HELP, ConfigError, RunConfig
 from .data import DataError, ImageSet, check_available, load_dataset, train_val_split
 from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
 from .methods import MethodSpec, batch_loss
@@ -326,13 +326,12 @@ def _parse_bool(s: str) -> bool:
 
 def add_config_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One ``--field-name`` option per :class:`RunConfig` field (default: the config's)."""
-    doc = "see training.config.RunConfig"
     p.add_argument("--config", help="JSON or TOML config file; options given here override it")
     for f in dataclasses.fields(RunConfig):
         if f.name in skip:
             continue
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
-                       help=f"{doc} (default {f.default!r})")
+                       help=f"{FIELD_HELP.get(f.name, 'see training.config.RunConfig')} (default {f.default!r})")
 
 
 def config_from_args(ns: argparse.Namespace, skip: tuple[str, ...] = ()) -> RunConfig:
