@@ -43,6 +43,9 @@ def gemm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def effective_weight_tensor(arr: ProgrammedArray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(out, in) effective weights of ``arr`` as a tensor on ``device`` in ``dtype``, cached per chip."""
+    own = getattr(arr, "effective_weight_tensor", None)  # a chip programmed on the device
+    if own is not None:
+        return own(device, dtype)
     key = ("w_eff", str(device), dtype)
     w = arr._cache.get(key)
     if w is None:

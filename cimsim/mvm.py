@@ -112,7 +112,8 @@ def get_plan(arr: ProgrammedArray, device: torch.device, dtype: torch.dtype) -> 
     key = ("plan", str(device), dtype)
     plan = arr._cache.get("plan")
     if plan is None or plan[0] != key:
-        plan = (key, make_plan(arr, device, dtype))
+        maker = getattr(arr, "make_plan", None)  # a chip programmed on the device builds its own
+        plan = (key, maker(device, dtype) if maker is not None else make_plan(arr, device, dtype))
         arr._cache["plan"] = plan
     return plan[1]
 

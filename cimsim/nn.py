@@ -101,6 +101,9 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         self._calib_version = 0
         self._calib_cache: tuple | None = None
         self._devices: tuple[DeviceModel, DeviceModel] | None = None
+        # fresh draws in torch on the weights' device: None = on CUDA devices only (see fresh_chip)
+        self.program_on_device: bool | None = None
+        self._level_table: tuple | None = None
         self._init_buffers(device)
 
     def _init_buffers(self, device: torch.device | str | None) -> None:
@@ -211,9 +214,26 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         return self.chip()
 
     def fresh_chip(self) -> ProgrammedArray:
-        """A new programming draw of the current weights (not kept): the next seed of the layer's stream."""
+        """A new programming draw of the current weights (not kept): the next seed of the layer's stream.
+
+        On a CUDA device (or with ``program_on_device = True``) the draw happens there, in torch
+        (:mod:`cimsim.program_torch`), so a fresh chip per forward copies no conductances; devices
+        with drift are programmed on the host.
+        """
         self.draw_count += 1
-        return self._program(seed_sequence_child(self.seed, self.draw_count))
+        seed = seed_sequence_child(self.seed, self.draw_count)
+        dm = self.device_model()
+        on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
+        if on_device and dm.drift is None:
+            from .program_torch import LevelTable, program_on_device
+
+            key = (dm.name, dm.sigma_scale, str(self.weight.device))
+            if self._level_table is None or self._level_table[0] != key:
+                self._level_table = (key, LevelTable.make(dm, self.config, self.weight.device))
+            clip, adc = self._calibration()
+            return program_on_device(self.weight_matrix().detach(), self.config, dm, seed, clip, adc,
+                                     self._level_table[1])
+        return self._program(seed)
 
     # ------------------------------------------------------------ calibration
     def _calibration(self) -> tuple[float | None, np.ndarray | None]:

@@ -54,6 +54,7 @@ from torch.func import functional_call
 from cimsim.config import ConfigError as CrossbarConfigError
 from cimsim.config import CrossbarConfig
 from cimsim.device import DeviceModel, load_device
+from cimsim.program_torch import student_t
 from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
 from cimsim.nn import calibrate as cim_calibrate
 from cimsim.nn import convert as cim_convert
@@ -186,26 +187,6 @@ class PaperNoise(WeightNoise):
 
 
 # ------------------------------------------------------------------------ device
-def student_t(df: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard Student-t draws, one per element of ``df`` (any shape, values > 0), same device.
-
-    Bailey's polar method (Math. Comp. 62, 1994): ``U, V ~ U(-1, 1)``, ``W = U^2 + V^2`` accepted
-    when ``0 < W < 1``; then ``T = U * sqrt(df * (W^(-2/df) - 1) / W)``. Rejected elements are
-    redrawn (acceptance pi/4), all from ``generator``. Computed in float64.
-    """
-    flat = df.reshape(-1).to(torch.float64)
-    out = torch.empty_like(flat)
-    todo = torch.arange(flat.numel(), device=flat.device)
-    while todo.numel():
-        uv = torch.rand((2, todo.numel()), generator=generator, device=flat.device, dtype=torch.float64) * 2 - 1
-        w = uv[0] * uv[0] + uv[1] * uv[1]
-        ok = (w < 1) & (w > 0)
-        idx, d, wk = todo[ok], flat[todo[ok]], w[ok]
-        out[idx] = uv[0][ok] * torch.sqrt(d * (wk.pow(-2.0 / d) - 1) / wk)
-        todo = todo[~ok]
-    return out.view(df.shape).to(df.dtype)
-
-
 class DeviceNoise(WeightNoise):
     """Weight noise through the weight -> conductance mapping of a ``DeviceModel``.
 
