@@ -103,7 +103,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         self._devices: tuple[DeviceModel, DeviceModel] | None = None
         # fresh draws in torch on the weights' device: None = on CUDA devices only (see fresh_chip)
         self.program_on_device: bool | None = None
-        self._level_table: tuple | None = None
+        self._level_tables: dict = {}  # per-level programming parameters on the weights' device
         self._init_buffers(device)
 
     def _init_buffers(self, device: torch.device | str | None) -> None:
@@ -227,12 +227,12 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         if on_device and dm.drift is None:
             from .program_torch import LevelTable, program_on_device
 
-            key = (dm.name, dm.sigma_scale, str(self.weight.device))
-            if self._level_table is None or self._level_table[0] != key:
-                self._level_table = (key, LevelTable.make(dm, self.config, self.weight.device))
+            key = (dm.name, dm.sigma_scale, str(self.weight.device))  # OVF alternates a few spreads
+            if key not in self._level_tables:
+                self._level_tables[key] = LevelTable.make(dm, self.config, self.weight.device)
             clip, adc = self._calibration()
             return program_on_device(self.weight_matrix().detach(), self.config, dm, seed, clip, adc,
-                                     self._level_table[1])
+                                     self._level_tables[key])
         return self._program(seed)
 
     # ------------------------------------------------------------ calibration
