@@ -55,8 +55,33 @@ def resolve_device(config: CrossbarConfig) -> DeviceModel:
     return dev
 
 
+class ChipReadout:
+    """What every programmed chip offers the fast path, whatever holds its conductances (numpy on
+    the host: :class:`ProgrammedArray`; torch on a device: :class:`cimsim.program_torch.DeviceArray`).
+
+    Needs ``config``, ``scale`` ((out,) weight step), ``drift_scale``, ``seed`` and ``_cache``.
+    """
+
+    @property
+    def n_groups(self) -> int:
+        """Column groups the ADCs see: one per slice (differential), two per slice (separate)."""
+        return self.config.n_slices * (1 if self.config.adc_convert == "differential" else 2)
+
+    def output_scale(self, clip: float) -> np.ndarray:
+        """(out,) factor from integer partial-sum units to layer output units:
+        weight step x input step (clip / (2^b - 1)) x drift compensation."""
+        return self.scale * (clip / self.config.x_max_int) * self.drift_scale
+
+    def next_read_seed(self) -> int:
+        """A fresh seed for one read's noise, derived from the chip seed and a read counter."""
+        n = self._cache.get("reads", 0)
+        self._cache["reads"] = n + 1
+        ss = np.random.SeedSequence(entropy=self.seed if self.seed is not None else 0, spawn_key=(0x5EAD, n))
+        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
 @dataclass
-class ProgrammedArray:
+class ProgrammedArray(ChipReadout):
     """One layer programmed on one chip.
 
     g_pos_S, g_neg_S: (n_slices, in, out) float64 conductances of the G+ / G- cells, siemens, as
@@ -105,11 +130,6 @@ class ProgrammedArray:
     def n_col_tiles(self) -> int:
         """Column tiles: every weight takes 2 * n_slices columns (G+ and G- of each slice)."""
         return -(-(2 * self.config.n_slices * self.n_out) // self.config.tile_cols)
-
-    @property
-    def n_groups(self) -> int:
-        """Column groups the ADCs see: one per slice (differential), two per slice (separate)."""
-        return self.config.n_slices * (1 if self.config.adc_convert == "differential" else 2)
 
     @property
     def n_cells(self) -> int:
@@ -172,11 +192,6 @@ class ProgrammedArray:
         m = float(np.abs(np.asarray(x)).max()) if np.size(x) else 0.0
         return m if m > 0 else 1.0
 
-    def output_scale(self, clip: float) -> np.ndarray:
-        """(out,) factor from integer partial-sum units to layer output units:
-        weight step x input step (clip / (2^b - 1)) x drift compensation."""
-        return self.scale * (clip / self.config.x_max_int) * self.drift_scale
-
     @property
     def needs_calibration(self) -> bool:
         return (self.config.adc_range == "calibrated" and self.adc_range is None) or (
@@ -221,12 +236,6 @@ class ProgrammedArray:
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         return self.matmul(x)
 
-    def next_read_seed(self) -> int:
-        """A fresh seed for one read's noise, derived from the chip seed and a read counter."""
-        n = self._cache.get("reads", 0)
-        self._cache["reads"] = n + 1
-        ss = np.random.SeedSequence(entropy=self.seed if self.seed is not None else 0, spawn_key=(0x5EAD, n))
-        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.Generator | None = None,

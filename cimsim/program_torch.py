@@ -24,6 +24,7 @@ import torch
 from .config import CrossbarConfig
 from .device import DeviceModel
 from .mapping import level_step_S
+from .program import ChipReadout
 
 
 def student_t(df: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -72,7 +73,7 @@ class LevelTable:
 
 
 @dataclass
-class DeviceArray:
+class DeviceArray(ChipReadout):
     """One layer programmed on one chip, every tensor on one torch device (see the module doc).
 
     Offers what :func:`cimsim.mvm.crossbar_matmul_torch` and :mod:`cimsim.autograd` use of a
@@ -103,21 +104,8 @@ class DeviceArray:
     def n_out(self) -> int:
         return self.g_pos.shape[2]
 
-    @property
-    def n_groups(self) -> int:
-        return self.config.n_slices * (1 if self.config.adc_convert == "differential" else 2)
-
     def resolved_input_clip(self, x=None) -> float:
         return float(self.config.input_clip if self.config.input_clip is not None else self.input_clip)
-
-    def output_scale(self, clip: float) -> np.ndarray:
-        return self.scale * (clip / self.config.x_max_int) * self.drift_scale
-
-    def next_read_seed(self) -> int:
-        n = self._cache.get("reads", 0)
-        self._cache["reads"] = n + 1
-        ss = np.random.SeedSequence(entropy=self.seed, spawn_key=(0x5EAD, n))
-        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
     def _host_like(self):
         """A host ProgrammedArray with the same geometry and calibration (for ADC steps only)."""
