@@ -274,18 +274,47 @@ def chunk_chips(chips: int, chunk_size: int) -> list[list[int]]:
     return [list(range(s, min(chips, s + chunk_size))) for s in range(0, chips, chunk_size)]
 
 
-def load_run(run_dir: str | Path, torch_device: str | None = None):
-    """``(config, model with best.pt loaded, variation, test set, device)`` of a finished run folder."""
+#: RunConfig fields an evaluation may change (:func:`load_run` ``overrides``): the noise backend
+#: and everything about the chips, never the model, data or training
+EVAL_OVERRIDES = frozenset({
+    "noise", "device_model", "sigma_mode", "weight_bits", "bits_per_cell", "read_time_s", "crossbar_config",
+    "adc_bits", "dac", "keep_first", "keep_last", "crossbar_calibration", "test_limit", "eval_batch_size",
+})
+
+
+def eval_config(cfg, overrides: dict | None):
+    """``cfg`` with evaluation ``overrides`` applied (a ``ConfigError`` names a field that may not change)."""
+    from .config import ConfigError
+
+    if not overrides:
+        return cfg
+    bad = sorted(set(overrides) - EVAL_OVERRIDES)
+    if bad:
+        raise ConfigError(f"evaluation cannot change {', '.join(bad)} (allowed: {', '.join(sorted(EVAL_OVERRIDES))})")
+    return cfg.replace(**overrides)
+
+
+def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: dict | None = None):
+    """``(config, model with best.pt loaded, variation, test set, device)`` of a finished run folder.
+
+    ``overrides``: RunConfig fields (:data:`EVAL_OVERRIDES`) to evaluate under instead of the run's
+    own, e.g. ``{"noise": "crossbar", "adc_bits": 6}`` (a model trained against weight noise, put on
+    the simulated crossbar) or ``{"read_time_s": 86400}``. When the backend changes to or from
+    ``crossbar``, only the float weights, biases and BatchNorm entries of ``best.pt`` are loaded
+    (:func:`training.variation.float_state`) and a crossbar model is calibrated (input clips, ADC
+    ranges) on training images as training does; the returned config is the overridden one.
+    """
     from .config import RunConfig
     from .data import load_dataset
     from .models import build_model
     from .train import resolve_device
-    from .variation import make_variation
+    from .variation import float_state, make_variation
 
     run_dir = Path(run_dir)
     if not (run_dir / "best.pt").exists():
         raise FileNotFoundError(f"{run_dir}: no best.pt (not a finished training run folder)")
-    cfg = RunConfig.load(run_dir / "config.json")
+    trained = RunConfig.load(run_dir / "config.json")
+    cfg = eval_config(trained, overrides)
     dev = resolve_device(torch_device or cfg.torch_device)
     test = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.resize)
     if cfg.test_limit:
@@ -295,42 +324,81 @@ def load_run(run_dir: str | Path, torch_device: str | None = None):
     prepare = getattr(variation, "prepare", None)  # backends that convert the model's layers (crossbar)
     if prepare is not None:
         model = prepare(model)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)["model"])
+    state = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)["model"]
+    if (trained.noise == "crossbar") == (cfg.noise == "crossbar"):
+        model.load_state_dict(state)
+    else:
+        missing, unexpected = model.load_state_dict(float_state(state), strict=False)
+        extra = [k for k in missing if k.rpartition(".")[2] not in ("input_clip", "adc_range", "_extra_state")]
+        if extra or unexpected:
+            raise RuntimeError(f"{run_dir}: best.pt does not fit the model (missing {extra[:3]}, unexpected {unexpected[:3]})")
+        if cfg.noise == "crossbar":
+            from .train import load_data
+
+            variation.calibrate(model, load_data(cfg)[0], cfg.batch_size)
     return cfg, model, variation, test, dev
 
 
-def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_device: str | None, threads: int) -> MCPartial:
+def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_device: str | None, threads: int,
+             overrides: dict | None = None) -> MCPartial:
     """Engine task: load the run and evaluate chips ``chip_ids`` of it (see :func:`evaluate_run`)."""
     set_threads(threads)
-    cfg, model, variation, test, dev = load_run(run_dir, torch_device)
+    cfg, model, variation, test, dev = load_run(run_dir, torch_device, overrides)
     s = cfg.eval_sigma_value if sigma is None else float(sigma)
     return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev)
 
 
 def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | None = None, engine=None,
-                 chunk_size: int | None = None, torch_device: str | None = None, threads: int | None = None) -> MCResult:
+                 chunk_size: int | None = None, torch_device: str | None = None, threads: int | None = None,
+                 overrides: dict | None = None) -> MCResult:
     """Monte Carlo test accuracy of a finished run, its chips split into chunks run on ``engine``.
 
     Chip i always uses ``chip_seed(run seed, i)`` and chunks are merged in chip order, so the
     result does not depend on the engine or the chunking (on the same kind of torch device). The
     defaults (the run's ``eval_chips``, ``eval_sigma``, ``torch_device``) repeat the run's own final
     evaluation. ``engine``: a :mod:`training.engines` engine (default: in this process);
-    ``chunk_size`` default ``ceil(chips / 8)``; ``threads``: torch threads per chunk (default 1).
+    ``chunk_size`` default ``ceil(chips / 8)``; ``threads``: torch threads per chunk (default 1);
+    ``overrides``: evaluate under other chip settings (:func:`load_run`).
     """
     from .config import RunConfig
     from .engines import InlineEngine, Task
 
-    cfg = RunConfig.load(Path(run_dir) / "config.json")
+    cfg = eval_config(RunConfig.load(Path(run_dir) / "config.json"), overrides)
     chips = chips or cfg.eval_chips
     chunks = chunk_chips(chips, chunk_size or max(1, math.ceil(chips / 8)))
     engine = engine or InlineEngine()
-    tasks = [Task(ids[0], mc_chunk, (str(run_dir), ids, sigma, torch_device, threads or 1)) for ids in chunks]
+    tasks = [Task(ids[0], mc_chunk, (str(run_dir), ids, sigma, torch_device, threads or 1, overrides)) for ids in chunks]
     parts = []
     for res in engine.run(tasks):
         if not res.ok:
             raise RuntimeError(f"chips {res.key}..: {res.error}")
         parts.append(res.value)
     return merge_partials(parts)
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["noise=crossbar", "adc_bits=6"]`` -> RunConfig field values, typed and checked as a config
+    file's are (a ``ConfigError`` names a malformed item or a field evaluation may not change)."""
+    import dataclasses
+
+    from .config import ConfigError, RunConfig
+    from .train import _field_type
+
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
+        if key not in EVAL_OVERRIDES:
+            raise ConfigError(f"--set {key}: evaluation cannot change it (allowed: {', '.join(sorted(EVAL_OVERRIDES))})")
+        try:
+            out[key] = _field_type(fields[key])(value.strip())
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
+    RunConfig().replace(**out)  # validates the values (ConfigError)
+    return out
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -362,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-chunk", type=float, default=None, help="CPUs (and torch threads) per chunk (default 1)")
     p.add_argument("--gpus-per-chunk", type=float, default=0.0, help="ray engine: GPUs per chunk, fractions allowed")
     p.add_argument("--retries", type=int, default=2, help="retries of a chunk whose worker died (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="evaluate under another chip setting, e.g. --set noise=crossbar --set adc_bits=6 "
+                        "--set read_time_s=86400 (repeatable; fields: " + ", ".join(sorted(EVAL_OVERRIDES)) + ")")
     p.add_argument("--out", default=None, help="write metrics and per-chip accuracies to this JSON file")
     ns = p.parse_args(argv)
     engine = None
@@ -374,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(ns.engine, workers=ns.workers, retries=ns.retries, address=ns.address,
                              cpus_per_task=ns.cpus_per_chunk, gpus_per_task=ns.gpus_per_chunk)
         threads = max(1, round(ns.cpus_per_chunk or 1))
-        res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads)
+        overrides = parse_overrides(ns.set)
+        res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads, overrides)
     except (UsageError, ConfigError, EngineError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2

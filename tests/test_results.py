@@ -1,0 +1,194 @@
+"""The results pipeline (training.results / training.report) end to end on a tiny suite (digits, MLP)."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import report, results
+from training.evaluate import EVAL_OVERRIDES, evaluate_run, parse_overrides
+from training.config import ConfigError
+
+TINY = """
+name = "tiny"
+description = "A tiny suite for the tests."
+[defaults]
+dataset = "digits"
+model = "mlp"
+epochs = 1
+train_limit = 400
+test_limit = 120
+eval_chips = 4
+val_chips = 1
+threads = 1
+
+[[stages]]
+name = "repro"
+kind = "sweep"
+title = "paper noise"
+methods = "plain,nit,ovf"
+sigmas = "0,0.3"
+seeds = 2
+[stages.config]
+noise = "paper"
+device_model = "rram1"
+
+[[stages]]
+name = "dev"
+kind = "sweep"
+methods = "plain,nit"
+sigmas = "2"
+seeds = 1
+[stages.config]
+noise = "device"
+device_model = "rram"
+sigma_mode = "multiply"
+
+[[stages]]
+name = "xbar"
+kind = "evaluate"
+source = "dev"
+chips = 3
+  [[stages.variants]]
+  label = "device"
+  noise = "device"
+  [[stages.variants]]
+  label = "crossbar 6b"
+  noise = "crossbar"
+  adc_bits = 6
+
+[[stages]]
+name = "rt"
+kind = "evaluate"
+source = "dev"
+methods = ["nit"]
+chips = 3
+  [[stages.variants]]
+  label = "1 s"
+  read_time_s = 1.0
+  [[stages.variants]]
+  label = "1 day"
+  read_time_s = 100000.0
+
+[[stages]]
+name = "wv"
+kind = "writeverify"
+source = "dev"
+sigma = 2.0
+args = ["--policies", "none,full", "--tolerances", "2", "--chips", "2", "--test-limit", "60"]
+"""
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    path = root / "tiny.toml"
+    path.write_text(TINY)
+    out = root / "results"
+    rc = results.main(["run", "--suite", str(path), "--out", str(out), "--workers", "0"])
+    return root, out, rc
+
+
+def test_suite_runs_every_stage_and_resumes(suite_run, capsys):
+    root, out, rc = suite_run
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "repro" / "results.csv")))
+    assert len(rows) == 3 * 2 * 2 and all(r["status"] == "ok" for r in rows)
+    ev = pd.read_csv(out / "xbar" / "results.csv")
+    assert len(ev) == 2 * 2 and set(ev["variant"]) == {"device", "crossbar 6b"} and (ev["status"] == "ok").all()
+    assert ((ev["acc_mean"] > 0.1) & (ev["acc_mean"] <= 1)).all()
+    rt = pd.read_csv(out / "rt" / "results.csv")
+    assert set(rt["method"]) == {"nit"} and len(rt) == 2
+    assert (out / "wv" / "budget.csv").exists() and (out / "suite.toml").read_text() == (root / "tiny.toml").read_text()
+    # a second run has nothing left to do and leaves the rows as they were
+    before = (out / "xbar" / "results.csv").read_text()
+    assert results.main(["run", "--suite", str(root / "tiny.toml"), "--out", str(out), "--workers", "0"]) == 0
+    assert (out / "xbar" / "results.csv").read_text() == before
+    assert len(list(csv.DictReader(open(out / "repro" / "results.csv")))) == 12
+
+
+def test_evaluate_variant_equals_direct_evaluation(suite_run):
+    _, out, _ = suite_run
+    ev = pd.read_csv(out / "xbar" / "results.csv")
+    row = ev[ev["variant"] == "crossbar 6b"].iloc[0]
+    direct = evaluate_run(row["run_dir"], chips=3, overrides={"noise": "crossbar", "adc_bits": 6}, threads=1)
+    assert math.isclose(direct.metrics["acc_mean"], row["acc_mean"], rel_tol=1e-9)
+    same = ev[ev["variant"] == "device"].iloc[0]
+    own = evaluate_run(same["run_dir"], chips=3, threads=1)  # the run's own backend: the override changes nothing
+    assert math.isclose(own.metrics["acc_mean"], same["acc_mean"], rel_tol=1e-9)
+
+
+def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
+    _, out, _ = suite_run
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
+    md = (docs / "results.md").read_text()
+    for text in ("paper noise", "headline: OVF beats NIT", "verdict", "xbar", "crossbar 6b", "wv", "no write-verify",
+                 "Total single-thread CPU time"):
+        assert text in md, text
+    files = {p.name for p in (docs / "results").iterdir()}
+    assert {"repro_accuracy.png", "repro.csv", "repro_summary.csv", "xbar.csv", "wv_budget.csv"} <= files
+    for link in [ln.split("](")[1].split(")")[0] for ln in md.splitlines() if "](results/" in ln]:
+        assert (docs / link).exists(), link
+    assert not (docs / ".results.tmp").exists()
+
+
+def test_diff_interval_and_verdict():
+    df = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "sigma": [0.1] * 6, "status": ["ok"] * 6,
+                       "acc_mean": [0.9, 0.91, 0.92, 0.5, 0.52, 0.51],
+                       "acc_ci95_low": [0.0] * 6, "acc_ci95_high": [1.0] * 6})
+    d, lo, hi, n = report.diff_interval(df, "a", "b", 0.1)
+    assert math.isclose(d, 0.4, abs_tol=1e-12) and lo > 0.3 and hi < 0.5 and n == 3
+    assert report.verdict((d, lo, hi, n)) == "holds"
+    assert report.verdict(report.diff_interval(df, "b", "a", 0.1)) == "fails"
+    noisy = df.assign(acc_mean=[0.9, 0.5, 0.7, 0.6, 0.8, 0.7])
+    assert report.verdict(report.diff_interval(noisy, "a", "b", 0.1)) == "not resolved"
+    assert report.diff_interval(df, "a", "c", 0.1) is None and report.verdict(None) == "not run"
+
+
+def test_parse_overrides_types_and_refusals():
+    assert parse_overrides(["noise=crossbar", "adc_bits=6", "read_time_s=1e5", "keep_first=yes"]) == \
+        {"noise": "crossbar", "adc_bits": 6, "read_time_s": 1e5, "keep_first": True}
+    for bad in (["epochs=3"], ["adc_bits=0"], ["noise"], ["adc_bits=six"]):
+        with pytest.raises(ConfigError):
+            parse_overrides(bad)
+    assert "method" not in EVAL_OVERRIDES and "seed" not in EVAL_OVERRIDES
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[[stages]]\nname='a'\nkind='nope'\n", "kind"),
+    ("[[stages]]\nname='a'\nkind='sweep'\nmethods='plain'\nsigmas='0'\nseeds=1\n[stages.config]\nmodel='alexnet'\n", "model"),
+    ("[[stages]]\nname='e'\nkind='evaluate'\nsource='nowhere'\n", "source"),
+    ("[defaults]\n", "no [[stages]]"),
+    ("[[stages]]\nname='a'\nkind='sweep'\nmethods='plain'\nsigmas='0'\nseeds=1\n"
+     "[[stages]]\nname='e'\nkind='evaluate'\nsource='a'\n[[stages.variants]]\nlabel='x'\nepochs=3\n", "cannot change"),
+    ("[[stages]]\nname='a'\nkind='sweep'\nmethods='plain'\nsigmas='0'\nseeds=1\nbogus=1\n", "bogus"),
+])
+def test_bad_suite_is_one_line_exit_2_nothing_written(tmp_path, capsys, text, msg):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert results.main(["run", "--suite", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and str(path) in err
+    assert not out.exists()
+
+
+def test_unknown_suite_and_report_without_run(tmp_path, capsys):
+    assert results.main(["run", "--suite", "no_such_suite", "--out", str(tmp_path / "o")]) == 2
+    assert "no_such_suite" in capsys.readouterr().err
+    assert results.main(["report", "--out", str(tmp_path / "empty"), "--docs", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_shipped_suites_load():
+    for name in ("cpu", "paper"):
+        suite = results.load_suite(name)
+        sweeps = [s for s in suite.stages if s.kind == "sweep"]
+        assert sweeps and all(suite.base_config(s).eval_chips >= 100 for s in sweeps)
+    cpu = results.load_suite("cpu").stage("repro_lenet")
+    assert set(cpu.methods) == {"plain", "nit", "ovf", "irs", "correctnet"} and len(cpu.seeds) == 3
+    assert np.allclose(cpu.sigmas, np.arange(0, 0.41, 0.05))

@@ -1,0 +1,384 @@
+"""The published experiments: ``python -m training.results run`` then ``python -m training.results report``.
+
+Example (the suite this repository's ``docs/results.md`` was made with, on a 2-core CPU)::
+
+    python -m training.results run --suite cpu --out results          # trains, evaluates (hours)
+    python -m training.results report --out results --docs docs        # docs/results.md + CSV + PNG
+
+A *suite* (a TOML file; ``--suite NAME`` reads ``training/suites/NAME.toml``) is a list of stages,
+each writing into ``<out>/<stage name>/``:
+
+``kind = "sweep"``
+    a grid of training runs (:func:`training.sweep.sweep`): ``methods`` x ``sigmas`` x ``seeds``,
+    every run configured by the suite's ``[defaults]`` updated by the stage's ``[stages.config]``
+    (:class:`training.config.RunConfig` fields). Results: ``results.csv`` / ``summary.csv``.
+``kind = "evaluate"``
+    finished runs of the stage ``source`` (filtered by ``methods`` / ``sigmas`` / ``seeds``) are
+    evaluated again under each ``[[stages.variants]]`` (a ``label`` plus RunConfig fields that
+    :func:`training.evaluate.load_run` may override: another noise backend, ADC bits, read time
+    ...), ``chips`` Monte Carlo chips each. One row per (run, variant) in ``results.csv``.
+``kind = "writeverify"``
+    :mod:`training.writeverify` on the runs of ``source`` at ``sigma`` and ``seed`` (one run per
+    method) with the stage's ``args`` (its command-line options): ``budget.csv``, ``writeverify.csv``.
+
+Stages run in order; each one resumes: sweep cells and evaluation rows already in a CSV are
+skipped, a write-verify stage whose ``budget.csv`` exists is skipped. ``--stages a,b`` runs only
+those. The suite file is copied to ``<out>/suite.toml`` (the config of record next to the results).
+
+``report`` reads whatever stages have results and writes ``<docs>/results.md`` (tables, the
+checks of the paper's claims, the scale of each stage and its compute time), the CSVs it cites
+under ``<docs>/results/`` and the figures (PNG) beside them. Nothing in it is typed by hand: rerun
+``report`` after ``run`` and the document follows the numbers.
+
+Exit status: 0 done; 1 some cells or evaluations failed (rows say which; rerun to retry the
+evaluations, ``python -m training.sweep --out <out>/<stage> --retry-failed ...`` for cells);
+2 bad options or suite file (one line on stderr, nothing run); 130 on Ctrl-C (rerun resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import shutil
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import DATASETS, ConfigError, RunConfig
+
+SUITES_DIR = Path(__file__).with_name("suites")
+KINDS = ("sweep", "evaluate", "writeverify")
+EVAL_FIELDS = ["method", "sigma", "seed", "variant", "status", "acc_mean", "acc_std", "acc_ci95_low",
+               "acc_ci95_high", "acc_min", "acc_p05", "ekl", "confidence", "chips", "eval_time_s", "overrides",
+               "run_dir", "error"]
+
+
+class SuiteError(ValueError):
+    """A malformed suite file (one line, meant for the user)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a suite (see the module docstring for the kinds and their fields)."""
+
+    name: str
+    kind: str
+    title: str = ""
+    config: dict = field(default_factory=dict)
+    methods: tuple[str, ...] = ()
+    sigmas: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = ()
+    source: str | None = None
+    variants: tuple[dict, ...] = ()
+    chips: int | None = None
+    sigma: float | None = None
+    seed: int = 0
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    defaults: dict
+    stages: tuple[Stage, ...]
+    path: Path
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise SuiteError(f"{self.path}: no stage named {name!r}")
+
+    def base_config(self, stage: Stage) -> RunConfig:
+        """The RunConfig of a sweep stage's cells (method, sigma and seed are set per cell)."""
+        try:
+            return RunConfig.from_dict({**self.defaults, **stage.config})
+        except (ConfigError, ValueError) as e:
+            raise SuiteError(f"{self.path}: stage {stage.name}: {e}") from None
+
+
+def _sigmas(v: Any, where: str) -> tuple[float, ...]:
+    from .sweep import parse_sigmas
+
+    if isinstance(v, str):
+        try:
+            return tuple(parse_sigmas(v))
+        except ValueError as e:
+            raise SuiteError(f"{where}: sigmas: {e}") from None
+    if isinstance(v, (int, float)):
+        return (float(v),)
+    return tuple(float(x) for x in v)
+
+
+def _seeds(v: Any) -> tuple[int, ...]:
+    return tuple(range(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+
+
+def _methods(v: Any) -> tuple[str, ...]:
+    return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else tuple(v)
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite by name (``training/suites/<name>.toml``) or path; raises :class:`SuiteError`."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+        raise SuiteError(f"{name_or_path}: no such suite file (suites here: {known})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    defaults = dict(raw.get("defaults", {}))
+    stages, names = [], set()
+    for i, st in enumerate(raw.get("stages", [])):
+        where = f"{path}: stage {i + 1}"
+        name, kind = st.get("name"), st.get("kind")
+        if not name or kind not in KINDS:
+            raise SuiteError(f"{where}: needs a name and a kind ({' | '.join(KINDS)})")
+        if name in names:
+            raise SuiteError(f"{where}: duplicate stage name {name!r}")
+        unknown = set(st) - {"name", "kind", "title", "config", "methods", "sigmas", "seeds", "source", "variants",
+                             "chips", "sigma", "seed", "args"}
+        if unknown:
+            raise SuiteError(f"{where} ({name}): unknown key(s) {', '.join(sorted(unknown))}")
+        source = st.get("source")
+        if kind != "sweep" and source not in names:
+            raise SuiteError(f"{where} ({name}): source must name an earlier sweep stage, got {source!r}")
+        stage = Stage(name=name, kind=kind, title=st.get("title", ""), config=dict(st.get("config", {})),
+                      methods=_methods(st.get("methods", ())), sigmas=_sigmas(st.get("sigmas", ()), where),
+                      seeds=_seeds(st.get("seeds", ())), source=source,
+                      variants=tuple(dict(v) for v in st.get("variants", ())), chips=st.get("chips"),
+                      sigma=st.get("sigma"), seed=int(st.get("seed", 0)), args=tuple(str(a) for a in st.get("args", ())))
+        if kind == "sweep" and not (stage.methods and stage.sigmas and stage.seeds):
+            raise SuiteError(f"{where} ({name}): a sweep needs methods, sigmas and seeds")
+        if kind == "evaluate":
+            if not stage.variants or any("label" not in v for v in stage.variants):
+                raise SuiteError(f"{where} ({name}): an evaluate stage needs [[stages.variants]], each with a label")
+            from .evaluate import eval_config
+
+            for v in stage.variants:
+                try:
+                    eval_config(RunConfig(), {k: x for k, x in v.items() if k != "label"})
+                except (ConfigError, ValueError, TypeError) as e:
+                    raise SuiteError(f"{where} ({name}): variant {v['label']!r}: {e}") from None
+        if kind == "writeverify" and stage.sigma is None:
+            raise SuiteError(f"{where} ({name}): a writeverify stage needs the sigma of the runs it programs")
+        stages.append(stage)
+        names.add(name)
+    if not stages:
+        raise SuiteError(f"{path}: no [[stages]]")
+    suite = Suite(raw.get("name", path.stem), raw.get("description", ""), defaults, tuple(stages), path)
+    for s in suite.stages:
+        if s.kind == "sweep":
+            suite.base_config(s)
+    return suite
+
+
+# --------------------------------------------------------------------------- running
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def source_runs(out: Path, stage: Stage, methods=(), sigmas=(), seeds=()) -> list[dict]:
+    """Finished (``ok``) rows of sweep stage ``stage.source`` matching the filters, in CSV order."""
+    rows = read_rows(out / stage.source / "results.csv")
+    keep = []
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        if methods and r["method"] not in methods:
+            continue
+        if sigmas and not any(_same(r["sigma"], s) for s in sigmas):
+            continue
+        if seeds and int(r["seed"]) not in seeds:
+            continue
+        keep.append(r)
+    return keep
+
+
+def run_sweep(suite: Suite, stage: Stage, out: Path, workers: int) -> int:
+    from .sweep import sweep
+
+    csv_path = sweep(suite.base_config(stage), list(stage.methods), list(stage.sigmas), list(stage.seeds),
+                     out / stage.name, workers=workers, threads=1)
+    failed = sum(r["status"] == "failed" for r in read_rows(csv_path))
+    return 1 if failed else 0
+
+
+def run_evaluate(stage: Stage, out: Path, workers: int) -> int:
+    from .engines import make_engine
+    from .evaluate import evaluate_run
+
+    folder = out / stage.name
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "results.csv"
+    done = {(r["run_dir"], r["variant"]) for r in read_rows(csv_path) if r["status"] == "ok"}
+    if any(r["status"] != "ok" for r in read_rows(csv_path)):  # failed rows are retried: drop them
+        _rewrite(csv_path, [r for r in read_rows(csv_path) if r["status"] == "ok"], EVAL_FIELDS)
+    runs = source_runs(out, stage, stage.methods, stage.sigmas, stage.seeds)
+    todo = [(r, v) for r in runs for v in stage.variants if (r["run_dir"], v["label"]) not in done]
+    _log(f"{stage.name}: {len(runs)} run(s) x {len(stage.variants)} variant(s), {len(todo)} evaluation(s) to do")
+    engine = make_engine("local", workers=workers) if workers > 0 else None
+    failed = 0
+    try:
+        for k, (r, v) in enumerate(todo):
+            overrides = {key: x for key, x in v.items() if key != "label"}
+            row = {"method": r["method"], "sigma": r["sigma"], "seed": r["seed"], "variant": v["label"],
+                   "overrides": " ".join(f"{key}={x}" for key, x in overrides.items()), "run_dir": r["run_dir"]}
+            t0 = time.time()
+            try:
+                chips = stage.chips or None
+                res = evaluate_run(r["run_dir"], chips, None, engine, max(1, math.ceil((chips or 200) / max(1, workers))),
+                                   threads=1, overrides=overrides)
+                m = res.metrics
+                row.update(status="ok", error="", **{key: m[key] for key in
+                           ("acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high", "acc_min", "acc_p05", "ekl",
+                            "confidence", "chips")})
+            except Exception as e:  # noqa: BLE001 - one failed evaluation must not stop the others
+                from .engines import one_line
+
+                failed += 1
+                row.update(status="failed", error=one_line(e))
+            row["eval_time_s"] = round(time.time() - t0, 3)
+            _append(csv_path, row, EVAL_FIELDS)
+            acc = f"{100 * float(row['acc_mean']):.2f} %" if row["status"] == "ok" else row["error"]
+            _log(f"{stage.name}: {k + 1}/{len(todo)} {r['method']} sigma {r['sigma']} seed {r['seed']} "
+                 f"[{v['label']}]: {acc} ({row['eval_time_s']:.0f} s)")
+    finally:
+        if engine is not None:
+            engine.close()
+    return 1 if failed else 0
+
+
+def run_writeverify(stage: Stage, out: Path) -> int:
+    from . import writeverify
+
+    folder = out / stage.name
+    if (folder / "budget.csv").exists():
+        _log(f"{stage.name}: done already ({folder / 'budget.csv'})")
+        return 0
+    runs = source_runs(out, stage, stage.methods, (stage.sigma,), (stage.seed,))
+    if not runs:
+        _log(f"{stage.name}: no finished runs of {stage.source} at sigma {stage.sigma} seed {stage.seed}")
+        return 1
+    argv = [a for r in runs for a in ("--run", r["run_dir"])] + list(stage.args) + ["--out", str(folder)]
+    _log(f"{stage.name}: python -m training.writeverify {' '.join(argv)}")
+    return writeverify.main(argv)
+
+
+def _append(path: Path, row: dict, fields: list[str]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        f.flush()
+
+
+def _rewrite(path: Path, rows: list[dict], fields: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: int = 2,
+              data_dirs: dict[str, str] | None = None) -> int:
+    """Run the suite's stages (or ``only`` those) into ``out``; returns the exit status.
+
+    ``data_dirs``: data set name -> folder, given to every sweep stage of that data set. A sweep
+    stage on ``mnist`` (which has no default folder) without one is skipped, with a message.
+    """
+    data_dirs = data_dirs or {}
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(suite.path, out / "suite.toml")
+    status = 0
+    for stage in suite.stages:
+        if only and stage.name not in only:
+            continue
+        t0 = time.time()
+        _log(f"== stage {stage.name} ({stage.kind}) {stage.title}")
+        if stage.kind == "sweep":
+            base = suite.base_config(stage)
+            if base.dataset in data_dirs:
+                stage = Stage(**{**stage.__dict__, "config": {**stage.config, "data_dir": data_dirs[base.dataset]}})
+            elif base.dataset == "mnist" and base.data_dir is None:
+                _log(f"== stage {stage.name}: skipped (MNIST has no default folder: pass --data-dir mnist=DIR)")
+                continue
+            rc = run_sweep(suite, stage, out, workers)
+        elif stage.kind == "evaluate":
+            rc = run_evaluate(stage, out, workers)
+        else:
+            rc = run_writeverify(stage, out)
+        _log(f"== stage {stage.name}: exit {rc} after {time.time() - t0:.0f} s")
+        status = max(status, rc)
+    return status
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    from .train import _Parser
+
+    p = _Parser(prog="python -m training.results", description="Run the published experiment suite, or write its report.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and evaluate every stage of a suite (resumes)")
+    r.add_argument("--suite", default="cpu", help="suite name (training/suites/NAME.toml) or TOML path (default cpu)")
+    r.add_argument("--out", default="results", help="results folder (default results)")
+    r.add_argument("--stages", default=None, help="comma list of stage names to run (default all)")
+    r.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each (default 2)")
+    r.add_argument("--data-dir", action="append", default=[], metavar="DATASET=DIR",
+                   help="folder of a data set's files for every stage using it, e.g. mnist=/data/mnist (repeatable)")
+    g = sub.add_parser("report", help="write docs/results.md, its CSVs and figures from a results folder")
+    g.add_argument("--out", default="results", help="results folder written by run (default results)")
+    g.add_argument("--docs", default="docs", help="where results.md and results/ go (default docs)")
+    g.add_argument("--paper", default=None, help="the authors' accuracy CSV (default ../shared/reference/neft_paper_accuracy.csv)")
+    ns = p.parse_args(argv)
+    try:
+        if ns.cmd == "run":
+            suite = load_suite(ns.suite)
+            only = [s.strip() for s in ns.stages.split(",")] if ns.stages else None
+            for s in only or []:
+                suite.stage(s)
+            if ns.workers < 0:
+                raise SuiteError("--workers must be >= 0")
+            data_dirs = {}
+            for item in ns.data_dir:
+                name, sep, folder = item.partition("=")
+                if not sep or name not in DATASETS or not Path(folder).is_dir():
+                    raise SuiteError(f"--data-dir {item!r}: expected DATASET=DIR with DATASET one of "
+                                     f"{', '.join(DATASETS)} and DIR an existing folder")
+                data_dirs[name] = folder
+            return run_suite(suite, Path(ns.out), only, ns.workers, data_dirs)
+        from .report import write_report
+
+        return write_report(Path(ns.out), Path(ns.docs), ns.paper)
+    except SuiteError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{p.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
