@@ -126,7 +126,7 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     docs = tmp_path / "docs"
     assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
     md = (docs / "results.md").read_text()
-    for text in ("paper noise", "headline: OVF beats NIT", "verdict", "xbar", "crossbar 6b", "wv", "no write-verify",
+    for text in ("paper noise", "**headline**: OVF beats NIT", "verdict", "xbar", "crossbar 6b", "wv", "no write-verify",
                  "Total single-thread CPU time"):
         assert text in md, text
     files = {p.name for p in (docs / "results").iterdir()}
