@@ -284,20 +284,112 @@ def test_torch_twins_of_kernels_match_numba():
         assert (n_neg > 0) == any_neg == (x < -0.5 * 1.3 / 7).any()
 
 
-def test_counter_based_normals_are_standard_normal():
-    """The ziggurat normals the ADC kernel adds read noise with: N(0, 1), tails included."""
+@pytest.fixture(scope="module")
+def read_normals():
+    """4 M of the counter-based normals the ADC kernel adds read noise with (seed 123)."""
+    from cimsim import kernels
+
+    z = np.empty(1 << 22)
+    kernels.standard_normals(123, z)
+    return z
+
+
+def test_counter_based_normals_are_standard_normal(read_normals):
+    """Moments, KS, a fine histogram and the tail frequencies of N(0, 1), each within ~5 standard errors."""
+    from scipy import stats
+
+    z = read_normals
+    n = z.size
+    assert np.isfinite(z).all()
+    assert abs(z.mean()) < 5 / np.sqrt(n)
+    assert abs(z.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(stats.skew(z)) < 5 * np.sqrt(6 / n)
+    assert abs(stats.kurtosis(z)) < 5 * np.sqrt(24 / n)
+    assert stats.kstest(z[:1 << 20], "norm").pvalue > 1e-3
+    # a histogram fine enough (0.04 wide) to see a density distorted within the table's segments
+    edges = np.concatenate([[-np.inf], np.linspace(-4, 4, 201), [np.inf]])
+    counts = np.histogram(z, edges)[0]
+    expect = n * np.diff(stats.norm.cdf(edges))
+    assert stats.chisquare(counts, expect).pvalue > 1e-3
+    for t in (3.0, 3.5, 4.0, 4.5):  # beyond a = 3.668 the draws come from the exact tail sampler
+        p = 2 * stats.norm.sf(t)
+        assert abs((np.abs(z) > t).sum() - n * p) < 5 * np.sqrt(n * p), t
+
+
+def test_counter_based_normal_tails_are_exact(read_normals):
+    """Beyond a (1 draw in 4096) the normals are the Gaussian tail: |z| | |z| > a is N(0,1) truncated at a."""
     from scipy import stats
 
     from cimsim import kernels
 
-    z = np.empty(400_000)
-    kernels.standard_normals(123, z)
-    assert stats.kstest(z, "norm").pvalue > 1e-3
-    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
-    assert abs((np.abs(z) > 3.5).mean() / (2 * stats.norm.sf(3.5)) - 1) < 0.2  # the tail beyond r = 3.44
-    z2 = np.empty_like(z)
-    kernels.standard_normals(123, z2)
-    assert np.array_equal(z, z2)
+    a = kernels._ICDF_A
+    assert abs(a - stats.norm.isf(2.0**-13)) < 1e-12
+    tail = np.abs(read_normals[np.abs(read_normals) > a])
+    n, p = read_normals.size, 2.0**-12
+    assert abs(tail.size - n * p) < 5 * np.sqrt(n * p)
+    sf_a = stats.norm.sf(a)
+    assert stats.kstest(tail, lambda x: 1 - stats.norm.sf(x) / sf_a).pvalue > 1e-3
+    assert abs((read_normals[np.abs(read_normals) > a] > 0).mean() - 0.5) < 5 * 0.5 / np.sqrt(tail.size)
+
+
+def test_counter_based_normals_body_is_the_inverse_cdf():
+    """The table path: z = sign * Q^-1((u + 1/2) / 2^31) within 4e-6 for every 31-bit u above the tail."""
+    from numba import njit
+    from scipy import special
+
+    from cimsim import kernels
+
+    icdf = njit(lambda w: np.array([kernels._icdf_word(v) for v in w]))
+    rng = np.random.default_rng(0)
+    u = np.concatenate([rng.integers(2**19, 2**31, 200_000), 2**19 + np.arange(1000), 2**31 - 1 - np.arange(1000),
+                        (2.0 ** np.arange(19, 31)).astype(np.int64)])
+    sign = rng.integers(0, 2, u.size)
+    z = icdf((u | (sign << 31)).astype(np.uint32))
+    exact = np.sqrt(2.0) * special.erfcinv((u + 0.5) / 2.0**31) * (1 - 2 * sign)
+    assert np.max(np.abs(z - exact)) < 4e-6
+    assert np.isnan(icdf(np.array([0, 2**19 - 1, 2**31, 2**31 + 2**19 - 1], np.uint32))).all()  # tail words
+
+
+def test_counter_based_normals_have_no_serial_correlation(read_normals):
+    """Consecutive counters (including the two halves of one hash) are uncorrelated, in value and magnitude."""
+    z = read_normals
+    tol = 5 / np.sqrt(z.size // 2)
+    for x, y in ((z[:-1], z[1:]), (z[0::2], z[1::2]), (z[1:-1:2], z[2::2]), (z[:-2], z[2:])):
+        assert abs(np.corrcoef(x, y)[0, 1]) < tol
+        assert abs(np.corrcoef(x * x, y * y)[0, 1]) < tol
+        assert abs(np.mean(np.sign(x) == np.sign(y)) - 0.5) < tol / 2
+
+
+def test_counter_based_normals_do_not_depend_on_threads_or_blocks(read_normals):
+    """Normal n of a seed is the same on 1 or all threads, and in the ADC kernel's odd-sized, odd-offset blocks."""
+    import numba
+
+    from cimsim import kernels
+
+    z1 = np.empty(20_000)
+    n_threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        kernels.standard_normals(123, z1)
+    finally:
+        numba.set_num_threads(n_threads)
+    assert np.array_equal(z1, read_normals[:z1.size])
+    z2 = np.empty(z1.size)
+    kernels.standard_normals(124, z2)
+    assert not np.allclose(z1, z2)
+    # the ADC kernel with P = 0, unit noise variance and a fine ADC reads the normals back, rounded
+    T, C, B, n_out, G, offset = 2, 3, 5, 7, 1, 1001
+    P = np.zeros((T, C * B, G * n_out), np.float32)
+    V = np.zeros(P.shape, np.int16)
+    lsb = np.full(G * n_out, 2.0**-20, np.float32)
+    zs = read_normals[offset:offset + P.size].reshape(P.shape)
+    for c in range(C):
+        cycw = np.zeros(C)
+        cycw[c] = 1.0
+        acc = np.zeros((B, n_out))
+        adc_shift_add_tiles(P, V, np.ones(G * n_out, np.float32), 123, offset, C, B, n_out, lsb, -(2**40), 2**40,
+                            np.ones(G), cycw, 1.0, acc)
+        assert np.allclose(acc, zs[:, c * B:(c + 1) * B].sum(0), rtol=0, atol=T * 2.0**-20)
 
 
 def test_read_noise_numba_and_torch_paths_agree_in_distribution():
