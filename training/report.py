@@ -156,7 +156,8 @@ def plot_sweep(summ, path: Path, title: str, xlabel: str, paper=None) -> None:
         ax2 = axes[0][1]
         for m in _ordered(paper["method_key"].dropna()):
             g = paper[paper["method_key"] == m].sort_values("sigma_d")
-            ax2.plot(g["sigma_d"], g["accuracy_pct"], marker="s", ms=3, label=METHOD_NAMES.get(m, m), color=COLORS.get(m))
+            label = "CorrectNet (full method)" if m == "correctnet" else METHOD_NAMES.get(m, m)
+            ax2.plot(g["sigma_d"], g["accuracy_pct"], marker="s", ms=3, label=label, color=COLORS.get(m))
         ax2.set(xlabel="sigma_d", ylabel="accuracy (%)", title="authors: VGG-8 / MNIST, 200 epochs (paper)")
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=7)
@@ -284,7 +285,8 @@ class Report:
                 g = pap[pap["method_key"] == m].set_index("sigma_d")
                 prow.append([METHOD_NAMES.get(m, m)] + [f"{g.loc[s, 'accuracy_pct']:.1f}" if s in g.index else "–"
                                                         for s in sigmas])
-            self.add("The authors' VGG-8 / MNIST numbers at the same sigma_d (paper, 200 epochs, 1000 chips):\n")
+            self.add("The authors' VGG-8 / MNIST numbers at the same sigma_d (paper, 200 epochs, 1000 chips; their "
+                     "CorrectNet row is the full method, with compensation layers):\n")
             self.add(md_table(["method"] + [f"{s:g}" for s in sigmas], prow) + "\n")
         erow = []
         for m in methods:
@@ -480,26 +482,23 @@ def write_report(out: Path, docs: Path, paper_csv=None) -> int:
     if suite.get("description"):
         rep.add(suite["description"].strip() + "\n")
     notes = Path(__file__).with_name("suites") / f"{suite.get('name', '')}_notes.md"
+    if notes.exists():  # the reading of the numbers, written by a person (training/suites/<suite>_notes.md)
+        rep.add(notes.read_text())
     kinds = {s["name"]: s["kind"] for s in suite.get("stages", [])}
-    # 1. reproduction
-    for name, kind in kinds.items():
-        if kind != "sweep":
-            continue
-        base = (rep.stage_cfg(name) or {}).get("base", {})
-        paper_like = base.get("noise") == "paper"
-        res = rep.sweep_section(name, "sigma_d" if paper_like else "sigma (x fitted spread)" if
-                                base.get("sigma_mode") == "multiply" else "sigma", paper=paper_like)
-        if res is not None:
-            rep.claims(res[0], paper_like)
-    for name, kind in kinds.items():
+    for name, kind in kinds.items():  # in the suite's order
         st = rep.stages[name]
-        if kind == "evaluate":
+        if kind == "sweep":
+            base = (rep.stage_cfg(name) or {}).get("base", {})
+            paper_like = base.get("noise") == "paper"
+            xlabel = "sigma_d" if paper_like else ("sigma (x fitted spread)" if base.get("sigma_mode") == "multiply" else "sigma")
+            res = rep.sweep_section(name, xlabel, paper=paper_like)
+            if res is not None:
+                rep.claims(res[0], paper_like)
+        elif kind == "evaluate":
             numeric = "read_time_s" if all("read_time_s" in v for v in st.get("variants", [])) else None
             rep.evaluate_section(name, numeric, "read time after programming (s)" if numeric else "", logx=bool(numeric))
         elif kind == "writeverify":
             rep.writeverify_section(name)
-    if notes.exists():
-        rep.add(notes.read_text())
     rep.add(f"---\nTotal single-thread CPU time behind these numbers: {rep.compute_s / 3600:.2f} h "
             f"(training and evaluation as logged by the runs; write-verify not included).\n")
     (tmp_docs / "results.md").write_text("\n".join(rep.parts))
