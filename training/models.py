@@ -251,9 +251,12 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
 
 
 def noisy_weight_names(model: nn.Module) -> list[str]:
-    """Names of the weights that live on crossbars: every conv/linear ``weight`` (no biases, no BN).
+    """Names of the weights that live on crossbars: every conv/linear ``weight`` (no biases, no BN),
+    also of layers already converted to ``cimsim.nn`` crossbar layers.
 
     Backbone weights come first (module order), head weights last.
     """
-    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    from cimsim.nn import CIMModule  # layers a crossbar backend converted hold their float weight too
+
+    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, CIMModule))]
     return [n for n in names if not n.startswith("heads.")] + [n for n in names if n.startswith("heads.")]

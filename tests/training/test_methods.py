@@ -83,6 +83,23 @@ def test_orthogonality_penalty_by_hand():
     assert orthogonality_penalty(conv).item() == pytest.approx((4 - 1) ** 2)
 
 
+def test_orthogonality_penalty_reaches_crossbar_layers():
+    """CorrectNet on the crossbar backend: the penalty sees the converted layers' float weights
+    (it once saw none, which made CorrectNet train exactly as NIT there)."""
+    from training.config import RunConfig
+    from training.models import build_model, noisy_weight_names
+    from training.variation import make_variation
+
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28), 10)
+    expected = orthogonality_penalty(model).item()
+    names = noisy_weight_names(model)
+    converted = make_variation(RunConfig(noise="crossbar", device_model="rram", sigma_mode="multiply")).prepare(model)
+    assert noisy_weight_names(converted) == names and len(names) == 5
+    got = orthogonality_penalty(converted)
+    assert got.item() == pytest.approx(expected, rel=1e-6) and got.item() > 0 and got.requires_grad
+
+
 def test_plain_ignores_variation():
     lin = nn.Linear(2, 2)
     loss, z = batch_loss(MethodSpec("plain", 0.3), lin, torch.ones(1, 2), torch.tensor([0]), FixedLogits([]), None)
