@@ -192,3 +192,23 @@ def test_shipped_suites_load():
     cpu = results.load_suite("cpu").stage("repro_lenet")
     assert set(cpu.methods) == {"plain", "nit", "ovf", "irs", "correctnet"} and len(cpu.seeds) == 3
     assert np.allclose(cpu.sigmas, np.arange(0, 0.41, 0.05))
+
+
+def test_mnist_stage_is_skipped_without_a_folder(tmp_path, capsys):
+    path = tmp_path / "m.toml"
+    path.write_text("[defaults]\nmodel='mlp'\n[[stages]]\nname='m'\nkind='sweep'\nmethods='plain'\nsigmas='0'\n"
+                    "seeds=1\n[stages.config]\ndataset='mnist'\n")
+    assert results.main(["run", "--suite", str(path), "--out", str(tmp_path / "o"), "--workers", "0"]) == 0
+    assert "skipped" in capsys.readouterr().err and not (tmp_path / "o" / "m").exists()
+    assert results.main(["run", "--suite", str(path), "--out", str(tmp_path / "o"), "--data-dir", "mnist=/nonexistent"]) == 2
+
+
+def test_shipped_report_links_resolve():
+    """docs/results.md cites only files that ship beside it."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    md = (docs / "results.md").read_text()
+    links = [seg.split(")")[0] for seg in md.split("](")[1:]]
+    assert links and all((docs / link).exists() for link in links if link.startswith("results/"))
+    assert "**headline**" in md and "Total single-thread CPU time" in md
