@@ -437,30 +437,26 @@ def _setting(r, which: str) -> str:
     return f"selective ({r.get(f'{which}_sensitivity')}), {100 * float(r.get(f'{which}_fraction')):.0f} % of weights, tol {tol}"
 
 
-def _fmt_energy(x) -> str:
+def _fmt_unit(x, units: tuple[tuple[str, float], ...]) -> str:
+    """``x`` in the largest of ``units`` (name, factor; descending) it reaches, or "not reached"."""
     try:
         x = float(x)
     except (TypeError, ValueError):
         return "not reached"
     if math.isnan(x):
         return "not reached"
-    for unit, f in (("J", 1), ("mJ", 1e-3), ("uJ", 1e-6), ("nJ", 1e-9), ("pJ", 1e-12)):
-        if abs(x) >= f or unit == "pJ":
+    for unit, f in units:
+        if abs(x) >= f or unit == units[-1][0]:
             return f"{x / f:.3g} {unit}"
-    return f"{x:.3g} J"
+    return f"{x:.3g}"
+
+
+def _fmt_energy(x) -> str:
+    return _fmt_unit(x, (("J", 1), ("mJ", 1e-3), ("uJ", 1e-6), ("nJ", 1e-9), ("pJ", 1e-12)))
 
 
 def _fmt_time(x) -> str:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "not reached"
-    if math.isnan(x):
-        return "not reached"
-    for unit, f in (("s", 1), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
-        if abs(x) >= f or unit == "ns":
-            return f"{x / f:.3g} {unit}"
-    return f"{x:.3g} s"
+    return _fmt_unit(x, (("s", 1), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)))
 
 
 def write_report(out: Path, docs: Path, paper_csv=None) -> int:
