@@ -9,6 +9,9 @@
 2. One training step (forward + backward + Adam) of VGG-8 (32x32, batch ``--vgg-batch``) with NIT
    in the ``paper`` backend against a re-implementation of the authors' approach: the noise of each
    layer drawn on the host with numpy per forward and copied to the device. Prints the ratio.
+3. What VGG-8 costs at the scale of the results suites: one plain training step at batch 128 and
+   one evaluation forward of 1000 images (32x32), extrapolated to an epoch of 54,000 images and to
+   200 Monte Carlo chips over the 10,000 test images (``--skip-vgg-cost`` leaves it out).
 """
 from __future__ import annotations
 
@@ -127,6 +130,40 @@ def bench_vgg(dev: torch.device, batch: int, reps: int) -> float:
     return ratio
 
 
+def bench_vgg_cost(dev: torch.device, reps: int) -> tuple[float, float]:
+    """(seconds per plain training step at batch 128, seconds per 1000-image evaluation forward)."""
+    torch.manual_seed(0)
+    model = build_model("vgg8", (1, 32, 32), 10).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(128, 1, 32, 32, device=dev), torch.randint(0, 10, (128,), device=dev)
+    step = math.inf
+    for r in range(reps + 1):
+        _sync(dev)
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync(dev)
+        if r:
+            step = min(step, time.perf_counter() - t0)
+    model.eval()
+    xe = torch.randn(1000, 1, 32, 32, device=dev)
+    ev = math.inf
+    with torch.no_grad():
+        for r in range(reps + 1):
+            _sync(dev)
+            t0 = time.perf_counter()
+            model(xe)
+            _sync(dev)
+            if r:
+                ev = min(ev, time.perf_counter() - t0)
+    print(f"VGG-8 plain step, batch 128: {step:.3f} s -> epoch of 54,000 images {step * math.ceil(54000 / 128) / 60:.1f} min; "
+          f"eval forward of 1000 images: {ev:.2f} s -> 200 chips x 10,000 test images {ev * 2000 / 3600:.2f} h "
+          f"(best of {reps}, {torch.get_num_threads()} threads)", flush=True)
+    return step, ev
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=50, help="LeNet steps to time (0: whole epochs)")
@@ -138,12 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (default: the Debian package's)")
     p.add_argument("--skip-lenet", action="store_true")
     p.add_argument("--skip-vgg", action="store_true")
+    p.add_argument("--skip-vgg-cost", action="store_true")
     ns = p.parse_args(argv)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device)
     if not ns.skip_lenet:
         bench_lenet(dev, ns.steps, ns.methods.split(","), ns.noises.split(","), ns.data_dir)
     if not ns.skip_vgg:
         bench_vgg(dev, ns.vgg_batch, ns.vgg_reps)
+    if not ns.skip_vgg_cost:
+        bench_vgg_cost(dev, ns.vgg_reps)
     return 0
 
 
