@@ -188,10 +188,16 @@ def test_shipped_suites_load():
     for name in ("cpu", "paper"):
         suite = results.load_suite(name)
         sweeps = [s for s in suite.stages if s.kind == "sweep"]
-        assert sweeps and all(suite.base_config(s).eval_chips >= 100 for s in sweeps)
+        assert sweeps and all(suite.base_config(s).eval_chips >= (50 if suite.base_config(s).model == "vgg8" else 100)
+                              for s in sweeps)
     cpu = results.load_suite("cpu").stage("repro_lenet")
     assert set(cpu.methods) == {"plain", "nit", "ovf", "irs", "correctnet"} and len(cpu.seeds) == 3
     assert np.allclose(cpu.sigmas, np.arange(0, 0.41, 0.05))
+    suite = results.load_suite("cpu")  # VGG-8 at CPU scale: every method, the headline's sigma_d
+    vgg = suite.stage("repro_vgg8")
+    assert set(vgg.methods) == {"plain", "nit", "ovf", "irs", "correctnet"} and np.isclose(vgg.sigmas, 0.35).any()
+    cfg = suite.base_config(vgg)
+    assert (cfg.model, cfg.noise, cfg.device_model, cfg.precision) == ("vgg8", "paper", "rram1", "bfloat16")
 
 
 def test_mnist_stage_is_skipped_without_a_folder(tmp_path, capsys):

@@ -11,7 +11,9 @@
    layer drawn on the host with numpy per forward and copied to the device. Prints the ratio.
 3. What VGG-8 costs at the scale of the results suites: one plain training step at batch 128 and
    one evaluation forward of 1000 images (32x32), extrapolated to an epoch of 54,000 images and to
-   200 Monte Carlo chips over the 10,000 test images (``--skip-vgg-cost`` leaves it out).
+   200 Monte Carlo chips over the 10,000 test images, in float32 and in bfloat16 autocast
+   (``precision``, :mod:`training.precision`), with the speed-up measured in the same run
+   (``--skip-vgg-cost`` leaves it out).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .config import RunConfig
 from .data import DataError, load_dataset
 from .methods import MethodSpec, batch_loss
 from .models import build_model
+from .precision import PRECISIONS, autocast
 from .variation import PAPER_C, PaperNoise, WeightNoise, make_generator, make_variation
 
 
@@ -130,38 +133,45 @@ def bench_vgg(dev: torch.device, batch: int, reps: int) -> float:
     return ratio
 
 
-def bench_vgg_cost(dev: torch.device, reps: int) -> tuple[float, float]:
-    """(seconds per plain training step at batch 128, seconds per 1000-image evaluation forward)."""
-    torch.manual_seed(0)
-    model = build_model("vgg8", (1, 32, 32), 10).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+def bench_vgg_cost(dev: torch.device, reps: int) -> dict[str, tuple[float, float]]:
+    """Per precision (``float32``, ``bfloat16``, :mod:`training.precision`): (seconds per plain
+    training step at batch 128, seconds per 1000-image evaluation forward), and their ratios."""
     x, y = torch.randn(128, 1, 32, 32, device=dev), torch.randint(0, 10, (128,), device=dev)
-    step = math.inf
-    for r in range(reps + 1):
-        _sync(dev)
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        _sync(dev)
-        if r:
-            step = min(step, time.perf_counter() - t0)
-    model.eval()
     xe = torch.randn(1000, 1, 32, 32, device=dev)
-    ev = math.inf
-    with torch.no_grad():
+    out = {}
+    for precision in PRECISIONS:
+        torch.manual_seed(0)
+        model = build_model("vgg8", (1, 32, 32), 10).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        step = ev = math.inf
         for r in range(reps + 1):
             _sync(dev)
             t0 = time.perf_counter()
-            model(xe)
+            with autocast(precision, dev):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
             _sync(dev)
             if r:
-                ev = min(ev, time.perf_counter() - t0)
-    print(f"VGG-8 plain step, batch 128: {step:.3f} s -> epoch of 54,000 images {step * math.ceil(54000 / 128) / 60:.1f} min; "
-          f"eval forward of 1000 images: {ev:.2f} s -> 200 chips x 10,000 test images {ev * 2000 / 3600:.2f} h "
-          f"(best of {reps}, {torch.get_num_threads()} threads)", flush=True)
-    return step, ev
+                step = min(step, time.perf_counter() - t0)
+        model.eval()
+        with torch.no_grad(), autocast(precision, dev):
+            for r in range(reps + 1):
+                _sync(dev)
+                t0 = time.perf_counter()
+                model(xe)
+                _sync(dev)
+                if r:
+                    ev = min(ev, time.perf_counter() - t0)
+        out[precision] = (step, ev)
+        print(f"VGG-8 {precision}: plain step, batch 128: {step:.3f} s -> epoch of 54,000 images "
+              f"{step * math.ceil(54000 / 128) / 60:.1f} min; eval forward of 1000 images: {ev:.2f} s -> 200 chips x "
+              f"10,000 test images {ev * 2000 / 3600:.2f} h (best of {reps}, {torch.get_num_threads()} threads)", flush=True)
+    (s32, e32), (s16, e16) = out["float32"], out["bfloat16"]
+    print(f"VGG-8 bfloat16 speed-up over float32 (same run): training step {s32 / s16:.2f}x, "
+          f"evaluation forward {e32 / e16:.2f}x", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

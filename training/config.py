@@ -26,6 +26,7 @@ METHODS = ("plain", "nit", "ovf", "irs", "correctnet")
 NOISES = ("paper", "device", "crossbar")
 SIGMA_MODES = ("replace", "multiply")
 DACS = ("multibit", "bit_serial")
+PRECISIONS = ("float32", "bfloat16")  # see training.precision
 CROSSBAR_CALIBRATIONS = ("batch", "epoch")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "none")
@@ -69,6 +70,7 @@ FIELD_HELP = {
     "seed": "seed of the whole run (data order, noise, chips)",
     "torch_device": "auto | cpu | cuda",
     "threads": "torch and Numba threads",
+    "precision": "compute precision of the network: float32 | bfloat16 (autocast; paper/device noise only)",
     "eval_chips": "Monte Carlo chips at test",
     "val_chips": "chips that score each epoch's validation accuracy",
     "eval_batch_size": "batch size of evaluation",
@@ -141,7 +143,9 @@ class RunConfig:
     Optimisation
         epochs, batch_size, lr (``None``: :func:`default_lr`), optimizer ``adam | sgd``, momentum
         (sgd), weight_decay, scheduler ``cosine | none``, seed, torch_device (``auto | cpu | cuda``),
-        threads (torch intra-op threads; ``None``: leave torch's default).
+        threads (torch intra-op threads; ``None``: leave torch's default). precision:
+        ``float32 | bfloat16``, the network's compute precision in training and evaluation
+        (:mod:`training.precision`; bfloat16 only with the ``paper`` and ``device`` backends).
     Evaluation
         eval_chips: Monte Carlo chips at test. val_chips: chips that score each epoch's
         validation accuracy (selects the checkpoint). eval_batch_size. converge_frac: a run
@@ -184,6 +188,7 @@ class RunConfig:
     seed: int = 0
     torch_device: str = "auto"
     threads: int | None = None
+    precision: str = "float32"
     eval_chips: int = 200
     val_chips: int = 4
     eval_batch_size: int = 1000
@@ -200,6 +205,10 @@ class RunConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("torch_device", self.torch_device, ("auto", "cpu", "cuda"))
+        _choice("precision", self.precision, PRECISIONS)
+        if self.precision != "float32" and self.noise == "crossbar":
+            raise ConfigError(f"precision {self.precision!r} needs noise 'paper' or 'device': the crossbar "
+                              "simulator computes in float32/float64 (set precision = \"float32\")")
         for name in ("epochs", "batch_size", "eval_chips", "val_chips", "eval_batch_size", "weight_bits", "bits_per_cell"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")

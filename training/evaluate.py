@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .data import ImageSet
+from .precision import autocast
 from .variation import Variation, make_generator
 from .threads import set_threads
 
@@ -279,6 +280,7 @@ def chunk_chips(chips: int, chunk_size: int) -> list[list[int]]:
 EVAL_OVERRIDES = frozenset({
     "noise", "device_model", "sigma_mode", "weight_bits", "bits_per_cell", "read_time_s", "crossbar_config",
     "adc_bits", "dac", "keep_first", "keep_last", "crossbar_calibration", "test_limit", "eval_batch_size",
+    "precision",
 })
 
 
@@ -345,7 +347,8 @@ def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_devic
     set_threads(threads)
     cfg, model, variation, test, dev = load_run(run_dir, torch_device, overrides)
     s = cfg.eval_sigma_value if sigma is None else float(sigma)
-    return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev)
+    with autocast(cfg.precision, dev):
+        return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev)
 
 
 def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | None = None, engine=None,

@@ -134,7 +134,8 @@ def scale_text(cfg: dict) -> str:
     if cfg["noise"] == "crossbar":
         xb = f", ADC {cfg.get('adc_bits') or 'config'} bits, DAC {cfg.get('dac') or 'config'}, " \
              f"{cfg['weight_bits']}-bit weights on {cfg['bits_per_cell']}-bit cells"
-    return (f"{cfg['model']} on {cfg['dataset']}, noise {noise}{xb}; {cfg['epochs']} epoch(s) of {train} "
+    prec = f", {cfg['precision']} compute (autocast)" if cfg.get("precision", "float32") != "float32" else ""
+    return (f"{cfg['model']} on {cfg['dataset']}, noise {noise}{xb}{prec}; {cfg['epochs']} epoch(s) of {train} "
             f"(10 % held out for checkpoint selection), batch {cfg['batch_size']}, Adam, {cfg['scheduler']} schedule; "
             f"{cfg['eval_chips']} Monte Carlo chips on the {test}")
 

@@ -55,6 +55,7 @@ from .threads import set_threads
 from .config import FIELD_HELP, ConfigError, RunConfig
 from .data import DataError, ImageSet, check_available, load_dataset, train_val_split
 from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
+from .precision import autocast
 from .methods import MethodSpec, batch_loss
 from .models import build_model
 from .variation import VariationError, checkpoint_state, make_generator, make_variation
@@ -210,7 +211,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
             for step in range(steps):
                 idx = perm[step * bs : (step + 1) * bs]
                 x, y = train_d.batch(idx, dev)
-                loss, logits = batch_loss(spec, model, x, y, variation, noise_gen)
+                with autocast(cfg.precision, dev):
+                    loss, logits = batch_loss(spec, model, x, y, variation, noise_gen)
                 if not torch.isfinite(loss):
                     raise Diverged(epoch + 1, step + 1, float(loss.detach()))
                 opt.zero_grad(set_to_none=True)
@@ -227,9 +229,10 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
                 sched.step()
             variation.calibrate(model, train_d, cfg.batch_size)  # the weights moved: re-fit the ADC ranges
             train_time = time.time() - t0
-            clean_val = clean_accuracy(model, val_d, cfg.eval_batch_size, dev)
-            noisy_val = evaluate_mc(model, variation, val_d, eval_sigma, cfg.val_chips, val_seed,
-                                    cfg.eval_batch_size, dev).metrics["acc_mean"]
+            with autocast(cfg.precision, dev):
+                clean_val = clean_accuracy(model, val_d, cfg.eval_batch_size, dev)
+                noisy_val = evaluate_mc(model, variation, val_d, eval_sigma, cfg.val_chips, val_seed,
+                                        cfg.eval_batch_size, dev).metrics["acc_mean"]
             score = noisy_val
             is_best = score > best_score
             if is_best:
@@ -259,8 +262,10 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     best = torch.load(work / "best.pt", map_location=dev, weights_only=True)
     model.load_state_dict(best["model"])
     t0 = time.time()
-    mc = evaluate_mc(model, variation, test.to(dev), eval_sigma, cfg.eval_chips, cfg.seed,
-                     cfg.eval_batch_size, dev, progress=not quiet)
+    with autocast(cfg.precision, dev):
+        mc = evaluate_mc(model, variation, test.to(dev), eval_sigma, cfg.eval_chips, cfg.seed,
+                         cfg.eval_batch_size, dev, progress=not quiet)
+        clean_test = clean_accuracy(model, test, cfg.eval_batch_size, dev)
     best_row = max(history, key=lambda r: (r["val_acc_noisy"], -r["epoch"])) if history else {}
     result = {
         **mc.metrics,
@@ -269,7 +274,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
         "best_epoch": best["epoch"],
         "best_val_acc_noisy": best_row.get("val_acc_noisy", float("nan")),
         "best_val_acc_clean": max((r["val_acc_clean"] for r in history), default=float("nan")),
-        "clean_test_acc": clean_accuracy(model, test, cfg.eval_batch_size, dev),
+        "clean_test_acc": clean_test,
         "diverged": False,
         "train_time_s": round(sum(r["epoch_time_s"] for r in history), 3),
         "eval_time_s": round(time.time() - t0, 3),

@@ -98,6 +98,7 @@ from .programming import (
     sensitivities,
     weights_accuracy,
 )
+from .precision import autocast
 from .variation import float_state
 from .train import UsageError, load_data, resolve_device
 
@@ -368,8 +369,9 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
                              relaxation=opts.relaxation)
     layers = prepare_layers(model, setup)
     bs = cfg.eval_batch_size
-    clean = weights_accuracy(model, None, test, bs, dev)
-    quant = weights_accuracy(model, ideal_weights(layers, setup), test, bs, dev)
+    with autocast(cfg.precision, dev):  # the run's own compute precision (training.precision)
+        clean = weights_accuracy(model, None, test, bs, dev)
+        quant = weights_accuracy(model, ideal_weights(layers, setup), test, bs, dev)
     n_cells = sum(la.targets_S.size for la in layers)
     if opts.relative and setup.levels_S[0] <= 0:
         _log(f"{spec.label}: warning: relative tolerance and a 0 S lowest level: those cells have an empty window "
@@ -392,8 +394,9 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
         t0 = time.time()
         masks = selection_masks(sens[pol.sensitivity], pol.fraction, opts.scope) if pol.kind == "selective" else None
         prefix = f"{spec.label} [{j + 1}/{len(grid)}] {pol.label()}"
-        res = evaluate_policy(model, layers, setup, pol, test, seeds, masks, bs, dev,
-                              progress=prefix if opts.verbose else None)
+        with autocast(cfg.precision, dev):
+            res = evaluate_policy(model, layers, setup, pol, test, seeds, masks, bs, dev,
+                                  progress=prefix if opts.verbose else None)
         rows.append(table_row(spec, res))
         lrows.extend(layer_rows(spec, res, sizes))
         _log(f"{prefix}: acc {res.metrics['acc_mean']:.4f} +- {res.metrics['acc_std']:.4f}, "
