@@ -285,7 +285,10 @@ EVAL_OVERRIDES = frozenset({
 
 
 def eval_config(cfg, overrides: dict | None):
-    """``cfg`` with evaluation ``overrides`` applied (a ``ConfigError`` names a field that may not change)."""
+    """``cfg`` with evaluation ``overrides`` applied (a ``ConfigError`` names a field that may not change).
+
+    A bfloat16 run moved onto the crossbar (``noise = "crossbar"`` without a ``precision``
+    override) is evaluated in float32, the only precision the simulator has."""
     from .config import ConfigError
 
     if not overrides:
@@ -293,6 +296,8 @@ def eval_config(cfg, overrides: dict | None):
     bad = sorted(set(overrides) - EVAL_OVERRIDES)
     if bad:
         raise ConfigError(f"evaluation cannot change {', '.join(bad)} (allowed: {', '.join(sorted(EVAL_OVERRIDES))})")
+    if overrides.get("noise") == "crossbar" and "precision" not in overrides:
+        overrides = {**overrides, "precision": "float32"}
     return cfg.replace(**overrides)
 
 

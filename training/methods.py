@@ -51,22 +51,30 @@ class MethodSpec:
 
 
 def negative_feedback_logits(z0: torch.Tensor, zs: Sequence[torch.Tensor], beta: float, decay: float = 10.0) -> torch.Tensor:
-    """NeFT's combined logits ``(z0 - beta * sum_i decay^-i * zs[i]) / (len(zs) + 1)``, shapes ``[B, classes]``."""
+    """NeFT's combined logits ``(z0 - beta * sum_i decay^-i * zs[i]) / (len(zs) + 1)``, shapes ``[B, classes]``.
+
+    Always float32: under bfloat16 autocast the feedback term (beta ~1e-3 of ``z0``) is below
+    bfloat16's rounding step and would vanish from the sum."""
+    z0 = z0.float()
     fb = torch.zeros_like(z0)
     for i, z in enumerate(zs):
-        fb = fb + (float(decay) ** -i) * z
+        fb = fb + (float(decay) ** -i) * z.float()
     return (z0 - beta * fb) / (len(zs) + 1)
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """``sum_W ||G - I||_F^2`` with ``G = W W^T`` (rows <= cols) or ``W^T W``, over backbone conv/linear weights."""
+    """``sum_W ||G - I||_F^2`` with ``G = W W^T`` (rows <= cols) or ``W^T W``, over backbone conv/linear weights.
+
+    Computed in float32 even under bfloat16 autocast (near orthogonality ``G - I`` is smaller than
+    bfloat16's rounding of ``G``'s diagonal)."""
     params = dict(model.named_parameters())
     total = None
     for name in noisy_weight_names(model):
         if name.startswith("heads."):
             continue
-        w = params[name].flatten(1)
-        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        w = params[name].flatten(1).float()
+        with torch.autocast(w.device.type, enabled=False):
+            gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
         eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
         term = (gram - eye).pow(2).sum()
         total = term if total is None else total + term

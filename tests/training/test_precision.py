@@ -74,3 +74,43 @@ def test_reevaluation_uses_the_runs_precision(runs):
     as32 = evaluate_run(runs["bfloat16"], threads=1, overrides={"precision": "float32"})
     assert abs(as32.metrics["confidence"] - own["confidence"]) > 1e-6  # the precision really changed the forwards
     assert abs(as32.metrics["acc_mean"] - own["acc_mean"]) < 0.03
+
+
+def test_feedback_and_penalty_stay_float32_under_autocast():
+    from training.methods import negative_feedback_logits, orthogonality_penalty
+    from training.models import build_model
+
+    z0 = torch.full((2, 3), 100.0, dtype=torch.bfloat16)
+    zs = [torch.full((2, 3), 100.0, dtype=torch.bfloat16)]
+    out = negative_feedback_logits(z0, zs, beta=1e-3)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.full((2, 3), (100.0 - 0.1) / 2))  # 50 - 0.05: lost in bfloat16 (step 0.25)
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28), 10)
+    ref = orthogonality_penalty(model)
+    with autocast("bfloat16", "cpu"):
+        got = orthogonality_penalty(model)
+    assert got.dtype == torch.float32 and float(got) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_crossbar_reevaluation_of_a_bfloat16_run_is_float32():
+    from training.evaluate import eval_config
+
+    cfg = RunConfig(precision="bfloat16", noise="paper")
+    assert eval_config(cfg, {"noise": "crossbar", "adc_bits": 6}).precision == "float32"
+    assert eval_config(cfg, {"read_time_s": 10.0}).precision == "bfloat16"
+    with pytest.raises(ConfigError, match="crossbar"):
+        eval_config(cfg, {"noise": "crossbar", "precision": "bfloat16"})
+
+
+@pytest.mark.parametrize("model,method,noise", [("vgg8", "ovf", "paper"), ("vgg8", "irs", "paper"),
+                                                ("vgg8", "correctnet", "paper"), ("mlp", "ovf", "device")])
+def test_every_method_trains_in_bfloat16(model, method, noise, tmp_path):
+    """VGG-8 (convolutions + BatchNorm on bfloat16 activations) with each NeFT method; the device backend."""
+    kw = dict(device_model="rram", sigma_mode="multiply", sigma=1.0) if noise == "device" else dict(sigma=0.2)
+    cfg = RunConfig(model=model, dataset="digits", method=method, noise=noise, precision="bfloat16", epochs=1,
+                    batch_size=32, train_limit=96, test_limit=40, eval_chips=2, val_chips=1, threads=1, **kw)
+    res = run(cfg, tmp_path / method, quiet=True)
+    m = pd.read_csv(tmp_path / method / "metrics.csv")
+    assert m["train_loss"].notna().all() and (m["train_loss"] < 1e3).all()
+    assert 0.0 <= res["acc_mean"] <= 1.0 and res["chips"] == 2
