@@ -5,9 +5,13 @@ run in bfloat16 under :func:`torch.autocast` (CPU AMX / AVX-512-BF16 units, GPU 
 weights, optimiser state, noise draws, losses and softmax stay float32, as torch's autocast
 policy keeps them. On the 2-core Xeon of the results suites a VGG-8 training step at batch 128 is
 about 3x faster this way (``python -m training.bench --skip-lenet --skip-vgg`` prints the measured
-ratio). bfloat16 keeps 8 significant bits, a relative rounding of 0.4 %, far below the weight
-variation the runs study (sigma 0.05-0.4), so it is offered for the ``paper`` and ``device``
-backends. The crossbar simulator (``noise = "crossbar"``) computes in float32/float64 and refuses it.
+ratio). bfloat16 keeps 8 significant bits, a relative rounding of 0.4 %, far below the paper-noise
+variation the runs study (sigma 0.05-0.4) but about the step of 8-bit weights near their largest
+value, so float32 stays the choice where quantisation-level effects matter (small device spreads,
+tight write-verify tolerances). It is offered for the ``paper`` and ``device`` backends; the
+crossbar simulator (``noise = "crossbar"``) computes in float32/float64 and refuses it. NeFT's
+combined logits and CorrectNet's penalty are computed in float32 whatever the precision
+(:mod:`training.methods`).
 """
 from __future__ import annotations
 
