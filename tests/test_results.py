@@ -37,6 +37,18 @@ noise = "paper"
 device_model = "rram1"
 
 [[stages]]
+name = "longer"
+kind = "sweep"
+methods = "nit"
+sigmas = "0.3"
+seeds = 2
+source = "repro"
+[stages.config]
+noise = "paper"
+device_model = "rram1"
+epochs = 2
+
+[[stages]]
 name = "dev"
 kind = "sweep"
 methods = "plain,nit"
@@ -127,8 +139,11 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
     md = (docs / "results.md").read_text()
     for text in ("paper noise", "**headline**: OVF beats NIT", "verdict", "xbar", "crossbar 6b", "wv", "no write-verify",
-                 "Total single-thread CPU time"):
+                 "Total single-thread CPU time", "#### Against stage `repro`",
+                 "| OVF (NeFT) (repro) beats NIT (noise injection) (this stage) | 0.3 |"):
         assert text in md, text
+    longer = md.split("#### Against stage `repro`")[1].split("###")[0]
+    assert longer.count(" beats ") == 3 and "not run" not in longer  # plain, NIT, OVF of repro at sigma 0.3
     files = {p.name for p in (docs / "results").iterdir()}
     assert {"repro_accuracy.png", "repro.csv", "repro_summary.csv", "xbar.csv", "wv_budget.csv"} <= files
     for link in [ln.split("](")[1].split(")")[0] for ln in md.splitlines() if "](results/" in ln]:
@@ -198,6 +213,13 @@ def test_shipped_suites_load():
     assert set(vgg.methods) == {"plain", "nit", "ovf", "irs", "correctnet"} and np.isclose(vgg.sigmas, 0.35).any()
     cfg = suite.base_config(vgg)
     assert (cfg.model, cfg.noise, cfg.device_model, cfg.precision) == ("vgg8", "paper", "rram1", "bfloat16")
+
+
+def test_sweep_source_must_name_an_earlier_sweep(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[[stages]]\nname='a'\nkind='sweep'\nmethods='nit'\nsigmas='0.1'\nseeds=1\nsource='nope'\n")
+    with pytest.raises(results.SuiteError, match="source must name an earlier sweep stage"):
+        results.load_suite(str(path))
 
 
 def test_mnist_stage_is_skipped_without_a_folder(tmp_path, capsys):

@@ -360,6 +360,28 @@ class Report:
                      "uncertainty for NeFT):\n")
             self.add(md_table(["method", "sigma", "EKL", "EKL of NIT", "NeFT is"], erows) + "\n")
 
+    def compare_section(self, name: str, other: str) -> None:
+        """Every method of stage ``other`` against every method of sweep ``name`` at their shared sigmas."""
+        a_df, b_df = load_stage(self.out, name), load_stage(self.out, other)
+        if a_df is None or b_df is None:
+            return
+        tag = f" [{other}]"
+        both = _pd().concat([a_df, b_df.assign(method=b_df["method"] + tag)], ignore_index=True)
+        rows = []
+        shared = [s for s in sorted(a_df["sigma"].unique()) if np.isclose(b_df["sigma"], s).any()]
+        for s in shared:
+            for o in _ordered(b_df["method"].unique()):
+                for m in _ordered(a_df["method"].unique()):
+                    iv = diff_interval(both, o + tag, m, s)
+                    v = verdict(iv) + (" (1 seed)" if iv is not None and iv[3] == 1 else "")
+                    rows.append([f"{METHOD_NAMES.get(o, o)} ({other}) beats {METHOD_NAMES.get(m, m)} (this stage)",
+                                 f"{s:g}", fmt_diff(iv), v])
+        if rows:
+            self.add(f"#### Against stage `{other}`\n")
+            self.add("Difference of accuracy over chips, percentage points [95 % interval, as above]; *holds* when "
+                     "the whole interval is above 0, *fails* when below, else *not resolved*.\n")
+            self.add(md_table(["claim", "sigma", "difference (points)", "verdict"], rows) + "\n")
+
     # ----------------------------------------------------------------- evaluate stages
     def evaluate_section(self, name: str, numeric: str | None = None, xlabel: str = "", logx: bool = False) -> None:
         ev = load_stage(self.out, name)
@@ -492,7 +514,9 @@ def write_report(out: Path, docs: Path, paper_csv=None) -> int:
             paper_like = base.get("noise") == "paper"
             xlabel = "sigma_d" if paper_like else ("sigma (x fitted spread)" if base.get("sigma_mode") == "multiply" else "sigma")
             res = rep.sweep_section(name, xlabel, paper=paper_like)
-            if res is not None:
+            if res is not None and st.get("source"):
+                rep.compare_section(name, st["source"])
+            elif res is not None:
                 rep.claims(res[0], paper_like)
         elif kind == "evaluate":
             numeric = "read_time_s" if all("read_time_s" in v for v in st.get("variants", [])) else None

@@ -12,6 +12,8 @@ each writing into ``<out>/<stage name>/``:
     a grid of training runs (:func:`training.sweep.sweep`): ``methods`` x ``sigmas`` x ``seeds``,
     every run configured by the suite's ``[defaults]`` updated by the stage's ``[stages.config]``
     (:class:`training.config.RunConfig` fields). Results: ``results.csv`` / ``summary.csv``.
+    An optional ``source`` names an earlier sweep stage whose methods the report compares this
+    stage's against at the same sigma (e.g. a baseline given more epochs, for equal compute).
 ``kind = "evaluate"``
     finished runs of the stage ``source`` (filtered by ``methods`` / ``sigmas`` / ``seeds``) are
     evaluated again under each ``[[stages.variants]]`` (a ``label`` plus RunConfig fields that
@@ -148,7 +150,7 @@ def load_suite(name_or_path: str) -> Suite:
         if unknown:
             raise SuiteError(f"{where} ({name}): unknown key(s) {', '.join(sorted(unknown))}")
         source = st.get("source")
-        if kind != "sweep" and source not in names:
+        if (kind != "sweep" or source is not None) and source not in names:
             raise SuiteError(f"{where} ({name}): source must name an earlier sweep stage, got {source!r}")
         stage = Stage(name=name, kind=kind, title=st.get("title", ""), config=dict(st.get("config", {})),
                       methods=_methods(st.get("methods", ())), sigmas=_sigmas(st.get("sigmas", ()), where),
