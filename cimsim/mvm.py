@@ -181,6 +181,9 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
                           generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Simulated ``y = x @ W_eff.T`` for a torch tensor ``x`` (B, in) -> (B, out) float64, no autograd.
 
+    A row of ``x`` with a NaN or infinite entry gives a NaN output row (no DAC code stands for it);
+    the other rows are computed as usual (and, on a first uncalibrated call, calibrate alone).
+
     kernel: ``numba`` (CPU only), ``torch``, or ``auto`` (numba for CPU tensors, torch otherwise).
     generator: torch generator for read/ADC noise on ``x``'s device (default: seeded from the
         array's read counter, so every call draws fresh noise and a chip replays identically).
@@ -190,8 +193,13 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
     cfg = arr.config
     if x.dim() != 2 or x.shape[1] != arr.n_in:
         raise ValueError(f"input must be (B, {arr.n_in}), got {tuple(x.shape)}")
+    finite = torch.isfinite(x).all(1)
+    bad_rows = None if bool(finite.all()) else ~finite  # rows with NaN/inf: NaN out, the rest as usual
+    if bad_rows is not None:
+        x = torch.where(bad_rows[:, None], torch.zeros((), dtype=x.dtype, device=x.device), x)
     if arr.needs_calibration:
-        arr.calibrate(x.detach().cpu().numpy())
+        xc = x if bad_rows is None else x[finite]
+        arr.calibrate(xc.detach().cpu().numpy())
     dev = x.device
     if kernel == "auto":
         kernel = "numba" if dev.type == "cpu" else "torch"
@@ -248,7 +256,10 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
                 if var is not None:
                     P = P + (var + out_var).sqrt_() * torch.randn(P.shape, generator=generator, device=dev, dtype=dtype)
                 _adc_shift_add_torch(P, C, nb, n_out, plan, cycw, sign, acc[b0:b1])
-    return acc.mul_(torch.as_tensor(arr.output_scale(clip), device=dev))
+    acc.mul_(torch.as_tensor(arr.output_scale(clip), device=dev))
+    if bad_rows is not None:
+        acc[bad_rows] = float("nan")
+    return acc
 
 
 def crossbar_matmul(arr: ProgrammedArray, x: np.ndarray, **kw) -> np.ndarray:

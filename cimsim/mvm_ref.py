@@ -24,11 +24,13 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
     For every input vector, input phase (positive, then negative magnitudes), DAC cycle (one
     for a multi-bit DAC, one per bit for a bit-serial one), slice and row tile, each column's
     current is summed over the tile's rows, converted by the ADC, and shifted-and-added
-    digitally. ``rng`` draws read noise (per cell and read) and ADC noise when the config asks
+    digitally. A row of ``x`` with a NaN or infinite entry gives a NaN row. ``rng`` draws read noise (per cell and read) and ADC noise when the config asks
     for them; without ``rng`` both are off.
     """
     cfg = arr.config
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    bad_rows = ~np.isfinite(x).all(axis=1)  # NaN/inf in a row: NaN out for that row
+    x = np.where(bad_rows[:, None], 0.0, x)
     clip = arr.resolved_input_clip(x)
     x_int = quantize_inputs(x, clip, cfg.input_bits).astype(np.int64)
     base = 1 << cfg.bits_per_cell
@@ -69,6 +71,7 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
                                     in_ += out_noise * ln * rng.standard_normal()
                                 val = adc_convert(ip, lp, lo, hi) - adc_convert(in_, ln, lo, hi)
                             y_int[b, o] += sign * cycle_weight * base**k * val
+    y_int[bad_rows] = np.nan
     return y_int * arr.output_scale(clip)[None, :]
 
 

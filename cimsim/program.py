@@ -208,16 +208,18 @@ class ProgrammedArray(ChipReadout):
         from .mvm import partial_sums
 
         q = self.config.adc_percentile if percentile is None else percentile
-        x = np.asarray(x, dtype=np.float64).reshape(-1, self.n_in)
+        x = check_calibration_batch(x, self.n_in)
         if self.config.input_clip is None:
-            m = float(np.percentile(np.abs(x), q)) if x.size else 0.0
-            self.input_clip = m if m > 0 else float(np.abs(x).max() or 1.0)
+            m = float(np.percentile(np.abs(x), q))
+            self.input_clip = m if m > 0 else float(np.abs(x).max())
         if self.config.adc_range == "calibrated":
             ps = partial_sums(self, x)  # (n_groups, n_reads, out): |partial sums| per column group
             if self.config.adc_per_column:
-                r = np.percentile(ps, q, axis=1)
+                r, top = np.percentile(ps, q, axis=1), ps.max(axis=1)
             else:
-                r = np.percentile(ps.reshape(ps.shape[0], -1), q, axis=1)[:, None]
+                flat = ps.reshape(ps.shape[0], -1)
+                r, top = np.percentile(flat, q, axis=1)[:, None], flat.max(axis=1)[:, None]
+            r = np.where(r > 0, r, top)  # sparse sums (percentile 0, some non-zero): the largest seen
             self.adc_range = np.maximum(np.asarray(r, dtype=np.float64), 1.0)
         self._cache.pop("plan", None)
 
@@ -238,6 +240,30 @@ class ProgrammedArray(ChipReadout):
 
 
 
+def check_calibration_batch(x: np.ndarray, n_in: int) -> np.ndarray:
+    """``x`` as a float64 (N, n_in) calibration batch; ValueError when it cannot set ranges:
+    empty, with NaN/inf values, or all zeros (no input clip or partial sum can come from it)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0 or x.size % n_in:
+        raise ValueError(f"calibration batch must be non-empty rows of {n_in} inputs, got shape {x.shape}")
+    x = x.reshape(-1, n_in)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"calibration batch has {int(bad.sum())} NaN/inf values (first at row {r}, input {c})")
+    if not x.any():
+        raise ValueError("calibration batch is all zeros: it cannot set the input clip or ADC ranges "
+                         "(calibrate on real inputs, or set CrossbarConfig.input_clip)")
+    return x
+
+
+def check_seed(seed: int) -> int:
+    """A chip seed as an int in [0, 2^64); ValueError naming it otherwise."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
 def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.Generator | None = None,
             device: DeviceModel | None = None) -> ProgrammedArray:
     """Program ``weights`` (out, in) onto crossbar tiles: one chip's draw of every cell.
@@ -256,9 +282,12 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
         device = device.replace(sigma_scale=config.sigma_scale)
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(0, 2**63 - 1))  # the chip's seed, drawn from the caller's generator
-    seed = 0 if seed is None else int(seed)
+    seed = 0 if seed is None else check_seed(seed)
     rng = np.random.default_rng(seed)
-    mapped = map_weights(np.asarray(weights), config)
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or 0 in weights.shape:
+        raise ValueError(f"weights must be a non-empty 2-D (out, in) array, got shape {weights.shape}")
+    mapped = map_weights(weights, config)
     levels = device.level_conductances(config.cell_levels)
     t = config.read_time_s
     if device.is_ideal:
@@ -293,4 +322,5 @@ def seed_sequence_child(seed: int, index: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-__all__ = ["ProgrammedArray", "program", "resolve_device", "ideal_device", "seed_sequence_child"]
+__all__ = ["ProgrammedArray", "program", "resolve_device", "ideal_device", "seed_sequence_child",
+           "check_calibration_batch", "check_seed"]

@@ -195,6 +195,7 @@ class RunConfig:
     converge_frac: float = 0.5
 
     def __post_init__(self) -> None:
+        _check_types(self)
         object.__setattr__(self, "ovf_deltas", tuple(float(d) for d in self.ovf_deltas))
         _choice("model", self.model, MODELS)
         _choice("dataset", self.dataset, DATASETS)
@@ -241,6 +242,8 @@ class RunConfig:
             raise ConfigError(f"ovf_deltas must be finite and >= 0, got {self.ovf_deltas}")
         if not self.ovf_decay > 0:
             raise ConfigError(f"ovf_decay must be > 0, got {self.ovf_decay}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not 0 <= self.converge_frac <= 1:
             raise ConfigError(f"converge_frac must lie in [0, 1], got {self.converge_frac}")
 
@@ -308,14 +311,44 @@ class RunConfig:
         """Read a config from a ``.json`` or ``.toml`` file."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror if isinstance(e, OSError) else e})") from None
         try:
             d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot parse config ({e})") from None
-        return cls.from_dict(d)
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a config is a table of fields, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def _check_types(cfg: RunConfig) -> None:
+    """ConfigError naming the first field whose value has the wrong type (a hand-edited file)."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        kinds = f.type.replace(" ", "").split("|")
+        if v is None and "None" in kinds:
+            continue
+        if kinds[0] == "tuple[float,...]":
+            ok = isinstance(v, (tuple, list)) and all(_is_number(d) for d in v)
+        elif kinds[0] == "float":
+            ok = _is_number(v)
+        elif kinds[0] == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, {"str": str, "bool": bool}[kinds[0]])
+        if not ok:
+            raise ConfigError(f"{f.name} must be {' or '.join(kinds)}, got {v!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

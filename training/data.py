@@ -16,6 +16,7 @@ and std 0.5 (the authors' MNIST normalisation), then optionally resized (bilinea
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 from dataclasses import dataclass
@@ -147,18 +148,24 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read one idx file (gzip or not) into a numpy array of its stored dtype and shape."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as e:  # unreadable, a folder, a damaged gzip stream
+        raise DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an idx file")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if raw[2] not in dtypes:
         raise DataError(f"{path}: unknown idx data type 0x{raw[2]:02x}")
     ndim = raw[3]
+    if not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: bad idx header ({ndim} dimensions, {len(raw)} bytes)")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"{path}: truncated idx file ({data.size} values, header says {shape})")
+    if data.size != math.prod(shape):
+        said = " x ".join(map(str, shape)) if len(str(shape)) < 60 else f"{math.prod(shape)} values"
+        raise DataError(f"{path}: {data.size} values, but its header says {said} (truncated or damaged)")
     return data.reshape(shape)
 
 
@@ -167,6 +174,8 @@ def _idx_pair(folder: Path, name: str, prefix: str) -> tuple[np.ndarray, np.ndar
     y = read_idx(_find_idx(folder, name, prefix, "labels-idx1"))
     if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{name}: images {x.shape} and labels {y.shape} in {folder} do not match")
+    if y.size and not (0 <= int(y.min()) and int(y.max()) <= 9):
+        raise DataError(f"{name}: labels in {folder} outside 0..9 (min {int(y.min())}, max {int(y.max())})")
     return np.array(x, dtype=np.uint8), np.array(y)  # copies: frombuffer arrays are read-only
 
 
@@ -186,8 +195,13 @@ def _cifar10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         p = f / n
         if not p.is_file():
             raise DataError(f"cifar10: missing {p}; {HOW_TO_GET['cifar10']}")
-        with open(p, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        try:
+            with open(p, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign pickle raises many kinds
+            raise DataError(f"{p}: not a CIFAR-10 batch ({type(e).__name__})") from None
+        if len(ys[-1]) != len(xs[-1]) or (ys[-1].size and not 0 <= ys[-1].min() <= ys[-1].max() <= 9):
+            raise DataError(f"{p}: {len(xs[-1])} images, {len(ys[-1])} labels (labels must lie in 0..9)")
     return np.concatenate(xs), np.concatenate(ys)

@@ -301,7 +301,35 @@ def eval_config(cfg, overrides: dict | None):
     return cfg.replace(**overrides)
 
 
-def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: dict | None = None):
+def load_best(run_dir: Path, model: nn.Module, dev, trained, cfg) -> None:
+    """Load ``best.pt`` of ``run_dir`` into ``model`` (built for ``cfg``, the run's ``trained``
+    config with any overrides); :class:`training.runfolder.RunFolderError` naming the file when
+    it cannot be read or does not fit the model."""
+    from .engines import one_line
+    from .runfolder import RunFolderError
+    from .variation import float_state
+
+    path = run_dir / "best.pt"
+    try:
+        state = torch.load(path, map_location=dev, weights_only=True)["model"]
+    except Exception as e:  # noqa: BLE001 - truncated, empty, random or foreign files raise many kinds
+        raise RunFolderError(f"{path}: not a readable checkpoint ({one_line(e, 160)})") from None
+    fits = f"{path} does not fit the {trained.model} model of {run_dir / 'config.json'}"
+    try:
+        if (trained.noise == "crossbar") == (cfg.noise == "crossbar"):
+            model.load_state_dict(state)
+            return
+        missing, unexpected = model.load_state_dict(float_state(state), strict=False)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]  # torch: a header, then the causes
+        raise RunFolderError(f"{fits} ({(lines[-1] if lines else type(e).__name__)[:200]})") from None
+    extra = [k for k in missing if k.rpartition(".")[2] not in ("input_clip", "adc_range", "_extra_state")]
+    if extra or unexpected:
+        raise RunFolderError(f"{fits} (missing {extra[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: dict | None = None,
+             calibrate: bool = True):
     """``(config, model with best.pt loaded, variation, test set, device)`` of a finished run folder.
 
     ``overrides``: RunConfig fields (:data:`EVAL_OVERRIDES`) to evaluate under instead of the run's
@@ -309,13 +337,14 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     the simulated crossbar) or ``{"read_time_s": 86400}``. When the backend changes to or from
     ``crossbar``, only the float weights, biases and BatchNorm entries of ``best.pt`` are loaded
     (:func:`training.variation.float_state`) and a crossbar model is calibrated (input clips, ADC
-    ranges) on training images as training does; the returned config is the overridden one.
+    ranges) on training images as training does (``calibrate=False`` skips that: a check that the
+    run loads); the returned config is the overridden one.
     """
     from .config import RunConfig
     from .data import load_dataset
     from .models import build_model
     from .train import resolve_device
-    from .variation import float_state, make_variation
+    from .variation import make_variation
 
     run_dir = Path(run_dir)
     if not (run_dir / "best.pt").exists():
@@ -331,18 +360,11 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     prepare = getattr(variation, "prepare", None)  # backends that convert the model's layers (crossbar)
     if prepare is not None:
         model = prepare(model)
-    state = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)["model"]
-    if (trained.noise == "crossbar") == (cfg.noise == "crossbar"):
-        model.load_state_dict(state)
-    else:
-        missing, unexpected = model.load_state_dict(float_state(state), strict=False)
-        extra = [k for k in missing if k.rpartition(".")[2] not in ("input_clip", "adc_range", "_extra_state")]
-        if extra or unexpected:
-            raise RuntimeError(f"{run_dir}: best.pt does not fit the model (missing {extra[:3]}, unexpected {unexpected[:3]})")
-        if cfg.noise == "crossbar":
-            from .train import load_data
+    load_best(run_dir, model, dev, trained, cfg)
+    if calibrate and trained.noise != "crossbar" and cfg.noise == "crossbar":
+        from .train import load_data
 
-            variation.calibrate(model, load_data(cfg)[0], cfg.batch_size)
+        variation.calibrate(model, load_data(cfg)[0], cfg.batch_size)
     return cfg, model, variation, test, dev
 
 
@@ -410,19 +432,23 @@ def parse_overrides(items: Sequence[str]) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Write JSON to a temporary name, then rename it into place."""
+    """Write JSON all-or-nothing (a temporary file beside it, then a rename)."""
     import json
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+    from cimsim.io import write_outputs
+
+    write_outputs({path: json.dumps(obj, indent=1) + "\n"})
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.evaluate --run DIR [--chips N] [--engine local|ray] ...`` (see :func:`evaluate_run`)."""
     from .config import ConfigError
+    from .data import DataError
     from .engines import EngineError, make_engine
+    from .runfolder import RunFolderError, check_output_file
     from .train import UsageError, _Parser
+    from .variation import VariationError
+    from cimsim.device import DeviceModelError
 
     p = _Parser(prog="python -m training.evaluate",
                 description="Monte Carlo test accuracy of a finished run folder, chips fanned out to an engine.")
@@ -448,14 +474,19 @@ def main(argv: list[str] | None = None) -> int:
         if ns.workers < 0 or ns.retries < 0 or (ns.chips is not None and ns.chips < 1) or \
                 (ns.chunk_size is not None and ns.chunk_size < 1):
             raise ConfigError("--workers and --retries must be >= 0, --chips and --chunk-size >= 1")
-        if not (Path(ns.run) / "best.pt").exists():
-            raise UsageError(f"{ns.run}: no best.pt (not a finished training run folder)")
+        if ns.sigma is not None and not (math.isfinite(ns.sigma) and ns.sigma >= 0):
+            raise ConfigError(f"--sigma must be a finite number >= 0, got {ns.sigma}")
+        if not (Path(ns.run) / "best.pt").is_file() or not (Path(ns.run) / "config.json").is_file():
+            raise UsageError(f"--run {ns.run}: no best.pt and config.json (not a finished training run folder)")
+        if ns.out:
+            check_output_file(Path(ns.out))
+        overrides = parse_overrides(ns.set)
+        load_run(ns.run, ns.torch_device, overrides, calibrate=False)  # the run loads: fail here, not in a task
         engine = make_engine(ns.engine, workers=ns.workers, retries=ns.retries, address=ns.address,
                              cpus_per_task=ns.cpus_per_chunk, gpus_per_task=ns.gpus_per_chunk)
         threads = max(1, round(ns.cpus_per_chunk or 1))
-        overrides = parse_overrides(ns.set)
         res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads, overrides)
-    except (UsageError, ConfigError, EngineError) as e:
+    except (UsageError, ConfigError, EngineError, RunFolderError, DataError, VariationError, DeviceModelError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
@@ -470,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ns.run}: test acc {100 * m['acc_mean']:.2f} +- {100 * m['acc_std']:.2f} % over {m['chips']} chips, "
           f"EKL {m['ekl']:.4f}", file=sys.stderr)
     if ns.out:
-        _write_json(Path(ns.out), {**m, "run": str(ns.run), "acc_per_chip": res.acc_per_chip.tolist()})
+        try:
+            _write_json(Path(ns.out), {**m, "run": str(ns.run), "acc_per_chip": res.acc_per_chip.tolist()})
+        except OSError as e:
+            print(f"{p.prog}: error: --out {ns.out}: cannot write ({e.strerror})", file=sys.stderr)
+            return 2
     return 0
 
 

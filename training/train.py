@@ -55,7 +55,9 @@ from .threads import set_threads
 from .config import FIELD_HELP, ConfigError, RunConfig
 from .data import DataError, ImageSet, check_available, load_dataset, train_val_split
 from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
+from .engines import one_line
 from .precision import autocast
+from .runfolder import RunFolderError, RunLock, check_not_locked, check_output_dir, check_replaceable, write_marker
 from .methods import MethodSpec, batch_loss
 from .models import build_model
 from .variation import VariationError, checkpoint_state, make_generator, make_variation
@@ -107,14 +109,24 @@ def check_options(cfg: RunConfig) -> None:
 
 
 def check_run(cfg: RunConfig, out: Path, resume: bool, overwrite: bool = False) -> None:
-    """Everything that can be checked before a folder is made; raises :class:`UsageError`."""
+    """Everything that can be checked before a folder is made; raises :class:`UsageError`.
+
+    ``--overwrite`` replaces only a finished run folder (its ``.cimsim-run`` marker) that holds
+    nothing but what a run writes (:func:`training.runfolder.check_replaceable`)."""
     check_options(cfg)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists (a finished run); choose another --out or pass --overwrite")
-    if out.exists() and not (out / "config.json").exists():
-        raise UsageError(f"{out} exists and is not a run folder; not overwriting it")
-    if partial_dir(out).exists() and not resume:
-        raise UsageError(f"{partial_dir(out)} holds an unfinished run; pass --resume to continue it or remove it")
+    try:
+        check_output_dir(out)
+        check_output_dir(partial_dir(out))
+        if out.exists():
+            if not overwrite:
+                raise UsageError(f"{out} already exists; choose another --out or pass --overwrite (for a finished run)")
+            check_replaceable(out)
+        check_not_locked(partial_dir(out))
+    except RunFolderError as e:
+        raise UsageError(str(e)) from None
+    work = partial_dir(out)
+    if work.exists() and not resume:
+        raise UsageError(f"{work} holds an unfinished run; pass --resume to continue it or remove it")
 
 
 def load_data(cfg: RunConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
@@ -165,6 +177,30 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     except DataError as e:
         raise UsageError(str(e)) from None
     train_d, val_d = train.to(dev), val.to(dev)
+    work = partial_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(work).acquire()  # a second writer (a racing resume, a stray worker) stops here
+    except RunFolderError as e:
+        raise UsageError(str(e)) from None
+    try:
+        return _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, val_d, lock)
+    finally:
+        lock.release()
+
+
+def _load_checkpoint(path: Path, dev) -> dict:
+    """A training checkpoint, or :class:`UsageError` naming the file when it cannot be read."""
+    try:
+        state = torch.load(path, map_location=dev, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - truncated, empty or foreign files raise many kinds
+        raise UsageError(f"{path}: not a readable checkpoint ({one_line(e, 160)}); remove {path.parent} to start afresh") from None
+    if not isinstance(state, dict) or not {"config", "model", "epoch"} <= set(state):
+        raise UsageError(f"{path}: not a training checkpoint of training.train; remove {path.parent} to start afresh")
+    return state
+
+
+def _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, val_d, lock) -> dict:
     variation = make_variation(cfg)
     model = variation.prepare(build_model(cfg.model, train.input_shape, train.num_classes, with_heads=cfg.uses_heads).to(dev))
     spec = MethodSpec.from_config(cfg)
@@ -178,12 +214,14 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     val_seed = int(np.random.SeedSequence([cfg.seed, 3]).generate_state(1)[0])
     eval_sigma = cfg.eval_sigma_value
 
-    work = partial_dir(out)
     start_epoch, best_score, history = 0, -math.inf, []
     ck = work / "last.pt"
     if resume and ck.exists():
-        state = torch.load(ck, map_location=dev, weights_only=False)
-        saved = RunConfig.from_dict(state["config"])
+        state = _load_checkpoint(ck, dev)
+        try:
+            saved = RunConfig.from_dict(state["config"])
+        except ConfigError as e:
+            raise UsageError(f"{ck}: {e}") from None
         if saved != cfg:
             raise UsageError(f"{work}: the unfinished run was made with a different config; resume with the same options")
         model.load_state_dict(state["model"])
@@ -196,9 +234,9 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
         start_epoch, best_score, history = state["epoch"] + 1, state["best_score"], state["history"]
         _log(f"resuming {work} at epoch {start_epoch + 1}/{cfg.epochs}", quiet)
     else:
-        work.mkdir(parents=True, exist_ok=True)
         cfg.save(work)
         variation.calibrate(model, train_d, cfg.batch_size)  # crossbar: input clips and ADC ranges
+    write_marker(work)
 
     n, bs = len(train_d), cfg.batch_size
     steps = max(1, math.ceil(n / bs))
@@ -255,7 +293,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
     except Diverged as d:
         _write_metrics(work / "metrics.csv", history)
         (work / "diverged.json").write_text(json.dumps({"epoch": d.epoch, "step": d.step, "loss": str(d.loss)}) + "\n")
-        _finish(work, out)
+        _finish(work, out, lock)
         raise
 
     # Final evaluation of the best checkpoint (backbone only) on the test set.
@@ -287,16 +325,27 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
         fh.writelines(f"{i},{chip_seed(cfg.seed, i)},{a:.6f}\n" for i, a in enumerate(mc.acc_per_chip))
     plot_histogram(mc.acc_per_chip, work / "acc_hist.png",
                    f"{cfg.model} {cfg.method} {cfg.noise} sigma={eval_sigma:g}: {100 * mc.metrics['acc_mean']:.2f} %")
-    _finish(work, out)
+    _finish(work, out, lock)
     _log(f"done in {time.time() - t_run:.1f} s: test acc {100 * result['acc_mean']:.2f} +- "
          f"{100 * result['acc_std']:.2f} % over {result['chips']} chips -> {out}", quiet)
     return result
 
 
-def _finish(work: Path, out: Path) -> None:
-    if out.exists():  # --overwrite: the old run goes only now that the new one is complete
-        shutil.rmtree(out)
+def _finish(work: Path, out: Path, lock: RunLock) -> None:
+    """Move the complete run into ``out``; an old run there (``--overwrite``, checked replaceable
+    again now) is moved aside first and deleted only once the new one is in place."""
+    old = None
+    if out.exists():
+        try:
+            check_replaceable(out)
+        except RunFolderError as e:
+            raise UsageError(f"{e}; the new run stays in {work}") from None
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        out.rename(old)
+    lock.release()  # the finished folder keeps no .lock
     work.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -357,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(ns)
         run(cfg, Path(ns.out), resume=ns.resume, quiet=ns.quiet, overwrite=ns.overwrite)
-    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError) as e:
+    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError, RunFolderError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Diverged as d:

@@ -99,6 +99,7 @@ from .programming import (
     weights_accuracy,
 )
 from .precision import autocast
+from .runfolder import RunFolderError, check_output_dir
 from .variation import float_state
 from .train import UsageError, load_data, resolve_device
 
@@ -247,8 +248,10 @@ def options_from_args(ns: argparse.Namespace) -> Options:
     if ns.sigma is not None and not (math.isfinite(ns.sigma) and ns.sigma >= 0):
         raise UsageError(f"--sigma must be >= 0, got {ns.sigma}")
     out = Path(ns.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+    try:
+        check_output_dir(out)
+    except RunFolderError as e:
+        raise UsageError(str(e)) from None
     return Options(
         runs=tuple(Path(r) for r in ns.run), policies=parse_choices(ns.policies, "policies", POLICIES),
         tolerances=parse_tolerances(ns.tolerances, ns.relative), relative=ns.relative,
@@ -625,7 +628,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.writever
         t0 = time.time()
         outcomes = [evaluate_run(s, opts) for s in specs]
         files, table = build_outputs(opts, outcomes, argv)
-        write_outputs(files)
+        try:
+            write_outputs(files)
+        except OSError as e:
+            raise UsageError(f"--out {opts.out}: cannot write ({e.strerror or e})") from None
     except USAGE_ERRORS as e:
         print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE

@@ -82,3 +82,42 @@ def test_config_round_trips(tmp_path):
         RunConfig.from_dict({"epochz": 3})
     with pytest.raises(ConfigError, match="sigma"):
         RunConfig(sigma=-1.0)
+
+
+def _idx_file(path, header: bytes, body: bytes = b""):
+    path.write_bytes(header + body)
+    return path
+
+
+@pytest.mark.parametrize("header,body,words", [
+    (b"\x00\x00\x08\xc8", b"\x00" * 64, "bad idx header"),                      # 200 dimensions
+    (b"\x00\x00\x08\x03" + struct.pack(">3I", 9999, 28, 28), b"\x00" * 100, "header says 9999 x 28 x 28"),
+    (b"\x00\x00\x08\x03" + struct.pack(">3I", 4000000000, 4000000000, 4000000000), b"", "truncated or damaged"),
+    (b"\x00\x00\x08\x02\x00", b"", "bad idx header"),                           # header cut short
+])
+def test_idx_header_errors_are_one_short_line(tmp_path, header, body, words):
+    from training.data import read_idx
+
+    with pytest.raises(DataError, match=words) as e:
+        read_idx(_idx_file(tmp_path / "x-idx3-ubyte", header, body))
+    msg = str(e.value)
+    assert len(msg) < 200 and "\n" not in msg and "x-idx3-ubyte" in msg
+
+
+def test_damaged_gzip_idx_names_the_file(tmp_path):
+    from training.data import read_idx
+
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    p.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        read_idx(p)
+
+
+def test_labels_outside_0_9_are_refused(tmp_path):
+    from training.data import load_dataset
+
+    n = 3
+    _idx_file(tmp_path / "train-images-idx3-ubyte", b"\x00\x00\x08\x03" + struct.pack(">3I", n, 28, 28), b"\x00" * n * 784)
+    _idx_file(tmp_path / "train-labels-idx1-ubyte", b"\x00\x00\x08\x01" + struct.pack(">I", n), bytes([1, 2, 200]))
+    with pytest.raises(DataError, match="outside 0..9"):
+        load_dataset("mnist", "train", tmp_path)

@@ -265,3 +265,14 @@ def test_policy_validation():
     with pytest.raises(ProgrammingError):
         Policy("sometimes")
     assert Policy("selective", 1e-6, 0.1, "first").label() == "selective(first, 10 %) tol 1 uS"
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "proc"])
+def test_unusable_out_is_one_line_before_the_work(where, runs, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = {"file": tmp_path / "afile", "under_file": tmp_path / "afile" / "wv", "proc": "/proc/cimsim-nope/wv"}[where]
+    assert _rc(["--run", str(runs["plain"]), "--policies", "none", "--chips", "1", "--sigma", SIGMA, "--quiet",
+                "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

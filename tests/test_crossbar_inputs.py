@@ -1,0 +1,105 @@
+"""Bad inputs to programming, calibration and the MVM: a clear error or a documented NaN, never a
+silently wrong number (issue #15, items 7 and 14)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cimsim import nn as cim
+from cimsim.config import CrossbarConfig
+from cimsim.mvm_ref import matmul_quantized, mvm_reference
+from cimsim.program import program
+
+CFG = CrossbarConfig(device="ideal", adc_bits=8)
+
+
+def _chip(seed=1, cfg=CFG, shape=(8, 16)):
+    w = np.random.default_rng(0).normal(size=shape)
+    return program(w, cfg, seed=seed), w
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_rows_give_nan_rows_and_leave_the_others_alone(kernel, bad):
+    chip, _ = _chip()
+    x = np.random.default_rng(1).normal(size=(4, 16))
+    chip.calibrate(x)
+    expect = chip.matmul(x, kernel=kernel)
+    x2 = x.copy()
+    x2[1, 3] = bad
+    y = chip.matmul(x2, kernel=kernel)
+    assert np.isnan(y[1]).all()
+    np.testing.assert_array_equal(np.delete(y, 1, axis=0), np.delete(expect, 1, axis=0))
+    ref = mvm_reference(chip, x2)
+    assert np.isnan(ref[1]).all()
+    np.testing.assert_array_equal(np.delete(ref, 1, axis=0), np.delete(mvm_reference(chip, x), 1, axis=0))
+
+
+def test_first_uncalibrated_call_calibrates_on_the_finite_rows_only():
+    x = np.random.default_rng(1).normal(size=(4, 16))
+    clean, _ = _chip()
+    clean.calibrate(np.delete(x, 2, axis=0))
+    x2 = x.copy()
+    x2[2, 0] = np.nan
+    chip, _ = _chip()
+    y = chip.matmul(x2)
+    assert chip.input_clip == clean.input_clip
+    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_calibration_batch_with_non_finite_values_is_refused_and_changes_nothing(bad):
+    chip, _ = _chip()
+    x = np.random.default_rng(1).normal(size=(4, 16))
+    x[2, 5] = bad
+    with pytest.raises(ValueError, match=r"NaN/inf.*row 2, input 5"):
+        chip.calibrate(x)
+    assert chip.input_clip is None and chip.adc_range is None
+
+
+@pytest.mark.parametrize("cfg", [CFG, CrossbarConfig(device="ideal", adc_bits=8, input_clip=1.0)])
+def test_all_zero_calibration_batch_is_refused(cfg):
+    chip, _ = _chip(cfg=cfg)
+    with pytest.raises(ValueError, match="all zeros"):
+        chip.calibrate(np.zeros((4, 16)))
+    with pytest.raises(ValueError, match="non-empty"):
+        chip.calibrate(np.zeros((0, 16)))
+
+
+def test_sparse_calibration_batch_keeps_a_range_that_covers_its_sums():
+    """A batch whose partial sums are mostly zero (percentile 0) must not leave a 1-unit ADC range."""
+    cfg = CrossbarConfig(device="ideal", adc_bits=8, adc_percentile=99.0)
+    chip, w = _chip(cfg=cfg)
+    x = np.zeros((200, 16))
+    x[0] = np.random.default_rng(2).normal(size=16)  # one non-zero row in 200
+    chip.calibrate(x)
+    y = chip.matmul(x[:1])
+    exact = matmul_quantized(chip, x[:1])
+    assert np.abs(y - exact).max() <= 0.05 * np.abs(exact).max()
+
+
+def test_nn_layer_calibration_on_nan_names_the_problem():
+    layer = cim.CIMLinear(16, 4, config=CFG)
+    x = torch.randn(8, 16)
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        layer.calibrate(x)
+
+
+@pytest.mark.parametrize("shape", [(0, 16), (8, 0), (0, 0), (16,), (2, 3, 4)])
+def test_program_refuses_empty_or_non_matrix_weights(shape):
+    with pytest.raises(ValueError, match=r"non-empty 2-D \(out, in\)"):
+        program(np.zeros(shape), CFG, seed=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, "3", True])
+def test_program_names_a_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        program(np.ones((2, 2)), CFG, seed=seed)
+
+
+def test_program_accepts_the_full_seed_range():
+    a = program(np.ones((2, 2)), CFG, seed=2**64 - 1)
+    b = program(np.ones((2, 2)), CFG, seed=np.uint64(2**64 - 1))
+    assert a.seed == b.seed == 2**64 - 1
