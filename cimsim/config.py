@@ -35,6 +35,9 @@ class ConfigError(ValueError):
     """An impossible or inconsistent configuration value; the message names the field."""
 
 
+_OPTIONAL = ("input_clip", "adc_fixed_range", "sigma_scale")
+
+
 @dataclass(frozen=True)
 class CrossbarConfig:
     """How a layer is laid out on crossbar tiles and how those tiles are read.
@@ -101,6 +104,14 @@ class CrossbarConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "must be a positive integer")
+        for name in ("adc_percentile", "adc_fixed_range", "input_clip", "read_time_s", "output_noise", "sigma_scale",
+                     "v_read_V"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+                raise bad(name, "must be a finite number" + (" or None" if name in _OPTIONAL else ""))
+        for name in ("read_noise", "adc_per_column", "drift_compensation"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
         if self.weight_bits > 16:
             raise bad("weight_bits", "at most 16")
         if self.input_bits > 16:
@@ -187,7 +198,7 @@ class CrossbarConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown CrossbarConfig field(s) {unknown}")
-        kw = {k: (None if v == "none" and k in ("input_clip", "adc_fixed_range", "sigma_scale") else v)
+        kw = {k: (None if v == "none" and k in _OPTIONAL else v)
               for k, v in d.items()}
         return cls(**kw)
 
@@ -217,11 +228,18 @@ class CrossbarConfig:
             raw = path.read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
         try:
-            d = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+            d = tomllib.loads(raw.decode("utf-8-sig")) if path.suffix == ".toml" else json.loads(raw)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot parse: {e}") from None
-        return cls.from_dict(d, source=str(path))
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a CrossbarConfig is a table of fields, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d, source=str(path))
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
 def _toml_value(v: Any) -> str:

@@ -103,3 +103,27 @@ def test_program_accepts_the_full_seed_range():
     a = program(np.ones((2, 2)), CFG, seed=2**64 - 1)
     b = program(np.ones((2, 2)), CFG, seed=np.uint64(2**64 - 1))
     assert a.seed == b.seed == 2**64 - 1
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[1]", "table of fields"),
+    ('{"read_time_s": "nan"}', "read_time_s"),
+    ('{"read_time_s": 1e999}', "read_time_s"),
+    ('{"output_noise": "0.1"}', "output_noise"),
+    ('{"read_noise": 1}', "read_noise"),
+])
+def test_crossbar_config_files_name_file_and_field(tmp_path, text, words):
+    from cimsim.config import ConfigError
+
+    p = tmp_path / "xbar.json"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=words) as e:
+        CrossbarConfig.load(p)
+    assert str(p) in str(e.value)
+
+
+def test_crossbar_config_load_of_a_folder_is_a_config_error(tmp_path):
+    from cimsim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read"):
+        CrossbarConfig.load(tmp_path)
