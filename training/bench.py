@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import METHODS, NOISES, RunConfig
 from .data import DataError, load_dataset
 from .methods import MethodSpec, batch_loss
 from .models import build_model
@@ -187,9 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-vgg", action="store_true")
     p.add_argument("--skip-vgg-cost", action="store_true")
     ns = p.parse_args(argv)
+    methods, noises = ns.methods.split(","), ns.noises.split(",")
+    bad = ([f"--methods: unknown method {m!r} (choose from {', '.join(METHODS)})" for m in methods if m not in METHODS]
+           + [f"--noises: unknown noise {n!r} (choose from {', '.join(NOISES)})" for n in noises if n not in NOISES]
+           + [f"--{k.replace('_', '-')} must be >= {lo}, got {getattr(ns, k)}" for k, lo in
+              (("steps", 0), ("vgg_batch", 1), ("vgg_reps", 1)) if getattr(ns, k) < lo]
+           + ([f"--device must be auto, cpu or cuda (available), got {ns.device!r}"]
+              if ns.device not in ("auto", "cpu", "cuda") or (ns.device == "cuda" and not torch.cuda.is_available()) else []))
+    if bad:
+        print(f"{p.prog}: error: {bad[0]}", file=sys.stderr)
+        return 2
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device)
     if not ns.skip_lenet:
-        bench_lenet(dev, ns.steps, ns.methods.split(","), ns.noises.split(","), ns.data_dir)
+        bench_lenet(dev, ns.steps, methods, noises, ns.data_dir)
     if not ns.skip_vgg:
         bench_vgg(dev, ns.vgg_batch, ns.vgg_reps)
     if not ns.skip_vgg_cost:

@@ -217,3 +217,11 @@ def test_output_checks(tmp_path):
     check_output_dir(tmp_path / "a" / "b")  # missing parents are created later, by the command
     check_output_file(tmp_path / "a" / "b.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # the checks leave nothing behind
+
+
+@pytest.mark.parametrize("args,words", [(["--methods", "plain,foo"], "--methods"), (["--noises", "x"], "--noises"),
+                                        (["--steps", "-1"], "--steps"), (["--vgg-reps", "0"], "--vgg-reps"),
+                                        (["--device", "tpu"], "--device")])
+def test_training_bench_options_are_checked_first(tmp_path, args, words):
+    err = _one_line_error(_cli("training.bench", args, tmp_path))
+    assert words in err
