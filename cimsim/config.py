@@ -231,7 +231,8 @@ class CrossbarConfig:
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
         try:
-            d = tomllib.loads(raw.decode("utf-8-sig")) if path.suffix == ".toml" else json.loads(raw)
+            text = raw.decode("utf-8-sig")
+            d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot parse: {e}") from None
         if not isinstance(d, dict):

@@ -108,6 +108,8 @@ class CostConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CostConfig":
+        if not isinstance(d, Mapping):
+            raise CostError(f"a cost config is a JSON object of fields, got {type(d).__name__}")
         if d.get("kind", "cimsim.CostConfig") != "cimsim.CostConfig":
             raise CostError(f"not a cost config (kind {d.get('kind')!r})")
         kw = {k: v for k, v in d.items() if k != "kind"}
@@ -123,7 +125,11 @@ class CostConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "CostConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CostError(f"cannot parse the cost config JSON: {e}") from None
+        return cls.from_dict(d)
 
     @classmethod
     def neurram(cls) -> "CostConfig":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,12 +103,21 @@ class LevelFit:
         return {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LevelFit":
-        kw = dict(d)
+    def from_dict(cls, d: Mapping[str, Any], source: str = "", key: str = "level_fit") -> "LevelFit":
+        """From :meth:`to_dict`'s form; ``source`` (file) and ``key`` (e.g. ``level_fits[3]``) name
+        the object in error messages."""
+        f = _Fields(d, source, key, {fl.name for fl in dataclasses.fields(cls)})
+        kw = dict(level=f.get("level", "int"), t_s=f.get("t_s", "num"), target_S=f.get("target_S", "num"),
+                  n=f.get("n", "int"), mean_shift_S=f.get("mean_shift_S", "num"), sigma_S=f.get("sigma_S", "num"),
+                  robust_sigma_S=f.get("robust_sigma_S", "num"), family=f.get("family", "str", "normal"),
+                  scale_S=f.get("scale_S", "num?", None), df=f.get("df", "num?", None), ks=f.get("ks", "num?", None))
         for k in ("scale_S", "ks"):
-            if kw.get(k) is None:
+            if kw[k] is None:
                 kw[k] = float("nan")
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except DeviceModelError as e:
+            raise DeviceModelError(f"{f.where}{key}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -139,10 +149,20 @@ class PowerLawDrift:
         return {"kind": "power_law", **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PowerLawDrift":
-        if d.get("kind", "power_law") != "power_law":
-            raise DeviceModelError(f"unknown drift kind {d.get('kind')!r}")
-        return cls(float(d["t0_s"]), ClippedLogLinear(**d["nu_mean"]), ClippedLogLinear(**d["nu_std"]))
+    def from_dict(cls, d: Mapping[str, Any], source: str = "", key: str = "drift") -> "PowerLawDrift":
+        """From :meth:`to_dict`'s form; ``source`` (file) and ``key`` name the object in error messages."""
+        f = _Fields(d, source, key, {"kind", "t0_s", "nu_mean", "nu_std"})
+        kind = f.get("kind", "str", "power_law")
+        if kind != "power_law":
+            raise DeviceModelError(f"{f.where}unknown drift kind {kind!r} in field '{key}.kind' (only 'power_law')")
+        t0 = f.get("t0_s", "num")
+        if not t0 > 0:
+            raise DeviceModelError(f"{f.where}field '{key}.t0_s' must be > 0 s, got {t0!r}")
+        laws = []
+        for name in ("nu_mean", "nu_std"):
+            g = _Fields(f.get(name, "obj"), source, f"{key}.{name}", {"a", "b", "lo", "hi"})
+            laws.append(ClippedLogLinear(*(float(g.get(c, "num")) for c in ("a", "b", "lo", "hi"))))
+        return cls(float(t0), *laws)
 
 
 @dataclass(frozen=True)
@@ -203,7 +223,15 @@ class DeviceModel:
         if self.level_fits:
             if self.levels_S is None:
                 raise DeviceModelError(f"{self.name}: per-level fits need levels_S")
-            have = {(lf.level, lf.t_s) for lf in self.level_fits}
+            have: set[tuple[int, float]] = set()
+            for lf in self.level_fits:
+                if (lf.level, lf.t_s) in have:
+                    raise DeviceModelError(f"{self.name}: two level fits for level {lf.level} at t = {lf.t_s} s")
+                if not (0 <= lf.level < len(self.levels_S) and lf.t_s in self.times_s):
+                    raise DeviceModelError(
+                        f"{self.name}: a level fit for level {lf.level} at t = {lf.t_s} s, outside the model's "
+                        f"levels 0..{len(self.levels_S) - 1} and times_s {list(self.times_s)}")
+                have.add((lf.level, lf.t_s))
             for t in self.times_s:
                 for k in range(len(self.levels_S)):
                     if (k, t) not in have:
@@ -451,37 +479,45 @@ class DeviceModel:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "DeviceModel":
+        """From :meth:`to_dict`'s form; every error is a one-line :class:`DeviceModelError` naming
+        ``source`` and the field at fault."""
+        if not isinstance(d, Mapping):
+            raise DeviceModelError(f"{source}: not a cimsim device model (the top level is {_show(d)}, "
+                                   "not a JSON object)")
         if d.get("kind") != "cimsim.DeviceModel":
             raise DeviceModelError(f"{source}: not a cimsim device model (no kind 'cimsim.DeviceModel')")
         if d.get("schema_version") != SCHEMA_VERSION:
             raise DeviceModelError(
                 f"{source}: device model schema_version {d.get('schema_version')!r}, this cimsim reads {SCHEMA_VERSION}"
             )
+        f = _Fields(d, source)
+        raw_fits = f.get("level_fits", "list", [])
+        fits = tuple(LevelFit.from_dict(x, source, f"level_fits[{i}]") for i, x in enumerate(raw_fits))
+        drift = f.get("drift", "obj?", None)
+        kw = dict(
+            name=f.get("name", "str"),
+            technology=f.get("technology", "str", ""),
+            citation=f.get("citation", "str", ""),
+            gmin_S=float(f.get("gmin_S", "num")),
+            gmax_S=float(f.get("gmax_S", "num")),
+            levels_S=f.get("levels_S", "nums?", None),
+            times_s=f.get("times_s", "nums"),
+            sigma_scale=float(f.get("sigma_scale", "num", 1.0)),
+            g_floor_S=f.get("g_floor_S", "num?", 0.0),
+            sigma_poly_uS=f.get("sigma_poly_uS", "polys"),
+            shift_poly_uS=f.get("shift_poly_uS", "polys?", None) or (),
+            level_fits=fits,
+            read_noise_poly_uS=f.get("read_noise_poly_uS", "poly?", None),
+            stuck_at_gmin=float(f.get("stuck_at_gmin", "num", 0.0)),
+            stuck_at_gmax=float(f.get("stuck_at_gmax", "num", 0.0)),
+            drift=None if drift is None else PowerLawDrift.from_dict(drift, source),
+            provenance=f.get("provenance", "obj", {}),
+        )
         try:
-            return cls(
-                name=d["name"],
-                technology=d.get("technology", ""),
-                citation=d.get("citation", ""),
-                gmin_S=float(d["gmin_S"]),
-                gmax_S=float(d["gmax_S"]),
-                levels_S=None if d.get("levels_S") is None else tuple(d["levels_S"]),
-                times_s=tuple(d["times_s"]),
-                sigma_scale=float(d.get("sigma_scale", 1.0)),
-                g_floor_S=d.get("g_floor_S", 0.0),
-                sigma_poly_uS=tuple(tuple(p) for p in d["sigma_poly_uS"]),
-                shift_poly_uS=tuple(tuple(p) for p in d.get("shift_poly_uS") or ()),
-                level_fits=tuple(LevelFit.from_dict(x) for x in d.get("level_fits", ())),
-                read_noise_poly_uS=None if d.get("read_noise_poly_uS") is None else tuple(d["read_noise_poly_uS"]),
-                stuck_at_gmin=float(d.get("stuck_at_gmin", 0.0)),
-                stuck_at_gmax=float(d.get("stuck_at_gmax", 0.0)),
-                drift=None if d.get("drift") is None else PowerLawDrift.from_dict(d["drift"]),
-                provenance=d.get("provenance", {}),
-            )
-        except KeyError as e:
-            raise DeviceModelError(f"{source}: device model is missing the field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            if isinstance(e, DeviceModelError):
-                raise DeviceModelError(f"{source}: {e}") from None
+            return cls(**kw)
+        except DeviceModelError as e:
+            raise DeviceModelError(f"{source}: {e}") from None
+        except (TypeError, ValueError) as e:  # a check the field types above do not make
             raise DeviceModelError(f"{source}: malformed device model: {e}") from None
 
     def to_json(self) -> str:
@@ -495,13 +531,26 @@ class DeviceModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DeviceModel":
+        """Read a JSON device model (UTF-8, a byte-order mark allowed); raises :class:`DeviceModelError`."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8-sig")
         except FileNotFoundError:
             raise DeviceModelError(f"{path}: no such device model file") from None
+        except IsADirectoryError:
+            raise DeviceModelError(f"{path}: is a directory, not a device model file") from None
+        except UnicodeDecodeError as e:
+            raise DeviceModelError(f"{path}: not a JSON text file (not UTF-8 at byte {e.start})") from None
+        except OSError as e:
+            raise DeviceModelError(f"{path}: cannot read the device model file ({e.strerror or e})") from None
+        try:
+            d = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DeviceModelError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        except _DuplicateKey as e:
+            raise DeviceModelError(f"{path}: the key {e.args[0]!r} appears twice in one JSON object") from None
+        except RecursionError:
+            raise DeviceModelError(f"{path}: not a device model (JSON nested too deeply)") from None
         return cls.from_dict(d, source=str(path))
 
 
@@ -526,6 +575,86 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceModel:
 
 
 # ---------------------------------------------------------------------- helpers
+class _DuplicateKey(Exception):
+    """A JSON object with the same key twice (``json.loads`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_nums(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(_is_num(x) for x in v)
+
+
+_KINDS: dict[str, tuple[str, Any]] = {
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "num": ("a finite number", _is_num),
+    "int": ("an integer >= 0", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0),
+    "nums": ("a list of finite numbers", _is_nums),
+    "poly": ("a polynomial: a non-empty list of finite numbers", lambda v: _is_nums(v) and len(v) > 0),
+    "polys": ("a list of polynomials (non-empty lists of finite numbers)",
+              lambda v: isinstance(v, (list, tuple)) and all(_is_nums(p) and len(p) > 0 for p in v)),
+    "obj": ("a JSON object", lambda v: isinstance(v, Mapping)),
+    "list": ("a list", lambda v: isinstance(v, (list, tuple))),
+}
+_REQUIRED = object()
+
+
+def _show(v: Any) -> str:
+    """A JSON value in a few words, for messages."""
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, str):
+        return f"the string {v[:40]!r}"
+    if isinstance(v, (list, tuple)):
+        return f"a list of {len(v)}"
+    if isinstance(v, Mapping):
+        return "a JSON object"
+    return repr(v)
+
+
+class _Fields:
+    """Typed access to the fields of one JSON object of a device model file (messages name the file
+    ``source`` and the field's path, e.g. ``level_fits[3].sigma_S``)."""
+
+    def __init__(self, d: Any, source: str, key: str = "", known: set[str] | None = None):
+        self.where = f"{source}: " if source else ""
+        self.prefix = f"{key}." if key else ""
+        if not isinstance(d, Mapping):
+            raise DeviceModelError(f"{self.where}field {key!r} must be a JSON object, got {_show(d)}")
+        if known is not None:
+            extra = sorted(set(d) - known)
+            if extra:
+                raise DeviceModelError(f"{self.where}unknown field {self.prefix + extra[0]!r} "
+                                       f"(known: {', '.join(sorted(known))})")
+        self.d = d
+
+    def get(self, key: str, kind: str, default: Any = _REQUIRED) -> Any:
+        """``d[key]`` checked to be of ``kind`` (a key of :data:`_KINDS`, ``?`` allows null)."""
+        name = self.prefix + key
+        if key not in self.d:
+            if default is _REQUIRED:
+                raise DeviceModelError(f"{self.where}device model is missing the field {name!r}")
+            return default
+        v = self.d[key]
+        nullable = kind.endswith("?")
+        what, ok = _KINDS[kind.rstrip("?")]
+        if not ((nullable and v is None) or ok(v)):
+            raise DeviceModelError(f"{self.where}field {name!r} must be {what}{' or null' if nullable else ''}, "
+                                   f"got {_show(v)}")
+        return v
+
+
 def _json_float(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None

@@ -46,8 +46,10 @@ siemens in the model):
 Bad input (missing file or column, non-numeric or NaN cell, negative conductance, a level with
 fewer than ``--min-cells`` cells, an empty file) ends with one line on stderr naming the file and
 the line (1-based line of the file; the header is line 1 when there are no ``#`` comment lines)
-or column, exit status 2, and no output written. The JSON and the PNG are written only after
-everything succeeded, each through a temporary file and a rename.
+or column, exit status 2, and no output written. Options are checked first, and so are the output
+paths: an output that is an input (or the other output), a directory, or in a folder that cannot be
+made is refused before any work. The JSON and the PNG are written only after everything succeeded,
+all or nothing (:func:`cimsim.io.write_outputs`).
 
 Data: Akash Levy, github.com/akashlevy/RRAM-Relaxation-Master-Model (commit ca0cfff6, MIT).
 """
@@ -56,6 +58,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import numbers
 import os
 import re
 import sys
@@ -68,10 +71,10 @@ from scipy import optimize, special
 
 import cimsim
 from cimsim.device import LevelFit, DeviceModel, DeviceModelError
-from cimsim.io import write_outputs
+from cimsim.io import OutputError, check_outputs, write_outputs
 from cimsim.measured import (
-    QUANTILE_COLUMNS, QUANTILES, CellTable, MeasuredDataError, SummaryTable, TidyColumns, miss_near_edges,
-    read_measured, read_read_noise, sha256_file,
+    QUANTILE_COLUMNS, QUANTILES, CellTable, MeasuredDataError, SummaryTable, TidyColumns, check_neg_tol,
+    miss_near_edges, read_measured, read_read_noise, sha256_file,
 )
 
 _US = 1e-6  # one microsiemens in siemens
@@ -161,6 +164,28 @@ class FitOptions:
     name: str | None = None
     technology: str | None = None
     citation: str | None = None
+
+    def check(self) -> None:
+        """Raise :class:`MeasuredDataError` naming the option (as on the command line) at fault."""
+        def whole(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        if self.family not in ("auto", "normal", "student-t"):
+            raise MeasuredDataError(f"--family: unknown family {self.family!r} (choose auto, normal or student-t)")
+        if self.fmt not in ("auto", "tidy", "summary"):
+            raise MeasuredDataError(f"--format: unknown format {self.fmt!r} (choose auto, tidy or summary)")
+        if self.units not in ("auto", "uS", "S"):
+            raise MeasuredDataError(f"--units: unknown unit {self.units!r} (choose auto, uS or S)")
+        if self.time_s is not None and not (isinstance(self.time_s, numbers.Real) and math.isfinite(self.time_s)
+                                            and self.time_s >= 0):
+            raise MeasuredDataError(f"--time must be a finite read time >= 0 s, got {self.time_s!r}")
+        if not (whole(self.min_cells) and self.min_cells >= 2):
+            raise MeasuredDataError(f"--min-cells must be an integer >= 2, got {self.min_cells!r}")
+        for opt, v in (("--poly-deg", self.poly_deg), ("--read-noise-deg", self.read_noise_deg)):
+            if not (whole(v) and v >= 0):
+                raise MeasuredDataError(f"{opt} must be an integer >= 0, got {v!r}")
+        check_neg_tol(self.neg_tol_frac)
+        self.columns.check()
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("family", "time_s", "min_cells", "poly_deg", "read_noise_deg", "fmt",
@@ -525,8 +550,7 @@ def fit_device(path: str | os.PathLike, options: FitOptions = FitOptions(), read
                progress: bool = False) -> FitResult:
     """Read ``path``, fit, and build the :class:`DeviceModel` (raises :class:`MeasuredDataError`)."""
     path = Path(path)
-    if options.family not in ("auto", "normal", "student-t"):
-        raise MeasuredDataError(f"unknown family {options.family!r} (choose auto, normal or student-t)")
+    options.check()
     data = read_measured(path, options.fmt, options.columns, options.units, options.neg_tol_frac)
     times = _time_indices(data, options.time_s)
     check_cells(data, times, options.min_cells)
@@ -789,6 +813,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same file on disk when both exist, else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_paths(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str, Any]]) -> None:
+    """Refuse an output that is an input or another output, or that cannot be written
+    (:func:`cimsim.io.check_outputs`); raises before any work is done.
+
+    ``inputs``, ``outputs``: (option, path) pairs, the option naming the path in messages; a
+    ``None`` path was not given.
+    """
+    given = [(opt, p) for opt, p in outputs if p is not None]
+    for i, (opt, p) in enumerate(given):
+        if not str(p).strip():
+            raise _UsageError(f"{opt}: empty path")
+        for what, q in [*((w, q) for w, q in inputs if q), *given[:i]]:
+            if same_file(p, q):
+                raise _UsageError(f"{opt} {p}: the same file as {what} {q}; an output must not overwrite "
+                                  "an input or another output")
+    check_outputs(p for _, p in given)
+
+
 def _options(a: argparse.Namespace) -> FitOptions:
     cols = TidyColumns(level=a.col_level, target=a.col_target, time=a.col_time, g=a.col_g, lo=a.col_lo, hi=a.col_hi)
     return FitOptions(family=a.family, time_s=a.time, min_cells=a.min_cells, poly_deg=a.poly_deg,
@@ -806,18 +856,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     try:
-        if args.min_cells < 2:
-            raise MeasuredDataError(f"--min-cells must be >= 2, got {args.min_cells}")
-        if args.poly_deg < 0 or args.read_noise_deg < 0:
-            raise MeasuredDataError("polynomial degrees must be >= 0")
-        result = fit_device(args.data, _options(args), args.read_noise, progress=not args.quiet)
+        options = _options(args)
+        options.check()
+        check_paths([("the input data file", args.data), ("--read-noise", args.read_noise)],
+                    [("-o", args.output), ("--plot", args.plot)])
+        result = fit_device(args.data, options, args.read_noise, progress=not args.quiet)
         files: dict[Path, bytes] = {}
-        if args.output:
+        if args.output is not None:
             files[Path(args.output)] = (result.model.to_json() + "\n").encode()
-        if args.plot:
+        if args.plot is not None:
             files[Path(args.plot)] = render_figure(result)
         write_outputs(files)
-    except (MeasuredDataError, DeviceModelError) as e:
+    except (MeasuredDataError, DeviceModelError, OutputError, _UsageError) as e:
         print(f"cimsim.fit: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -1,35 +1,162 @@
-"""Writing result files all-or-nothing: a temporary file in the same folder, then a rename.
+"""Writing result files all-or-nothing: temporary files in the target folders, then renames.
 
 A command that fails half-way leaves no partial output behind; a reader never sees a
-half-written file.
+half-written file. :func:`check_outputs` tells before any work whether the targets can be
+written; :func:`write_outputs` writes them all or none: when one cannot be written the others
+keep (or get back) their previous contents, and folders it created are removed again. Errors
+are :class:`OutputError`, whose message is one line naming the target (not a temporary file).
 """
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 
-def write_outputs(files: Mapping[Path, bytes | str]) -> None:
-    """Write all files or none: each to a temporary file in its folder, then rename them all."""
-    temps: list[tuple[str, Path]] = []
+class OutputError(OSError):
+    """An output that cannot be written; ``str()`` is one line naming the target path."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot write: {self.strerror}"
+
+
+def _error(e: OSError, path: Path) -> OutputError:
+    """``e`` re-aimed at the target ``path`` (an OS error names the temporary file or the folder)."""
+    if isinstance(e, OutputError):
+        return e
+    return OutputError(e.errno or errno.EIO, e.strerror or str(e), str(path))
+
+
+def check_outputs(paths: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`OutputError` unless every path can be written as a file.
+
+    Refused: a path that is a directory, a path given twice, a path whose nearest existing
+    ancestor folder is not a directory or not writable.
+    """
+    seen: dict[str, Path] = {}
+    for p in map(Path, paths):
+        key = os.path.realpath(p)
+        if key in seen:
+            raise OutputError(errno.EINVAL, f"the same file as the output {seen[key]}", str(p))
+        seen[key] = p
+        if p.is_dir():
+            raise OutputError(errno.EISDIR, "is a directory", str(p))
+        _check_creatable(p.parent, p)
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` unless a folder is (or can be made) at ``path``: no file in the
+    way, the nearest existing ancestor a writable folder."""
+    p = Path(path)
+    if os.path.lexists(p) and not p.is_dir():
+        raise OutputError(errno.ENOTDIR, "is a file, not a folder", str(p))
+    _check_creatable(p, p)
+
+
+def _check_creatable(folder: Path, target: Path) -> None:
+    """``folder`` exists as a writable folder or can be made in one (``target`` named in errors)."""
+    anc = folder
+    while not os.path.lexists(anc) and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(errno.ENOTDIR, f"{anc} is not a directory", str(target))
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputError(errno.EACCES, f"folder {anc} is not writable", str(target))
+    try:  # os.access says yes to root everywhere: try it (read-only mounts, /proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".cimsim-probe-", dir=anc))
+    except OSError as e:
+        raise OutputError(e.errno or errno.EACCES, f"cannot write in {anc} ({e.strerror})", str(target)) from None
+
+
+def _make_parents(folder: Path, created: list[Path]) -> None:
+    """Create ``folder`` and its missing ancestors, appending each one made to ``created``."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+
+
+def _backup(path: Path) -> Path | None:
+    """A second name (hard link, else a copy) for the existing file ``path``; ``None`` if none exists."""
+    if not os.path.lexists(path):
+        return None
+    while True:
+        bak = path.with_name(f".{path.name}.{secrets.token_hex(4)}.bak")
+        try:
+            os.link(path, bak, follow_symlinks=False)
+            return bak
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this file system
+            shutil.copy2(path, bak, follow_symlinks=False)
+            return bak
+
+
+def write_outputs(files: Mapping[str | os.PathLike, bytes | str]) -> None:
+    """Write all files or none: each to a temporary file in its folder, then rename them all.
+
+    Raises :class:`OutputError` naming the target at fault; then no target has changed and no
+    folder created here is left behind.
+    """
+    items = [(Path(p), data.encode() if isinstance(data, str) else bytes(data)) for p, data in files.items()]
+    check_outputs(p for p, _ in items)
     umask = os.umask(0)
     os.umask(umask)
+    created: list[Path] = []  # folders made here, outermost first
+    temps: list[tuple[str, Path]] = []  # (temporary file, target)
+    backups: list[Path] = []
+    placed: list[tuple[Path, Path | None]] = []  # (target renamed into place, backup of its old file)
+    ok = False
     try:
-        for path, data in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data.encode() if isinstance(data, str) else data)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the outputs private
+        for path, data in items:
+            try:
+                _make_parents(path.parent, created)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+                temps.append((tmp, path))
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the outputs private
+            except OSError as e:
+                raise _error(e, path) from None
         for tmp, path in temps:
-            os.replace(tmp, path)
+            try:
+                if path.is_dir():  # appeared since the check
+                    raise OutputError(errno.EISDIR, "is a directory", str(path))
+                bak = _backup(path)
+                if bak is not None:
+                    backups.append(bak)
+                os.replace(tmp, path)
+                placed.append((path, bak))
+            except OSError as e:
+                raise _error(e, path) from None
+        ok = True
     finally:
+        if not ok:  # put back what was there before
+            for path, bak in reversed(placed):
+                try:
+                    if bak is None:
+                        path.unlink()
+                    else:
+                        os.replace(bak, path)
+                except OSError:
+                    pass
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
+        for bak in backups:
+            bak.unlink(missing_ok=True)
+        if not ok:
+            for d in reversed(created):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,7 +1,8 @@
 """Readers of measured device data, with column and unit checks.
 
-Two table formats are read (CSV, optionally gzip-compressed, optionally preceded by
-``# key: value`` comment lines that carry metadata such as ``source`` or ``technology``):
+Two table formats are read (CSV in UTF-8, a byte-order mark allowed, optionally gzip-compressed,
+optionally preceded by ``# key: value`` comment lines that carry metadata such as ``source`` or
+``technology``; duplicate column names are refused):
 
 * **tidy per-cell** (the format of ``../shared/measured/rram_tech*_cells.csv``): one row per
   (cell, read) with the level, its target conductance, optionally the write-verify window
@@ -24,12 +25,15 @@ Data source of the shipped files: Akash Levy, ``akashlevy/RRAM-Relaxation-Master
 """
 from __future__ import annotations
 
+import csv
 import difflib
 import gzip
 import hashlib
 import io
 import math
+import numbers
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -48,6 +52,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 #: Optional summary columns: cells of the group read outside their window (beyond
 #: :data:`WINDOW_TOL_FRAC`) and within one window width of gmin / gmax (see :func:`miss_near_edges`).
 SUMMARY_OPTIONAL: tuple[str, ...] = ("n_miss_near_gmin", "n_miss_near_gmax")
+#: Columns only the summary format has; any of them (without the tidy conductance column) marks a summary.
+SUMMARY_ONLY: tuple[str, ...] = ("mean_uS", "std_uS") + QUANTILE_COLUMNS
 #: Relative tolerance (fraction of a window's width) for "inside the write-verify window": the
 #: files round conductances to 1e-4 uS, and a handful of tech C cells read exactly at the upper
 #: edge ``hi`` of the half-open window right after write-verify.
@@ -74,6 +80,19 @@ class TidyColumns:
     def required(self) -> dict[str, str]:
         """Role -> column name of the columns that must be present."""
         return {"level": self.level, "target": self.target, "time": self.time, "g": self.g}
+
+    def check(self) -> None:
+        """Refuse an empty name, or one column named for two roles (``--col-g g_target_uS``)."""
+        roles = {**self.required(), "lo": self.lo, "hi": self.hi}
+        seen: dict[str, str] = {}
+        for role, name in roles.items():
+            if name is None:
+                continue
+            if not name.strip():
+                raise MeasuredDataError(f"--col-{role}: empty column name")
+            if name in seen:
+                raise MeasuredDataError(f"--col-{seen[name]} and --col-{role} both name the column {name!r}")
+            seen[name] = role
 
 
 @dataclass
@@ -147,47 +166,75 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    """Open a text file, transparently decompressing ``.gz``."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="")
-    return open(path, newline="")
-
-
-def _read_comment_header(path: Path) -> tuple[int, dict[str, str]]:
-    """Count the leading ``#`` lines of a file and parse their ``key: value`` pairs."""
-    meta: dict[str, str] = {}
-    n = 0
-    try:
-        with _open_text(path) as fh:
-            for line in fh:
-                if not line.startswith("#"):
-                    break
-                n += 1
-                key, sep, value = line[1:].partition(":")
-                if sep:
-                    meta[key.strip()] = value.strip()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise MeasuredDataError(f"{path}: cannot read the file ({e})") from None
-    return n, meta
-
-
-def _read_csv_strings(path: Path) -> tuple[pd.DataFrame, int, dict[str, str]]:
-    """Read a CSV as strings; returns the frame, the file line of its first data row, and metadata."""
+def _read_text(path: Path) -> str:
+    """The text of a data file: gzip-compressed or not (told from its first bytes), UTF-8 with or
+    without a byte-order mark."""
     if not path.exists():
         raise MeasuredDataError(f"{path}: no such file")
     if path.is_dir():
         raise MeasuredDataError(f"{path}: is a directory, not a data file")
-    n_comment, meta = _read_comment_header(path)
     try:
-        df = pd.read_csv(path, skiprows=n_comment, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise MeasuredDataError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    gz = raw[:2] == b"\x1f\x8b"
+    if gz:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise MeasuredDataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        what = "decompressed file" if gz else "file"
+        raise MeasuredDataError(f"{path}: not UTF-8 text (byte {e.start} of the {what})") from None
+
+
+def _comment_header(text: str) -> tuple[int, dict[str, str]]:
+    """Count the leading ``#`` lines of a text and parse their ``key: value`` pairs."""
+    meta: dict[str, str] = {}
+    n = 0
+    for line in io.StringIO(text, newline=""):
+        if not line.startswith("#"):
+            break
+        n += 1
+        key, sep, value = line[1:].partition(":")
+        if sep:
+            meta[key.strip()] = value.strip()
+    return n, meta
+
+
+def _header_names(path: Path, text: str, n_comment: int) -> list[str]:
+    """Column names of the header line (the first line after the comments), refusing duplicates."""
+    lines = io.StringIO(text, newline="")
+    for _ in range(n_comment):
+        next(lines)
+    first = next(lines, "")
+    names = [c.strip() for c in next(csv.reader([first]), [])]
+    seen: dict[str, int] = {}
+    for j, name in enumerate(names):
+        if not name:  # unnamed (trailing commas of a spreadsheet export): pandas names them apart
+            continue
+        if name in seen:
+            raise MeasuredDataError(f"{path}: line {n_comment + 1} (header): column {name!r} appears twice "
+                                    f"(columns {seen[name] + 1} and {j + 1}); rename or drop one")
+        seen[name] = j
+    return names
+
+
+def _read_csv_strings(path: Path) -> tuple[pd.DataFrame, int, dict[str, str]]:
+    """Read a CSV as strings; returns the frame, the file line of its first data row, and metadata."""
+    text = _read_text(path)
+    n_comment, meta = _comment_header(text)
+    _header_names(path, text, n_comment)
+    try:
+        df = pd.read_csv(io.StringIO(text), skiprows=n_comment, dtype=str, keep_default_na=False,
+                         skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise MeasuredDataError(f"{path}: the file is empty (no header line)") from None
     except pd.errors.ParserError as e:
         msg = " ".join(str(e).split()).replace("Error tokenizing data. C error: ", "")
         raise MeasuredDataError(f"{path}: malformed CSV: {msg} (1-based file line; header on line {n_comment + 1})") from None
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise MeasuredDataError(f"{path}: cannot read the file ({e})") from None
     df.columns = [str(c).strip() for c in df.columns]
     if len(df) == 0:
         raise MeasuredDataError(f"{path}: no data rows after the header (line {n_comment + 1})")
@@ -298,6 +345,21 @@ def _windows(path: Path, target: np.ndarray, lo: np.ndarray | None, hi: np.ndarr
 
 
 # ----------------------------------------------------------------------- tidy format
+def check_neg_tol(neg_tol_frac: float) -> None:
+    """The tolerated read offset (fraction of gmax, option ``--neg-tol``) must be finite and >= 0."""
+    if not (isinstance(neg_tol_frac, numbers.Real) and math.isfinite(neg_tol_frac) and neg_tol_frac >= 0):
+        raise MeasuredDataError(f"--neg-tol must be a finite number >= 0 (a fraction of gmax), got {neg_tol_frac!r}")
+
+
+def _check_negative(path: Path, col: str, v_uS: np.ndarray, gmax_uS: float, neg_tol_frac: float, line0: int,
+                    shown: np.ndarray | None = None, units: str = "uS") -> None:
+    """Refuse conductances below ``-neg_tol_frac * gmax`` (a small negative read is the read offset)."""
+    shown = v_uS if shown is None else shown
+    _check(path, v_uS >= -neg_tol_frac * gmax_uS, line0,
+           lambda i: f"column {col!r}: negative conductance {shown[i]:g} {units} "
+                     f"(below -{neg_tol_frac:g} * gmax, the read offset tolerated)")
+
+
 def read_tidy(path: str | os.PathLike, columns: TidyColumns = TidyColumns(), units: str = "auto",
               neg_tol_frac: float = 0.01) -> CellTable:
     """Read tidy per-cell data; conductances come back in microsiemens.
@@ -308,6 +370,8 @@ def read_tidy(path: str | os.PathLike, columns: TidyColumns = TidyColumns(), uni
     -0.12 uS with gmax 40 uS). Targets and windows must be >= 0.
     """
     path = Path(path)
+    check_neg_tol(neg_tol_frac)
+    columns.check()
     df, line0, meta = _read_csv_strings(path)
     req = columns.required()
     for role, name in req.items():
@@ -344,9 +408,7 @@ def read_tidy(path: str | os.PathLike, columns: TidyColumns = TidyColumns(), uni
     levels, per_level, lix = _level_table(path, level, per_row, cols, line0)
     lo, hi, measured = _windows(path, per_level["target"], per_level.get("lo"), per_level.get("hi"), cols)
     g = g_file * f
-    _check(path, g >= -neg_tol_frac * hi[-1], line0,
-           lambda i: f"column {columns.g!r}: negative conductance {g_file[i]:g} {units} "
-                     f"(below -{neg_tol_frac:g} * gmax, the read offset tolerated)")
+    _check_negative(path, columns.g, g, hi[-1], neg_tol_frac, line0, shown=g_file, units=units)
     times, tix = np.unique(t, return_inverse=True)
     key = tix * levels.size + lix
     order = np.argsort(key, kind="stable")
@@ -362,13 +424,21 @@ def read_tidy(path: str | os.PathLike, columns: TidyColumns = TidyColumns(), uni
 
 
 # -------------------------------------------------------------------- summary format
-def read_summary(path: str | os.PathLike) -> SummaryTable:
-    """Read the per-level summary format (see :data:`SUMMARY_COLUMNS`; conductances in uS)."""
+def read_summary(path: str | os.PathLike, neg_tol_frac: float = 0.01) -> SummaryTable:
+    """Read the per-level summary format (see :data:`SUMMARY_COLUMNS`; conductances in uS).
+
+    A mean or quantile below ``-neg_tol_frac * gmax`` is refused as a negative conductance, as
+    in :func:`read_tidy`.
+    """
     path = Path(path)
+    check_neg_tol(neg_tol_frac)
     df, line0, meta = _read_csv_strings(path)
     for name in SUMMARY_COLUMNS:
         if name not in df.columns:
-            raise _missing_column(path, name, df.columns, " (summary format)")
+            have = [c for c in SUMMARY_ONLY if c in df.columns]
+            why = f": the file has {have[0]!r}" if have else ""
+            raise _missing_column(path, name, df.columns,
+                                  f" (summary format{why}; pass --format tidy for per-cell reads)")
     vals = {c: _numeric(path, df, c, line0) for c in SUMMARY_COLUMNS + tuple(c for c in SUMMARY_OPTIONAL if c in df.columns)}
     _check_integer(path, "level", vals["level"], line0)
     _check_integer(path, "n", vals["n"], line0, lo=2)
@@ -389,6 +459,8 @@ def read_summary(path: str | os.PathLike) -> SummaryTable:
     per_row = {"target": vals["g_target_uS"], "lo": vals["g_lo_uS"], "hi": vals["g_hi_uS"]}
     levels, per_level, lix = _level_table(path, vals["level"], per_row, cols, line0)
     lo, hi, _ = _windows(path, per_level["target"], per_level["lo"], per_level["hi"], cols)
+    for c in ("mean_uS",) + QUANTILE_COLUMNS:
+        _check_negative(path, c, vals[c], hi[-1], neg_tol_frac, line0)
     times, tix = np.unique(vals["t_nominal_s"], return_inverse=True)
     rows, first_line = {}, {}
     for i in range(len(df)):
@@ -403,31 +475,38 @@ def read_summary(path: str | os.PathLike) -> SummaryTable:
                         first_line=first_line)
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """``"summary"`` when the header has the summary columns ``mean_uS``/``std_uS``, else ``"tidy"``."""
+def detect_format(path: str | os.PathLike, columns: TidyColumns = TidyColumns()) -> str:
+    """``"summary"`` when the header has a summary-only column (:data:`SUMMARY_ONLY`, e.g.
+    ``mean_uS``) and not the tidy conductance column ``columns.g``, or has them all; else ``"tidy"``.
+
+    A summary file missing one of its columns is still told a summary (and the summary reader
+    names the missing column).
+    """
     path = Path(path)
-    if not path.exists():
-        raise MeasuredDataError(f"{path}: no such file")
-    if path.is_dir():
-        raise MeasuredDataError(f"{path}: is a directory, not a data file")
-    n_comment, _ = _read_comment_header(path)
-    try:
-        header = pd.read_csv(path, skiprows=n_comment, nrows=0).columns
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, UnicodeDecodeError, EOFError):
-        return "tidy"  # the full reader reports the problem
-    return "summary" if {"mean_uS", "std_uS"} <= {str(c).strip() for c in header} else "tidy"
+    text = _read_text(path)
+    n_comment, _ = _comment_header(text)
+    header = set(_header_names(path, text, n_comment))
+    summary = [c for c in SUMMARY_ONLY if c in header]
+    if summary and (columns.g not in header or len(summary) == len(SUMMARY_ONLY)):
+        return "summary"
+    return "tidy"
 
 
 def read_measured(path: str | os.PathLike, fmt: str = "auto", columns: TidyColumns = TidyColumns(),
                   units: str = "auto", neg_tol_frac: float = 0.01) -> CellTable | SummaryTable:
     """Read either format; ``fmt`` is ``"auto"`` (from the columns), ``"tidy"`` or ``"summary"``."""
+    if fmt not in ("auto", "tidy", "summary"):
+        raise MeasuredDataError(f"unknown format {fmt!r} (choose auto, tidy or summary)")
+    check_neg_tol(neg_tol_frac)
     if fmt == "auto":
-        fmt = detect_format(path)
+        fmt = detect_format(path, columns)
     if fmt == "summary":
-        return read_summary(path)
-    if fmt == "tidy":
-        return read_tidy(path, columns, units, neg_tol_frac)
-    raise MeasuredDataError(f"{path}: unknown format {fmt!r} (choose auto, tidy or summary)")
+        if units == "S" or columns != TidyColumns():
+            opt = "--units S" if units == "S" else "--col-*"
+            raise MeasuredDataError(f"{path}: {opt} applies to tidy per-cell data only; this is a per-level summary "
+                                    "(fixed column names, conductances in uS)")
+        return read_summary(path, neg_tol_frac)
+    return read_tidy(path, columns, units, neg_tol_frac)
 
 
 # ------------------------------------------------------------------------- summaries
@@ -485,31 +564,28 @@ def read_read_noise(path: str | os.PathLike, min_samples: int = 100) -> list[Rea
     line). Every sample must be a finite, positive number below 10 mS (siemens, not uS).
     """
     path = Path(path)
-    if not path.exists():
-        raise MeasuredDataError(f"{path}: no such file")
     out = []
-    try:
-        with _open_text(path) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip() or line.startswith("#"):
-                    continue
-                fields = line.rstrip("\r\n").split("\t")
-                try:
-                    vals = np.array(fields, dtype=np.float64)
-                except ValueError:
-                    bad = next(j for j, s in enumerate(fields) if not _is_float(s))
-                    raise MeasuredDataError(f"{path}: line {lineno} (1-based, no header): field {bad + 1} has {fields[bad][:20]!r}, not a number") from None
-                if vals.size < 2 + min_samples:
-                    raise MeasuredDataError(f"{path}: line {lineno} (1-based, no header): {vals.size - 2} samples, need at least {min_samples}")
-                g = vals[2:]
-                bad = np.flatnonzero(~(np.isfinite(g) & (g > 0)))
-                if bad.size:
-                    raise MeasuredDataError(f"{path}: line {lineno} (1-based, no header): field {int(bad[0]) + 3}: conductance must be finite and > 0")
-                if g.max() > 1e-2:
-                    raise MeasuredDataError(f"{path}: line {lineno} (1-based, no header): samples up to {g.max():g} look like microsiemens; the format is siemens")
-                out.append(ReadNoiseSeries(level=float(vals[0]), g_S=g, line=lineno))
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise MeasuredDataError(f"{path}: cannot read the file ({e})") from None
+    for lineno, line in enumerate(io.StringIO(_read_text(path), newline=""), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        where = f"{path}: line {lineno} (1-based, no header)"
+        fields = line.rstrip("\r\n").split("\t")
+        try:
+            vals = np.array(fields, dtype=np.float64)
+        except ValueError:
+            bad = next(j for j, s in enumerate(fields) if not _is_float(s))
+            raise MeasuredDataError(f"{where}: field {bad + 1} has {fields[bad][:20]!r}, not a number") from None
+        if vals.size < 2 + min_samples:
+            raise MeasuredDataError(f"{where}: {vals.size - 2} samples, need at least {min_samples}")
+        if not math.isfinite(vals[0]):
+            raise MeasuredDataError(f"{where}: field 1 (the level) must be a finite number")
+        g = vals[2:]
+        bad = np.flatnonzero(~(np.isfinite(g) & (g > 0)))
+        if bad.size:
+            raise MeasuredDataError(f"{where}: field {int(bad[0]) + 3}: conductance must be finite and > 0")
+        if g.max() > 1e-2:
+            raise MeasuredDataError(f"{where}: samples up to {g.max():g} look like microsiemens; the format is siemens")
+        out.append(ReadNoiseSeries(level=float(vals[0]), g_S=g, line=lineno))
     if not out:
         raise MeasuredDataError(f"{path}: the file is empty (no time series)")
     return out
@@ -517,7 +593,8 @@ def read_read_noise(path: str | os.PathLike, min_samples: int = 100) -> list[Rea
 
 def _is_float(s: str) -> bool:
     try:
-        return math.isfinite(float(s))
+        float(s)
+        return True
     except ValueError:
         return False
 

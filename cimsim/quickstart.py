@@ -6,7 +6,8 @@
    against the exact quantized matmul, for several read times after programming (relaxation)
    and ADC resolutions, over several chips: CSV + figure.
 
-Everything lands in ``--out`` (default ``out/``), with the config used.
+Everything lands in ``--out`` (default ``out/``), with the config used, written together at the end
+(all or nothing). Bad input or an output that cannot be written: one line on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -80,44 +81,79 @@ def _plot(rows: "list[dict]", read_noise: bool) -> bytes:
     return buf.getvalue()
 
 
+OUTPUTS = ("rram.json", "rram_fit.png", "crossbar_error.csv", "crossbar_error.png", "crossbar_error_config.json")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cimsim", description=__doc__.split("\n")[0])
+    """Command-line entry; returns 0 on success, 2 on bad input (one line on stderr, nothing written)."""
+    from .device import DeviceModelError
+    from .fit import _Parser, _UsageError
+    from .io import OutputError
+    from .measured import MeasuredDataError
+
+    ap = _Parser(prog="python -m cimsim", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO / "data/measured/rram.csv"), help="measured data to fit")
     ap.add_argument("--out", type=Path, default=Path("out"), help="folder for the results (default out/)")
     ap.add_argument("--chips", type=int, default=8, help="programmed chips per setting (default 8)")
     ap.add_argument("--read-noise", default=str(SHARED_READ_NOISE) if SHARED_READ_NOISE.exists() else None,
                     help="read-noise time series to fit (default: the measured tech A series in ../shared when "
-                         "present; none otherwise, and the study runs without read noise)")
-    a = ap.parse_args(argv)
-    if a.chips < 2:
-        print("python -m cimsim: --chips must be at least 2", file=sys.stderr)
+                         "present; none otherwise, and the study runs without read noise; '' for none)")
+    try:
+        a = ap.parse_args(argv)
+    except _UsageError as e:
+        print(f"python -m cimsim: error: {e} (see python -m cimsim --help)", file=sys.stderr)
         return 2
-    from . import fit
-    from .io import write_outputs
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    try:
+        return _run(a)
+    except (MeasuredDataError, DeviceModelError, OutputError, _UsageError) as e:
+        print(f"python -m cimsim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. no room for the temporary device model
+        print(f"python -m cimsim: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
-    t0 = time.perf_counter()
-    model_json = a.out / "rram.json"
-    fit_args = [a.data, "-o", str(model_json), "--plot", str(a.out / "rram_fit.png")]
-    if a.read_noise:
-        fit_args += ["--read-noise", a.read_noise]
-    rc = fit.main(fit_args)
-    if rc:
-        return rc
-    rows = crossbar_error_study(model_json, chips=a.chips)
-    from .device import DeviceModel
 
-    has_read_noise = DeviceModel.load(model_json).read_noise_poly_uS is not None
+def _run(a: argparse.Namespace) -> int:
+    """Fit, study, then write every output together (all or nothing)."""
+    import tempfile
+
     import pandas as pd
 
-    config = {"data": a.data, "device_model": str(model_json), "read_times_s": READ_TIMES_S, "adc_bits": ADC_BITS,
-              "chips": a.chips, "layer": [256, 512], "batch": 64, "seed": 0, "read_noise": has_read_noise,
-              "read_noise_data": a.read_noise}
+    from .config import ConfigError
+    from .fit import FitOptions, _UsageError, check_paths, fit_device, format_table, render_figure
+    from .io import write_outputs
+
+    if a.chips < 2:
+        raise _UsageError(f"--chips must be at least 2, got {a.chips}")
+    paths = {name: a.out / name for name in OUTPUTS}
+    check_paths([("--data", a.data), ("--read-noise", a.read_noise)],
+                [("--out", p) for p in paths.values()])
+    t0 = time.perf_counter()
+    print(f"cimsim: fitting a device model to {a.data}" + (f" and {a.read_noise}" if a.read_noise else ""), flush=True)
+    result = fit_device(a.data, FitOptions(), a.read_noise or None)  # stderr is kept for the one-line error
+    print(format_table(result))
+    model_json = result.model.to_json() + "\n"
+    with tempfile.TemporaryDirectory() as tmp:  # the study reads the model from a file; --out waits for the end
+        device = Path(tmp) / "rram.json"
+        device.write_text(model_json)
+        try:
+            rows = crossbar_error_study(device, chips=a.chips)
+        except ConfigError as e:  # e.g. fewer levels than a cell of the study needs
+            raise _UsageError(f"--data {a.data}: the device model fitted to it does not suit the study: {e}") from None
+    has_read_noise = result.model.read_noise_poly_uS is not None
+    config = {"data": a.data, "device_model": str(paths["rram.json"]), "read_times_s": READ_TIMES_S,
+              "adc_bits": ADC_BITS, "chips": a.chips, "layer": [256, 512], "batch": 64, "seed": 0,
+              "read_noise": has_read_noise, "read_noise_data": a.read_noise}
     write_outputs({
-        a.out / "crossbar_error.csv": pd.DataFrame(rows).to_csv(index=False),
-        a.out / "crossbar_error.png": _plot(rows, has_read_noise),
-        a.out / "crossbar_error_config.json": json.dumps(config, indent=1),
+        paths["rram.json"]: model_json,
+        paths["rram_fit.png"]: render_figure(result),
+        paths["crossbar_error.csv"]: pd.DataFrame(rows).to_csv(index=False),
+        paths["crossbar_error.png"]: _plot(rows, has_read_noise),
+        paths["crossbar_error_config.json"]: json.dumps(config, indent=1),
     })
-    print(f"wrote {a.out / 'crossbar_error.csv'}, {a.out / 'crossbar_error.png'} ({time.perf_counter() - t0:.0f} s)")
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -180,6 +180,8 @@ class PulseModel:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PulseModel":
+        if not isinstance(d, Mapping):
+            raise WriteVerifyError(f"a pulse model is a JSON object of fields, got {type(d).__name__}")
         kw = {k: v for k, v in d.items() if k != "kind"}
         if d.get("kind", "cimsim.PulseModel") != "cimsim.PulseModel":
             raise WriteVerifyError(f"not a pulse model (kind {d.get('kind')!r})")
@@ -194,7 +196,11 @@ class PulseModel:
 
     @classmethod
     def from_json(cls, text: str) -> "PulseModel":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise WriteVerifyError(f"cannot parse the pulse model JSON: {e}") from None
+        return cls.from_dict(d)
 
 
 _RADAR = ("Levy et al., 'RADAR', IEEE TED 2021 (doi:10.1109/TED.2021.3097975); pulse-count statistics in "

@@ -127,3 +127,21 @@ def test_crossbar_config_load_of_a_folder_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="cannot read"):
         CrossbarConfig.load(tmp_path)
+
+
+def test_pulse_model_and_cost_config_refuse_a_non_object():
+    from cimsim.cost import CostConfig, CostError
+    from cimsim.writeverify import PulseModel, WriteVerifyError
+
+    with pytest.raises(CostError, match="JSON object"):
+        CostConfig.from_json("[1]")
+    with pytest.raises(WriteVerifyError, match="JSON object"):
+        PulseModel.from_json("[1]")
+    with pytest.raises(WriteVerifyError, match="cannot parse"):
+        PulseModel.from_json("{")
+
+
+def test_crossbar_config_json_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_bytes(b"\xef\xbb\xbf" + CrossbarConfig(device="ideal", adc_bits=6).to_json().encode())
+    assert CrossbarConfig.load(p).adc_bits == 6

@@ -229,3 +229,110 @@ def test_fast_level_sampler_matches_numpy_sampler(name):
     assert np.array_equal(a, b)
     with pytest.raises(Exception, match="level index"):
         dev.sample_levels(levels, np.array([4]), 1.0, np.random.default_rng(0))
+
+
+# -------------------------------------------------------- malformed files (issue #15)
+@pytest.mark.parametrize("top", ["[1, 2]", '"rram"', "3", "null"])
+def test_top_level_not_an_object(tmp_path, top):
+    from cimsim.config import ConfigError, CrossbarConfig
+
+    p = tmp_path / "m.json"
+    p.write_text(top)
+    with pytest.raises(DeviceModelError, match="not a cimsim device model .*not a JSON object") as e:
+        DeviceModel.load(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DeviceModelError, match="not a JSON object"):
+        load_device(p)
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        CrossbarConfig(device=str(p))
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"gmin_S": "abc"}, "'gmin_S' must be a finite number"),
+    ({"gmin_S": None}, "'gmin_S' must be a finite number"),
+    ({"gmax_S": True}, "'gmax_S' must be a finite number"),
+    ({"gmax_S": float("nan")}, "'gmax_S' must be a finite number"),
+    ({"name": 5}, "'name' must be a string"),
+    ({"times_s": 5}, "'times_s' must be a list of finite numbers"),
+    ({"times_s": [1.0, "x"]}, "'times_s' must be a list of finite numbers"),
+    ({"sigma_poly_uS": [1.0, 2.0]}, "'sigma_poly_uS' must be a list of polynomials"),
+    ({"read_noise_poly_uS": [float("inf")]}, "'read_noise_poly_uS' must be a polynomial"),
+    ({"g_floor_S": "x"}, "'g_floor_S' must be a finite number or null"),
+    ({"provenance": []}, "'provenance' must be a JSON object"),
+    ({"level_fits": {"a": 1}}, "'level_fits' must be a list"),
+    ({"level_fits": [1]}, "'level_fits[0]' must be a JSON object"),
+    ({"drift": "power_law"}, "'drift' must be a JSON object"),
+    ({"drift": {"kind": "power_law", "nu_mean": {}, "nu_std": {}}}, "missing the field 'drift.t0_s'"),
+    ({"drift": {"t0_s": 0.0, "nu_mean": {}, "nu_std": {}}}, "'drift.t0_s' must be > 0"),
+    ({"drift": {"t0_s": 20.0, "nu_mean": {"a": 1, "b": 0, "lo": 0}, "nu_std": {}}},
+     "missing the field 'drift.nu_mean.hi'"),
+])
+def test_wrong_field_types_name_the_field(tmp_path, change, field):
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({**leveled_model().to_dict(), **change}))
+    with pytest.raises(DeviceModelError) as e:
+        DeviceModel.load(p)
+    msg = str(e.value)
+    assert str(p) in msg and field in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"sigma_S": "0.1"}, "'level_fits[1].sigma_S' must be a finite number"),
+    ({"level": -1}, "'level_fits[1].level' must be an integer >= 0"),
+    ({"n": 2.5}, "'level_fits[1].n' must be an integer >= 0"),
+    ({"df": "five"}, "'level_fits[1].df' must be a finite number or null"),
+    ({"sigma": 1.0}, "unknown field 'level_fits[1].sigma'"),
+])
+def test_wrong_level_fit_fields_name_the_field(tmp_path, change, field):
+    d = leveled_model().to_dict()
+    d["level_fits"][1].update(change)
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(DeviceModelError) as e:
+        DeviceModel.load(p)
+    assert str(p) in str(e.value) and field in str(e.value), str(e.value)
+
+
+def test_missing_level_fit_field_is_named(tmp_path):
+    d = leveled_model().to_dict()
+    del d["level_fits"][1]["mean_shift_S"]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(DeviceModelError, match=r"missing the field 'level_fits\[1\]\.mean_shift_S'"):
+        DeviceModel.load(p)
+
+
+def test_device_file_bom_directory_and_duplicate_keys(tmp_path):
+    m = leveled_model()
+    p = tmp_path / "m.json"
+    p.write_bytes(b"\xef\xbb\xbf" + m.to_json().encode())
+    assert DeviceModel.load(p) == m
+    for path in (tmp_path, ):
+        with pytest.raises(DeviceModelError, match="is a directory"):
+            DeviceModel.load(path)
+    (tmp_path / "dev").mkdir()
+    with pytest.raises(DeviceModelError, match="is a directory"):
+        load_device(tmp_path / "dev")
+    text = m.to_json()
+    p.write_text(text.replace('"gmin_S": 0.0,', '"gmin_S": 0.0, "gmin_S": 1e-06,', 1))
+    with pytest.raises(DeviceModelError, match="the key 'gmin_S' appears twice"):
+        DeviceModel.load(p)
+    p.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DeviceModelError, match="not UTF-8"):
+        DeviceModel.load(p)
+
+
+def test_stray_or_duplicate_level_fits_refused(tmp_path):
+    d = leveled_model().to_dict()
+    p = tmp_path / "m.json"
+    for change, pattern in [({"level": 7}, "level fit for level 7 at t = 1.0 s, outside"),
+                            ({"t_s": 5.0}, "level fit for level 0 at t = 5.0 s, outside"),
+                            ({"level": 1}, "two level fits for level 1 at t = 1.0 s")]:
+        bad = json.loads(json.dumps(d))
+        bad["level_fits"][0].update(change)
+        if change.get("level") != 1:
+            bad["level_fits"].append(d["level_fits"][0])  # keep level 0 at t = 1 s covered
+        p.write_text(json.dumps(bad))
+        with pytest.raises(DeviceModelError, match=pattern) as e:
+            DeviceModel.load(p)
+        assert str(p) in str(e.value)

@@ -360,3 +360,130 @@ def test_shipped_device_model_matches_fit():
         assert a.sigma_S == pytest.approx(b.sigma_S, rel=1e-9)
         assert (a.df is None and b.df is None) or a.df == pytest.approx(b.df, rel=1e-4)
     np.testing.assert_allclose(np.concatenate(shipped.sigma_poly_uS), np.concatenate(fresh.sigma_poly_uS), rtol=1e-6)
+
+
+# ----------------------------------------------- outputs, options and inputs (issue #15)
+def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    """``main(argv)``: exit status and stderr, checked to be one line without a traceback on failure."""
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    if rc:
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+    return rc, err
+
+
+@pytest.mark.parametrize("case", ["o_is_data", "plot_is_data", "o_is_plot", "o_is_read_noise", "o_is_data_via_link"])
+def test_output_that_is_an_input_is_refused(tmp_path, capsys, case):
+    data = write_csv(synthetic_cells(np.random.default_rng(20)), tmp_path / "data.csv")
+    rn = tmp_path / "rn.tsv"
+    rn.write_text("0\t0\t" + "\t".join(["1e-5", "1.1e-5"] * 100) + "\n")
+    (tmp_path / "link.csv").symlink_to(data)
+    before = {p: p.read_bytes() for p in (data, rn)}
+    argv = {
+        "o_is_data": [str(data), "-o", str(data)],
+        "plot_is_data": [str(data), "--plot", str(tmp_path / "sub" / ".." / "data.csv")],
+        "o_is_plot": [str(data), "-o", str(tmp_path / "x.out"), "--plot", str(tmp_path / "x.out")],
+        "o_is_read_noise": [str(data), "--read-noise", str(rn), "-o", str(rn)],
+        "o_is_data_via_link": [str(tmp_path / "link.csv"), "-o", str(data)],
+    }[case]
+    rc, err = run_cli(capsys, [*argv, "-q"])
+    assert rc == 2 and "the same file as" in err
+    assert ("--plot" if case.startswith("plot") or case == "o_is_plot" else "-o") in err
+    assert {p: p.read_bytes() for p in (data, rn)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "link.csv", "rn.tsv"]
+
+
+def test_outputs_all_or_nothing_when_plot_is_a_directory(tmp_path, capsys):
+    data = write_csv(synthetic_cells(np.random.default_rng(21)), tmp_path / "data.csv")
+    (tmp_path / "figs").mkdir()
+    rc, err = run_cli(capsys, [str(data), "-o", str(tmp_path / "new" / "deep" / "m.json"), "--plot",
+                               str(tmp_path / "figs"), "-q"])
+    assert rc == 2 and str(tmp_path / "figs") in err and ".figs." not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "figs"]  # no JSON, no folder 'new'
+    assert not any((tmp_path / "figs").iterdir())
+
+
+@pytest.mark.parametrize("args, frags", [
+    (["--neg-tol", "-1"], ["--neg-tol", "-1"]),
+    (["--neg-tol", "nan"], ["--neg-tol", "nan"]),
+    (["--neg-tol", "inf"], ["--neg-tol", "inf"]),
+    (["--time", "nan"], ["--time", "nan"]),
+    (["--time", "-1"], ["--time", "-1"]),
+    (["--col-g", "g_target_uS"], ["--col-target", "--col-g", "'g_target_uS'"]),
+    (["--col-lo", "g_uS"], ["--col-g", "--col-lo", "'g_uS'"]),
+    (["--min-cells", "1"], ["--min-cells", "1"]),
+    (["--poly-deg", "-1"], ["--poly-deg", "-1"]),
+])
+def test_bad_option_values_name_the_option(tmp_path, capsys, args, frags):
+    data = write_csv(synthetic_cells(np.random.default_rng(22)), tmp_path / "data.csv")
+    out = tmp_path / "m.json"
+    rc, err = run_cli(capsys, [str(data), *args, "-o", str(out), "-q"])
+    assert rc == 2 and not out.exists()
+    assert "line" not in err and "data.csv" not in err, err  # not blamed on the data
+    for f in frags:
+        assert f in err, f"{f!r} not in {err!r}"
+
+
+def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    """name -> (input file, fragments the one-line error must contain)."""
+    good = synthetic_cells(np.random.default_rng(23))
+    cases = {}
+    dup = tmp_path / "dup.csv"
+    good.rename(columns={"t_s": "g_uS"}).to_csv(dup, index=False)  # two g_uS columns: read times and conductances
+    cases["duplicate_column"] = (dup, ["'g_uS'", "twice", "line 1"])
+    summ = summarize_df(good)
+    neg = summ.copy()
+    neg.loc[3, "q01_uS"] = -4.0
+    cases["summary_negative"] = (write_csv(neg, tmp_path / "neg.csv"), ["line 5", "'q01_uS'", "negative conductance"])
+    cases["summary_missing_std"] = (write_csv(summ.drop(columns=["std_uS"]), tmp_path / "nostd.csv"),
+                                    ["'std_uS'", "summary format"])
+    cases["directory"] = (tmp_path, ["is a directory"])
+    raw = bytearray(gzip_bytes(good.to_csv(index=False)))
+    raw[40:60] = b"\xff" * 20
+    (tmp_path / "corrupt.csv.gz").write_bytes(bytes(raw))
+    cases["gzip_corrupt"] = (tmp_path / "corrupt.csv.gz", ["gzip"])
+    (tmp_path / "trunc.csv.gz").write_bytes(gzip_bytes(good.to_csv(index=False))[:300])
+    cases["gzip_truncated"] = (tmp_path / "trunc.csv.gz", ["gzip"])
+    (tmp_path / "binary.csv").write_bytes(b"level,g_uS\n\xff\xfe\x00\n")
+    cases["not_utf8"] = (tmp_path / "binary.csv", ["UTF-8"])
+    (tmp_path / "comments_only.csv").write_text("# technology: x\n")
+    cases["comments_only"] = (tmp_path / "comments_only.csv", ["empty"])
+    return cases
+
+
+def gzip_bytes(text: str) -> bytes:
+    import gzip
+
+    return gzip.compress(text.encode())
+
+
+@pytest.mark.parametrize("name", ["duplicate_column", "summary_negative", "summary_missing_std", "directory",
+                                  "gzip_corrupt", "gzip_truncated", "not_utf8", "comments_only"])
+def test_bad_files_exit_2_one_line_no_output(tmp_path, capsys, name):
+    path, frags = _bad_file_cases(tmp_path)[name]
+    out, png = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
+    rc, err = run_cli(capsys, [str(path), "-o", str(out), "--plot", str(png)])
+    assert rc == 2, name
+    for f in [path.name, *frags]:
+        assert f in err, f"{name}: {f!r} not in {err!r}"
+    if name == "summary_missing_std":
+        assert "--col-" not in err, err  # not read as tidy data
+    assert not out.exists() and not png.exists(), name
+
+
+def test_byte_order_mark_accepted(tmp_path, capsys):
+    df = synthetic_cells(np.random.default_rng(24))
+    plain = write_csv(df, tmp_path / "plain.csv")
+    ref = fit_device(plain).model
+    cells = read_tidy(plain)
+    summary_text = summary_to_csv(summarize(cells), {"technology": "synthetic"})
+    for name, text in [("tidy_comments.csv", "# technology: synthetic\n" + plain.read_text()),
+                       ("tidy.csv", plain.read_text()), ("summary.csv", summary_text)]:
+        p = tmp_path / name
+        p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        rc, err = run_cli(capsys, [str(p), "-o", str(tmp_path / f"{name}.json"), "-q"])
+        assert rc == 0, f"{name}: {err}"
+        m = DeviceModel.load(tmp_path / f"{name}.json")
+        assert m.technology == ("" if name == "tidy.csv" else "synthetic")
+        for a, b in zip(ref.level_fits, m.level_fits):
+            assert b.sigma_S == pytest.approx(a.sigma_S, rel=1e-5)

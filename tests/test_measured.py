@@ -226,3 +226,134 @@ def test_measured_tech_c_facts():
     n0 = sum(g.size for (t, _), g in c.g_uS.items() if t == 0)
     assert n0 == 16223
     assert min(g.min() for g in c.g_uS.values()) < 0  # the one -0.12 uS read is kept
+
+
+# ------------------------------------------------------------------ issue #15 inputs
+def summary_frame(tmp_path: Path, n: int = 30) -> pd.DataFrame:
+    p = tmp_path / "cells_for_summary.csv"
+    p.write_text(tidy_text(small_rows(n)))
+    return summarize(read_tidy(p))
+
+
+def test_duplicate_column_names_refused(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text(tidy_text(small_rows()).replace(",t_s,", ",g_uS,", 1))  # read times under the name g_uS
+    for read in (read_tidy, read_measured, detect_format):
+        with pytest.raises(MeasuredDataError,
+                           match=r"line 1 \(header\): column 'g_uS' appears twice \(columns 7 and 8\)") as e:
+            read(p)
+        assert str(p) in str(e.value)
+    s = tmp_path / "s.csv"
+    s.write_text("# note: x\n" + summary_to_csv(summary_frame(tmp_path)).replace(",q99_uS", ",q95_uS"))
+    with pytest.raises(MeasuredDataError, match=r"line 2 \(header\): column 'q95_uS' appears twice"):
+        read_summary(s)
+    p.write_text(tidy_text(small_rows()).replace(",t_s,", ", g_uS ,", 1))  # the same name once stripped
+    with pytest.raises(MeasuredDataError, match="'g_uS' appears twice"):
+        read_tidy(p)
+    p.write_text(tidy_text(small_rows()).replace("\n", ",,\n"))  # unnamed empty columns are not duplicates
+    assert read_tidy(p).levels.size == 2
+
+
+def test_summary_refuses_negative_conductances(tmp_path):
+    table = summary_frame(tmp_path)
+    p = tmp_path / "s.csv"
+    for col, value, line in (("q01_uS", -1.0, 3), ("mean_uS", -0.5, 4)):
+        bad = table.copy()
+        bad.loc[line - 2, col] = value
+        if col == "q01_uS":
+            bad.loc[line - 2, "q05_uS"] = max(bad.loc[line - 2, "q05_uS"], value)
+        p.write_text(summary_to_csv(bad))
+        pattern = rf"line {line} .*column '{col}': negative conductance {value:g} uS"
+        with pytest.raises(MeasuredDataError, match=pattern) as e:
+            read_summary(p)
+        assert str(p) in str(e.value)
+    ok = table.copy()
+    ok.loc[0, "q01_uS"] = -0.02  # within the read offset tolerated (1 % of gmax = 0.04 uS)
+    p.write_text(summary_to_csv(ok))
+    assert read_summary(p).rows[(0, 0)]["q01_uS"] == pytest.approx(-0.02)
+    with pytest.raises(MeasuredDataError, match="negative conductance"):
+        read_measured(p, neg_tol_frac=0.0)
+
+
+def test_byte_order_mark_accepted_in_every_format(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    text = tidy_text(small_rows())
+    for name, data, line in [("c.csv", bom + b"# technology: t\n" + text.encode(), 3),
+                             ("d.csv", bom + text.encode(), 2),
+                             ("e.csv.gz", gzip.compress(bom + b"# technology: t\n" + text.encode()), 3)]:
+        p = tmp_path / name
+        p.write_bytes(data)
+        c = read_measured(p)
+        assert isinstance(c, CellTable) and c.levels.size == 2 and c.first_line[(0, 0)] == line
+        assert c.meta == ({"technology": "t"} if line == 3 else {})
+    s = tmp_path / "s.csv"
+    s.write_bytes(bom + summary_to_csv(summary_frame(tmp_path), {"source": "x"}).encode())
+    assert detect_format(s) == "summary" and read_measured(s).meta == {"source": "x"}
+    rn = tmp_path / "rn.tsv"
+    rn.write_bytes(bom + ("3\t0\t" + "\t".join(["1e-5"] * 120) + "\n").encode())
+    assert read_read_noise(rn)[0].level == 3.0
+
+
+def test_summary_missing_std_is_still_a_summary(tmp_path):
+    s = tmp_path / "s.csv"
+    s.write_text(summary_to_csv(summary_frame(tmp_path).drop(columns=["std_uS"]), {"source": "x"}))
+    assert detect_format(s) == "summary"
+    with pytest.raises(MeasuredDataError, match=r"missing column 'std_uS'.*summary format") as e:
+        read_measured(s)
+    assert "--col-" not in str(e.value) and "g_uS" not in str(e.value)
+
+
+@pytest.mark.parametrize("neg_tol", [-0.1, float("nan"), float("inf")])
+def test_bad_neg_tol_is_not_blamed_on_the_data(tmp_path, neg_tol):
+    p = tmp_path / "c.csv"
+    p.write_text(tidy_text(small_rows()))
+    with pytest.raises(MeasuredDataError, match="--neg-tol must be a finite number >= 0") as e:
+        read_measured(p, neg_tol_frac=neg_tol)
+    assert "line" not in str(e.value)
+
+
+def test_one_column_for_two_roles_refused(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text(tidy_text(small_rows()))
+    with pytest.raises(MeasuredDataError, match="--col-target and --col-g both name the column 'g_target_uS'"):
+        read_tidy(p, TidyColumns(g="g_target_uS"))
+
+
+def test_unreadable_and_corrupt_files(tmp_path, monkeypatch):
+    p = tmp_path / "c.csv.gz"
+    raw = bytearray(gzip.compress(tidy_text(small_rows(30)).encode()))
+    raw[30:50] = b"\xff" * 20
+    p.write_bytes(bytes(raw))
+    for read in (read_tidy, read_summary, read_read_noise, detect_format):
+        with pytest.raises(MeasuredDataError, match="corrupt or truncated gzip data") as e:
+            read(p)
+        assert str(p) in str(e.value)
+    for read in (read_tidy, read_read_noise, detect_format):
+        with pytest.raises(MeasuredDataError, match="is a directory"):
+            read(tmp_path)
+    q = tmp_path / "ok.csv"
+    q.write_text(tidy_text(small_rows()))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(MeasuredDataError, match=r"ok.csv: cannot read the file \(Permission denied\)"):
+        read_measured(q)
+
+
+def test_read_noise_level_must_be_finite(tmp_path):
+    p = tmp_path / "rn.tsv"
+    p.write_text("nan\t0\t" + "\t".join(["1e-5"] * 120) + "\n")
+    with pytest.raises(MeasuredDataError, match="line 1 .*field 1 \\(the level\\) must be a finite number"):
+        read_read_noise(p)
+
+
+def test_tidy_only_options_refused_for_a_summary(tmp_path):
+    s = tmp_path / "s.csv"
+    s.write_text(summary_to_csv(summary_frame(tmp_path)))
+    assert isinstance(read_measured(s, units="uS"), SummaryTable)
+    with pytest.raises(MeasuredDataError, match="--units S applies to tidy per-cell data only"):
+        read_measured(s, units="S")
+    with pytest.raises(MeasuredDataError, match="--col-\\* applies to tidy per-cell data only"):
+        read_measured(s, fmt="summary", columns=TidyColumns(g="G_uS"))

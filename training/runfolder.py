@@ -16,8 +16,9 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from cimsim.io import OutputError, check_output_folder, check_outputs
 
 MARKER = ".cimsim-run"
 LOCK = ".lock"
@@ -121,36 +122,17 @@ def locked_by_other(folder: Path) -> bool:
     return False
 
 
-def _existing_ancestor(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
 def check_output_dir(path: Path, option: str = "--out") -> None:
-    """Raise unless a folder can be created (or already is) at ``path``: no file in the way, the
-    nearest existing ancestor a writable folder."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"{option} {path}: is a file, not a folder")
-    _check_creatable(path, option)
+    """:func:`cimsim.io.check_output_folder` with the option named (:class:`RunFolderError`)."""
+    try:
+        check_output_folder(path)
+    except OutputError as e:
+        raise RunFolderError(f"{option} {e}") from None
 
 
 def check_output_file(path: Path, option: str = "--out") -> None:
-    """Raise unless a file can be written at ``path``: not a folder, its folder writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise RunFolderError(f"{option} {path}: is a folder, not a file")
-    _check_creatable(path.parent if str(path.parent) else Path("."), option, shown=path)
-
-
-def _check_creatable(folder: Path, option: str, shown: Path | None = None) -> None:
-    shown = folder if shown is None else shown
-    anc = _existing_ancestor(folder)
-    if not anc.is_dir():
-        raise RunFolderError(f"{option} {shown}: {anc} is a file, not a folder")
-    try:  # os.access says yes to root everywhere: try it (read-only mounts, /proc)
-        os.rmdir(tempfile.mkdtemp(prefix=".cimsim-probe-", dir=anc))
-    except OSError as e:
-        raise RunFolderError(f"{option} {shown}: cannot write in {anc} ({e.strerror})") from None
+    """:func:`cimsim.io.check_outputs` of one file with the option named (:class:`RunFolderError`)."""
+    try:
+        check_outputs([path])
+    except OutputError as e:
+        raise RunFolderError(f"{option} {e}") from None

@@ -224,7 +224,9 @@ def _cost(path: str | None) -> CostConfig:
         return CostConfig.from_json(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"--cost-config {path}: no such file") from None
-    except (json.JSONDecodeError, TypeError) as e:
+    except OSError as e:
+        raise UsageError(f"--cost-config {path}: cannot read ({e.strerror})") from None
+    except (CostError, TypeError, ValueError) as e:
         raise UsageError(f"--cost-config {path}: not a CostConfig JSON ({e})") from None
 
 

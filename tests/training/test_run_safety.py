@@ -212,7 +212,7 @@ def test_output_checks(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(RunFolderError, match="is a file"):
         check_output_dir(tmp_path / "f")
-    with pytest.raises(RunFolderError, match="is a folder"):
+    with pytest.raises(RunFolderError, match="is a directory"):
         check_output_file(tmp_path)
     check_output_dir(tmp_path / "a" / "b")  # missing parents are created later, by the command
     check_output_file(tmp_path / "a" / "b.json")

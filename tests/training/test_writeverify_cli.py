@@ -276,3 +276,14 @@ def test_unusable_out_is_one_line_before_the_work(where, runs, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--out" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{", '{"t_pulse_s": "x"}', '{"adc_energy_pJ": [["a", 1]]}'])
+def test_bad_cost_config_is_one_line_naming_the_file(text, runs, tmp_path, capsys):
+    cc = tmp_path / "cost.json"
+    cc.write_text(text)
+    assert _rc(["--run", str(runs["plain"]), "--policies", "none", "--chips", "1", "--sigma", SIGMA, "--quiet",
+                "--cost-config", str(cc), "--out", str(tmp_path / "wv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(cc) in err, err
+    assert not (tmp_path / "wv").exists()
