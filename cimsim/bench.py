@@ -178,6 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("results/bench_mvm.csv"), help="CSV of the table")
     ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
     a = ap.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        print(f"{ap.prog}: error: --threads must be >= 1, got {a.threads}", file=sys.stderr)
+        return 2
+    if a.what in ("mvm", "all"):
+        from .io import OutputError, check_outputs
+
+        try:
+            check_outputs([a.out])  # before minutes of timing, not after
+        except OutputError as e:
+            print(f"{ap.prog}: error: --out {e}", file=sys.stderr)
+            return 2
     if a.threads:
         import numba
         import torch

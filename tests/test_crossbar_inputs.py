@@ -145,3 +145,14 @@ def test_crossbar_config_json_with_a_byte_order_mark(tmp_path):
     p = tmp_path / "x.json"
     p.write_bytes(b"\xef\xbb\xbf" + CrossbarConfig(device="ideal", adc_bits=6).to_json().encode())
     assert CrossbarConfig.load(p).adc_bits == 6
+
+
+@pytest.mark.parametrize("args,words", [(["-o", "{tmp}"], "--out"), (["-o", "{tmp}/f/x.csv"], "--out"),
+                                        (["--threads", "0"], "--threads")])
+def test_bench_checks_its_options_before_timing(tmp_path, capsys, args, words):
+    from cimsim.bench import main
+
+    (tmp_path / "f").write_text("x")
+    assert main([a.format(tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
