@@ -96,23 +96,49 @@ class MeasuredRow:
         return int(round(self.stats["pulses_p99"])) if self.success_rate < 0.99 else DEFAULT_LIMIT
 
 
+#: columns of the measured pulse statistics CSV (shared/reference/write_verify_pulse_stats.csv)
+PULSE_STATS_COLUMNS = ("experiment", "algorithm", "bits_per_cell", "level", "cells", "r_lo_ohm", "r_hi_ohm",
+                       "success_rate", "pulses_mean", "pulses_p10", "pulses_p25", "pulses_median", "pulses_p75",
+                       "pulses_p90", "pulses_p99", "set_mean", "reset_mean")
+
+
+class PulseStatsError(ValueError):
+    """A pulse statistics file that cannot be used (one line naming the file and line)."""
+
+
 def load_pulse_stats(path: str | Path | None = None) -> list[MeasuredRow]:
     """Read the measured pulse statistics CSV (columns as in the reference README)."""
     path = Path(path) if path is not None else DEFAULT_CSV
     if not path.exists():
         raise FileNotFoundError(f"{path}: pulse statistics CSV not found (pass --csv)")
     rows = []
-    with path.open() as fh:
-        for r in csv.DictReader(fh):
-            r_lo, r_hi = float(r["r_lo_ohm"]), float(r["r_hi_ohm"])
-            hi = RADAR_GMAX_S if r_lo <= 0 else min(1.0 / r_lo, RADAR_GMAX_S)
-            lo = max(1.0 / r_hi, RADAR_GMIN_S)
-            rows.append(MeasuredRow(
-                experiment=r["experiment"], algorithm=r["algorithm"].lower(), bits_per_cell=int(r["bits_per_cell"]),
-                level=int(r["level"]), cells=int(r["cells"]), lo_S=lo, hi_S=hi, success_rate=float(r["success_rate"]),
-                stats={k: float(r[k]) for k in ("pulses_mean", "pulses_p10", "pulses_p25", "pulses_median",
-                                                "pulses_p75", "pulses_p90", "pulses_p99", "set_mean", "reset_mean")},
-            ))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in PULSE_STATS_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise PulseStatsError(f"{path}: missing column {missing[0]!r} (needs {', '.join(PULSE_STATS_COLUMNS)})")
+            for r in reader:
+                try:
+                    r_lo, r_hi = float(r["r_lo_ohm"]), float(r["r_hi_ohm"])
+                    stats = {k: float(r[k]) for k in PULSE_STATS_COLUMNS[8:]}
+                    row = MeasuredRow(
+                        experiment=r["experiment"], algorithm=r["algorithm"].lower(),
+                        bits_per_cell=int(r["bits_per_cell"]), level=int(r["level"]), cells=int(r["cells"]),
+                        lo_S=max(1.0 / r_hi, RADAR_GMIN_S),
+                        hi_S=RADAR_GMAX_S if r_lo <= 0 else min(1.0 / r_lo, RADAR_GMAX_S),
+                        success_rate=float(r["success_rate"]), stats=stats)
+                except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+                    raise PulseStatsError(f"{path}: line {reader.line_num}: a missing or non-numeric value") from None
+                if not (all(math.isfinite(v) for v in (r_lo, r_hi, row.success_rate, *stats.values()))
+                        and r_hi > 0 and row.cells > 0 and 0 <= row.success_rate <= 1):
+                    raise PulseStatsError(f"{path}: line {reader.line_num}: values out of range (r_hi_ohm > 0, "
+                                          "cells > 0, success_rate in [0, 1], all finite)")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise PulseStatsError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not rows:
+        raise PulseStatsError(f"{path}: no data rows")
     return rows
 
 
@@ -291,7 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--maxiter", type=int, default=200)
     ap.add_argument("--ember", action="store_true", help="also print the EMBER energy-per-bit cross-check")
     args = ap.parse_args(argv)
-    rows = load_pulse_stats(args.csv)
+    bad = [f"--{k} must be >= {lo}, got {getattr(args, k)}" for k, lo in (("cells", 1), ("seed", 0), ("maxiter", 1))
+           if getattr(args, k) < lo]
+    try:
+        if bad:
+            raise PulseStatsError(bad[0])
+        rows = load_pulse_stats(args.csv)
+    except (PulseStatsError, FileNotFoundError) as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
     models: dict[str, PulseModel] = {}
     if args.fit:
         for exp, preset in EXPERIMENT_PRESET.items():

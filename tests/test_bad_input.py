@@ -1,5 +1,5 @@
-"""Bad inputs to programming, calibration and the MVM: a clear error or a documented NaN, never a
-silently wrong number (issue #15, items 7 and 14)."""
+"""Bad inputs to programming, calibration, the MVM, configs and the cimsim commands: a clear error
+(one line naming the file, row or option) or a documented NaN, never a silently wrong number (issue #15)."""
 from __future__ import annotations
 
 import numpy as np
@@ -156,3 +156,18 @@ def test_bench_checks_its_options_before_timing(tmp_path, capsys, args, words):
     assert main([a.format(tmp=tmp_path) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.parametrize("text,words", [("a,b\n1,2\n", "missing column 'experiment'"), ("", "missing column"),
+                                        (None, "no data rows"), ("bad_value", "line 2"), ("bad_range", "line 2")])
+def test_pulse_calibration_names_file_and_line(tmp_path, capsys, text, words):
+    from cimsim.pulse_calibration import PULSE_STATS_COLUMNS, main
+
+    header = ",".join(PULSE_STATS_COLUMNS) + "\n"
+    good = "e,ispp,2,1,100,1000,2000,0.9," + ",".join(["1"] * 9) + "\n"
+    body = {None: header, "bad_value": header + good.replace("0.9", "x"), "bad_range": header + good.replace("0.9", "1.5")}
+    p = tmp_path / "stats.csv"
+    p.write_text(body.get(text, text))
+    assert main(["--csv", str(p), "--cells", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(p) in err and words in err, err
