@@ -22,13 +22,24 @@ write files; the caller (the driver process) records outcomes.
 
 Ctrl-C: the engines cancel what is queued and stop their workers (local pool processes are
 terminated; Ray tasks are cancelled with ``force=True``), then re-raise ``KeyboardInterrupt``.
+
+A driver killed outright (``kill -9``, out of memory): local workers die with it
+(:func:`die_with_parent`: SIGKILL from the kernel on Linux, else within half a second), so none
+goes on writing into a run folder that a rerun uses. Ray ties a task to the driver that submitted
+it: when the driver dies its job ends and Ray kills the job's running tasks (seen with Ray 2.60:
+within about a second on a cluster; with a local Ray started by the driver, whose Ray processes
+die with it, within a few seconds; that local Ray leaves its dashboard and runtime-env agent
+processes behind, about 80 MB each, which touch no run folder).
 """
 from __future__ import annotations
 
 import abc
-
+import ctypes
 import multiprocessing as mp
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -117,9 +128,44 @@ class InlineEngine(Engine):
         return "inline (this process)"
 
 
-def _ignore_sigint() -> None:
-    """Pool worker initializer: Ctrl-C is handled by the driver alone, which then stops the workers."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.5
+
+
+def die_with_parent(parent_pid: int, death_signal: bool = True, poll_s: float = PARENT_POLL_S) -> None:
+    """Make this (worker) process end when ``parent_pid``, the driver that started it, dies.
+
+    A driver killed outright (``kill -9``, the out-of-memory killer) cannot stop its workers; left
+    running they would go on writing into run folders that a rerun of the sweep then uses. On
+    Linux, with ``death_signal``, the kernel sends SIGKILL the moment the parent dies
+    (``prctl(PR_SET_PDEATHSIG)``; it fires when the *thread* that spawned us ends, hence only for
+    pools made on the driver's main thread). Then, in case the parent died before that was armed,
+    the parent pid is checked once; and a daemon thread checks it every ``poll_s`` seconds (every
+    platform, and a worker whose signal was not armed), exiting at once when it has changed.
+    """
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below still works
+            pass
+    if os.getppid() != parent_pid:  # the driver is gone already
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, poll_s), name="cimsim-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, poll_s: float) -> None:
+    while True:
+        time.sleep(poll_s)
+        if os.getppid() != parent_pid:  # reparented: the driver died
+            os._exit(1)
+
+
+def _worker_init(parent_pid: int, death_signal: bool) -> None:
+    """Pool worker initializer: Ctrl-C is handled by the driver alone, which then stops the workers;
+    and the worker dies with its driver (:func:`die_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid, death_signal)
 
 
 class LocalEngine(Engine):
@@ -134,17 +180,24 @@ class LocalEngine(Engine):
             raise ValueError("retries must be >= 0")
         self.workers, self.retries = workers, retries
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_thread: threading.Thread | None = None
         self.pool_restarts = 0
 
     def describe(self) -> str:
         return f"local ({self.workers} worker process(es), {self.retries} retries)"
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # Workers are spawned by the thread that submits; PR_SET_PDEATHSIG would kill them when that
+        # thread ends, so it is armed only for the main thread (which lives as long as the driver).
+        main = threading.current_thread() is threading.main_thread()
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                         initializer=_ignore_sigint)
+                                         initializer=_worker_init, initargs=(os.getpid(), main))
+        self._pool_thread = threading.current_thread()
         return self._pool
 
     def _pool_or_new(self) -> ProcessPoolExecutor:
+        if self._pool is not None and self._pool_thread is not threading.current_thread():
+            self.close()  # its workers' death signal belongs to another thread: start afresh here
         return self._pool if self._pool is not None else self._new_pool()
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:

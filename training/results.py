@@ -26,22 +26,30 @@ each writing into ``<out>/<stage name>/``:
 Stages run in order; each one resumes: sweep cells and evaluation rows already in a CSV are
 skipped, a write-verify stage whose ``budget.csv`` exists is skipped. ``--stages a,b`` runs only
 those. The suite file is copied to ``<out>/suite.toml`` (the config of record next to the results).
+Before any stage runs (:func:`check_suite_run`): ``--out`` can be written; every sweep stage's
+options work and match the sweep already in its folder; and an evaluate or write-verify stage
+with results in ``--out`` is the one recorded in ``<out>/suite.toml`` (an evaluate stage may gain
+variants, not change one), since its rows would otherwise be kept as if the new definition had
+made them. Stage ledgers are validated like the sweep's (:func:`training.sweep.repair_ledger`):
+damaged rows are moved aside, reported once, and run again.
 
 ``report`` reads whatever stages have results and writes ``<docs>/results.md`` (tables, the
 checks of the paper's claims, the scale of each stage and its compute time), the CSVs it cites
-under ``<docs>/results/`` and the figures (PNG) beside them. Nothing in it is typed by hand: rerun
+under ``<docs>/results/`` and the figures (PNG) beside them. It replaces only a ``results/``
+folder it wrote itself (its ``.cimsim-report`` marker) and a ``results.md`` it generated; anything
+else there is the user's and is refused (exit 2), never deleted. Nothing in it is typed by hand: rerun
 ``report`` after ``run`` and the document follows the numbers.
 
 Exit status: 0 done; 1 some cells or evaluations failed (rows say which; rerun to retry the
 evaluations, ``python -m training.sweep --out <out>/<stage> --retry-failed ...`` for cells);
-2 bad options or suite file (one line on stderr, nothing run); 130 on Ctrl-C (rerun resumes).
+2 bad options, suite file, ``--out`` or ``--docs`` (one line on stderr, nothing run or written);
+130 on Ctrl-C (rerun resumes).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import math
-import shutil
 import sys
 import time
 import tomllib
@@ -50,12 +58,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import DATASETS, ConfigError, RunConfig
+from .sweep import EVAL_LEDGER
 
 SUITES_DIR = Path(__file__).with_name("suites")
 KINDS = ("sweep", "evaluate", "writeverify")
-EVAL_FIELDS = ["method", "sigma", "seed", "variant", "status", "acc_mean", "acc_std", "acc_ci95_low",
-               "acc_ci95_high", "acc_min", "acc_p05", "ekl", "confidence", "chips", "eval_time_s", "overrides",
-               "run_dir", "error"]
+EVAL_FIELDS = list(EVAL_LEDGER.fields)  # the columns of an evaluate stage's results.csv
 
 
 class SuiteError(ValueError):
@@ -111,17 +118,45 @@ def _sigmas(v: Any, where: str) -> tuple[float, ...]:
             return tuple(parse_sigmas(v))
         except ValueError as e:
             raise SuiteError(f"{where}: sigmas: {e}") from None
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
         return (float(v),)
-    return tuple(float(x) for x in v)
+    if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return tuple(float(x) for x in v)
+    raise SuiteError(f"{where}: sigmas must be a number, a list of numbers or a text like \"0:0.4:0.05\", got {v!r}")
 
 
-def _seeds(v: Any) -> tuple[int, ...]:
-    return tuple(range(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+def _seeds(v: Any, where: str) -> tuple[int, ...]:
+    """A count (``3`` or ``"3"``: seeds 0, 1, 2), a comma list (``"0,4,7"``) or a list of integers."""
+    from .sweep import parse_seeds
+
+    if isinstance(v, str):
+        try:
+            return tuple(parse_seeds(v))
+        except ValueError:
+            raise SuiteError(f"{where}: seeds must be a count, a list of integers or a text like \"0,4,7\", got {v!r}") from None
+    if isinstance(v, int) and not isinstance(v, bool):
+        return tuple(range(v))
+    if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return tuple(v)
+    raise SuiteError(f"{where}: seeds must be a count, a list of integers or a text like \"0,4,7\", got {v!r}")
 
 
-def _methods(v: Any) -> tuple[str, ...]:
-    return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else tuple(v)
+def _methods(v: Any, where: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return tuple(m.strip() for m in v.split(",") if m.strip())
+    if isinstance(v, list) and all(isinstance(m, str) for m in v):
+        return tuple(v)
+    raise SuiteError(f"{where}: methods must be a text like \"plain,nit\" or a list of names, got {v!r}")
+
+
+def _typed(st: dict, key: str, kinds: tuple[type, ...], what: str, where: str, default: Any = None) -> Any:
+    """``st[key]`` when it is one of ``kinds`` (never a bool posing as a number), else :class:`SuiteError`."""
+    v = st.get(key, default)
+    if v is default:
+        return v
+    if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+        raise SuiteError(f"{where}: {key} must be {what}, got {v!r}")
+    return v
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -132,16 +167,26 @@ def load_suite(name_or_path: str) -> Suite:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
         raise SuiteError(f"{name_or_path}: no such suite file (suites here: {known})")
+    if not path.is_file():
+        raise SuiteError(f"{path}: not a file")
     try:
         raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot be read: {e.strerror or e}") from None
+    if not isinstance(raw.get("defaults", {}), dict):
+        raise SuiteError(f"{path}: [defaults] must be a table of RunConfig fields")
+    if not isinstance(raw.get("stages", []), list):
+        raise SuiteError(f"{path}: stages must be an array of tables ([[stages]])")
     defaults = dict(raw.get("defaults", {}))
-    stages, names = [], set()
+    stages, names, sweeps = [], set(), set()
     for i, st in enumerate(raw.get("stages", [])):
         where = f"{path}: stage {i + 1}"
+        if not isinstance(st, dict):
+            raise SuiteError(f"{where}: must be a table ([[stages]] with name, kind, ...), got {st!r}")
         name, kind = st.get("name"), st.get("kind")
-        if not name or kind not in KINDS:
+        if not name or not isinstance(name, str) or kind not in KINDS:
             raise SuiteError(f"{where}: needs a name and a kind ({' | '.join(KINDS)})")
         if name in names:
             raise SuiteError(f"{where}: duplicate stage name {name!r}")
@@ -150,29 +195,45 @@ def load_suite(name_or_path: str) -> Suite:
         if unknown:
             raise SuiteError(f"{where} ({name}): unknown key(s) {', '.join(sorted(unknown))}")
         source = st.get("source")
-        if (kind != "sweep" or source is not None) and source not in names:
+        if (kind != "sweep" or source is not None) and source not in sweeps:
             raise SuiteError(f"{where} ({name}): source must name an earlier sweep stage, got {source!r}")
-        stage = Stage(name=name, kind=kind, title=st.get("title", ""), config=dict(st.get("config", {})),
-                      methods=_methods(st.get("methods", ())), sigmas=_sigmas(st.get("sigmas", ()), where),
-                      seeds=_seeds(st.get("seeds", ())), source=source,
-                      variants=tuple(dict(v) for v in st.get("variants", ())), chips=st.get("chips"),
-                      sigma=st.get("sigma"), seed=int(st.get("seed", 0)), args=tuple(str(a) for a in st.get("args", ())))
+        where = f"{where} ({name})"
+        config = _typed(st, "config", (dict,), "a table of RunConfig fields ([stages.config])", where, {})
+        variants = _typed(st, "variants", (list,), "an array of tables ([[stages.variants]])", where, [])
+        if not all(isinstance(v, dict) for v in variants):
+            raise SuiteError(f"{where}: variants must be an array of tables ([[stages.variants]])")
+        args = _typed(st, "args", (list,), "a list of command-line options", where, [])
+        chips = _typed(st, "chips", (int,), "a whole number of chips", where)
+        if chips is not None and chips < 1:
+            raise SuiteError(f"{where}: chips must be >= 1, got {chips}")
+        sigma = _typed(st, "sigma", (int, float), "a number", where)
+        stage = Stage(name=name, kind=kind, title=str(st.get("title", "")), config=dict(config),
+                      methods=_methods(st.get("methods", []), where), sigmas=_sigmas(st.get("sigmas", []), where),
+                      seeds=_seeds(st.get("seeds", []), where), source=source,
+                      variants=tuple(dict(v) for v in variants), chips=chips,
+                      sigma=None if sigma is None else float(sigma), seed=_typed(st, "seed", (int,), "an integer", where, 0),
+                      args=tuple(str(a) for a in args))
         if kind == "sweep" and not (stage.methods and stage.sigmas and stage.seeds):
-            raise SuiteError(f"{where} ({name}): a sweep needs methods, sigmas and seeds")
+            raise SuiteError(f"{where}: a sweep needs methods, sigmas and seeds")
         if kind == "evaluate":
-            if not stage.variants or any("label" not in v for v in stage.variants):
-                raise SuiteError(f"{where} ({name}): an evaluate stage needs [[stages.variants]], each with a label")
+            if not stage.variants or any(not isinstance(v.get("label"), str) or not v["label"] for v in stage.variants):
+                raise SuiteError(f"{where}: an evaluate stage needs [[stages.variants]], each with a label")
+            labels = [v["label"] for v in stage.variants]
+            if len(set(labels)) != len(labels):  # rows are keyed by (run, label): a twin would never run
+                raise SuiteError(f"{where}: duplicate variant label {next(x for x in labels if labels.count(x) > 1)!r}")
             from .evaluate import eval_config
 
             for v in stage.variants:
                 try:
                     eval_config(RunConfig(), {k: x for k, x in v.items() if k != "label"})
                 except (ConfigError, ValueError, TypeError) as e:
-                    raise SuiteError(f"{where} ({name}): variant {v['label']!r}: {e}") from None
+                    raise SuiteError(f"{where}: variant {v['label']!r}: {e}") from None
         if kind == "writeverify" and stage.sigma is None:
-            raise SuiteError(f"{where} ({name}): a writeverify stage needs the sigma of the runs it programs")
+            raise SuiteError(f"{where}: a writeverify stage needs the sigma of the runs it programs")
         stages.append(stage)
         names.add(name)
+        if kind == "sweep":
+            sweeps.add(name)
     if not stages:
         raise SuiteError(f"{path}: no [[stages]]")
     suite = Suite(raw.get("name", path.stem), raw.get("description", ""), defaults, tuple(stages), path)
@@ -187,11 +248,13 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def read_rows(path: Path, schema=None) -> list[dict]:
+    """The valid rows of a stage ledger (a sweep's by default; damaged rows left out, see
+    :func:`training.sweep.read_rows`); [] when there is none."""
+    from .sweep import SWEEP_LEDGER
+    from .sweep import read_rows as read_ledger
+
+    return read_ledger(path, schema or SWEEP_LEDGER)
 
 
 def _same(a: float, b: float) -> bool:
@@ -228,12 +291,16 @@ def run_evaluate(stage: Stage, out: Path, workers: int) -> int:
     from .engines import make_engine
     from .evaluate import evaluate_run
 
+    from .sweep import EVAL_LEDGER, repair_ledger
+
     folder = out / stage.name
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "results.csv"
-    done = {(r["run_dir"], r["variant"]) for r in read_rows(csv_path) if r["status"] == "ok"}
-    if any(r["status"] != "ok" for r in read_rows(csv_path)):  # failed rows are retried: drop them
-        _rewrite(csv_path, [r for r in read_rows(csv_path) if r["status"] == "ok"], EVAL_FIELDS)
+    repair_ledger(csv_path, EVAL_LEDGER)  # damaged rows moved aside (reported): their evaluations run again
+    rows = read_rows(csv_path, EVAL_LEDGER)
+    done = {(r["run_dir"], r["variant"]) for r in rows if r["status"] == "ok"}
+    if any(r["status"] != "ok" for r in rows):  # failed rows are retried: drop them
+        _rewrite(csv_path, [r for r in rows if r["status"] == "ok"], EVAL_FIELDS)
     runs = source_runs(out, stage, stage.methods, stage.sigmas, stage.seeds)
     todo = [(r, v) for r in runs for v in stage.variants if (r["run_dir"], v["label"]) not in done]
     _log(f"{stage.name}: {len(runs)} run(s) x {len(stage.variants)} variant(s), {len(todo)} evaluation(s) to do")
@@ -286,22 +353,107 @@ def run_writeverify(stage: Stage, out: Path) -> int:
 
 
 def _append(path: Path, row: dict, fields: list[str]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
-        f.flush()
+    """Append one whole row to an evaluation ledger, synced (never onto a line cut short)."""
+    from .sweep import EVAL_LEDGER, append_row
+
+    append_row(path, row, EVAL_LEDGER)
 
 
 def _rewrite(path: Path, rows: list[dict], fields: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    """Replace a ledger by ``rows`` atomically (temporary file, synced, renamed)."""
+    import io
+
+    from .sweep import _write_atomic
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    _write_atomic(path, buf.getvalue())
+
+
+def _stage_with_data(stage: Stage, suite: Suite, data_dirs: dict[str, str]) -> Stage | None:
+    """A sweep stage with its data folder from ``--data-dir``; None when it must be skipped (MNIST, no folder)."""
+    base = suite.base_config(stage)
+    if base.dataset in data_dirs:
+        return Stage(**{**stage.__dict__, "config": {**stage.config, "data_dir": data_dirs[base.dataset]}})
+    if base.dataset == "mnist" and base.data_dir is None:
+        return None
+    return stage
+
+
+def check_suite_run(suite: Suite, out: Path, only: list[str] | None = None,
+                    data_dirs: dict[str, str] | None = None) -> None:
+    """Everything that can be checked before a stage runs; raises :class:`SuiteError` (one line).
+
+    ``--out`` can be written; each sweep stage's options work here (data, noise backend, device)
+    and match the sweep already in its folder, if any; no stage ledger is a foreign file; and an
+    evaluate or write-verify stage whose results are in ``out`` was not changed since (compared
+    with ``<out>/suite.toml``): its rows would otherwise be kept as if made by the new definition.
+    """
+    from .config import ConfigError
+    from .runfolder import RunFolderError, check_output_dir
+    from .sweep import EVAL_LEDGER, check_out, scan_ledger
+    from .train import UsageError, check_options
+
+    data_dirs = data_dirs or {}
+    try:
+        check_output_dir(out, "--out")
+    except RunFolderError as e:
+        raise SuiteError(str(e)) from None
+    if (out / "suite.toml").exists() and not (out / "suite.toml").is_file():
+        raise SuiteError(f"--out {out}: {out / 'suite.toml'} is not a file")
+    old = _recorded_suite(out)
+    for stage in suite.stages:
+        if only and stage.name not in only:
+            continue
+        where = f"{suite.path}: stage {stage.name}"
+        try:
+            if stage.kind == "sweep":
+                st = _stage_with_data(stage, suite, data_dirs)
+                if st is not None:
+                    base = suite.base_config(st)
+                    check_options(base)
+                    check_out(out / stage.name, base)
+            elif stage.kind == "evaluate":
+                scan_ledger(out / stage.name / "results.csv", EVAL_LEDGER)
+        except (UsageError, ConfigError) as e:
+            raise SuiteError(f"{where}: {e}") from None
+        before = old.get(stage.name)
+        if before is None or stage.kind == "sweep" or not (out / stage.name).exists():
+            continue  # a sweep's cells are checked against its sweep_config.json above
+        why = _stage_change(before, stage)
+        if why:
+            raise SuiteError(f"--out {out}: stage {stage.name!r} changed since its results there were made "
+                             f"({why}; see {out / 'suite.toml'}); restore it, or give the new one another name or --out")
+
+
+def _recorded_suite(out: Path) -> dict[str, Stage]:
+    """The stages of the suite that ``out``'s results were made with (``<out>/suite.toml``), by name."""
+    path = out / "suite.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return {s.name: s for s in load_suite(str(path)).stages}
+    except SuiteError:  # unreadable record: the sweeps' own sweep_config.json are still checked
+        return {}
+
+
+def _stage_change(old: Stage, new: Stage) -> str | None:
+    """What changed in an evaluate or write-verify stage that makes its recorded rows wrong, or None."""
+    if old.kind != new.kind:
+        return f"kind {old.kind} -> {new.kind}"
+    if new.kind == "evaluate":
+        if old.source != new.source or old.chips != new.chips:
+            return f"source/chips {old.source}/{old.chips} -> {new.source}/{new.chips}"
+        before = {v["label"]: v for v in old.variants}
+        for v in new.variants:  # new labels are fine (they run); a label's setting must not change
+            if v["label"] in before and before[v["label"]] != v:
+                return f"variant {v['label']!r}: {before[v['label']]} -> {v}"
+        return None
+    fields = ("source", "methods", "sigma", "seed", "args")
+    diff = [f for f in fields if getattr(old, f) != getattr(new, f)]
+    return f"{', '.join(diff)} differ" if diff else None
 
 
 def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: int = 2,
@@ -312,8 +464,11 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
     stage on ``mnist`` (which has no default folder) without one is skipped, with a message.
     """
     data_dirs = data_dirs or {}
+    check_suite_run(suite, out, only, data_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(suite.path, out / "suite.toml")
+    from .sweep import _write_atomic
+
+    _write_atomic(out / "suite.toml", suite.path.read_text())
     status = 0
     for stage in suite.stages:
         if only and stage.name not in only:
@@ -321,13 +476,11 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
         t0 = time.time()
         _log(f"== stage {stage.name} ({stage.kind}) {stage.title}")
         if stage.kind == "sweep":
-            base = suite.base_config(stage)
-            if base.dataset in data_dirs:
-                stage = Stage(**{**stage.__dict__, "config": {**stage.config, "data_dir": data_dirs[base.dataset]}})
-            elif base.dataset == "mnist" and base.data_dir is None:
+            st = _stage_with_data(stage, suite, data_dirs)
+            if st is None:
                 _log(f"== stage {stage.name}: skipped (MNIST has no default folder: pass --data-dir mnist=DIR)")
                 continue
-            rc = run_sweep(suite, stage, out, workers)
+            rc = run_sweep(suite, st, out, workers)
         elif stage.kind == "evaluate":
             rc = run_evaluate(stage, out, workers)
         else:
@@ -339,7 +492,9 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    from .train import _Parser
+    from .engines import EngineError
+    from .runfolder import RunFolderError
+    from .train import UsageError, _Parser
 
     p = _Parser(prog="python -m training.results", description="Run the published experiment suite, or write its report.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -374,8 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         from .report import write_report
 
         return write_report(Path(ns.out), Path(ns.docs), ns.paper)
-    except SuiteError as e:
+    except (SuiteError, ConfigError, UsageError, RunFolderError, EngineError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file a stage must read or write (disk full, permissions changed meanwhile)
+        from .engines import one_line
+
+        print(f"{p.prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{p.prog}: interrupted; rerun the same command to resume", file=sys.stderr)

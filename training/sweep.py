@@ -20,21 +20,35 @@ overrides). ``--engine ray`` submits each cell as a Ray task with ``--cpus-per-c
 (``auto``: the cluster this node belongs to), or to a local Ray started for the run. Ray is an
 optional dependency, imported only for ``--engine ray``.
 
-The ledger: ``<out>/results.csv`` gets one whole row per cell, appended and flushed by this
+The ledger: ``<out>/results.csv`` gets one whole row per cell, appended and synced by this
 (driver) process only, as cells finish, in completion order. Rerunning (``--resume`` says so
-explicitly; it is the default) skips cells that have a row; a finished folder without a row
+explicitly; it is the default) skips cells that have a valid row; a finished folder without a row
 (interrupted between the two) is read back, an unfinished ``.partial`` folder is resumed from its
 last epoch (or restarted when a checkpoint in it was cut short by a killed worker). A cell is
 idempotent (it reads back its finished folder, or resumes its ``.partial``), so a retried cell
-never doubles a row.
+never doubles a row. Rows are validated when read (:data:`SWEEP_LEDGER`: every field present and
+parseable as its column says): a damaged row (a file cut short by a crash, an edit gone wrong) is
+moved to ``results.csv.damaged`` when the sweep starts, reported once on stderr (one line: file,
+line, why), and its cell runs again; the summary comes from valid rows only. A row is never
+appended onto a line that lacks its newline. A ``results.csv`` that is not a sweep ledger at all
+is refused (exit 2, untouched).
+
+Before any work: ``--out`` must be a folder that can be written (or created), and a sweep already
+in it must have been made with the same options (``sweep_config.json``; only the grid, threads,
+``--data-dir`` and ``--torch-device`` may differ): continuing it with other options would call
+its cells done. Both are one line on stderr and exit 2. While it runs the sweep holds the lock of
+``--out`` (``<out>/.lock``): a second sweep into the same folder is refused. A cell whose
+``.partial`` folder another process is still writing (its lock, see :mod:`training.runfolder`)
+gets a ``failed`` row saying so, the folder untouched.
 
 Faults: a worker process that dies mid-cell is retried up to ``--retries`` times (Ray:
-``max_retries``; local: the pool is rebuilt, see :class:`training.engines.LocalEngine`). A cell
+``max_retries``; local: the pool is rebuilt, see :class:`training.engines.LocalEngine`). Workers
+die with the driver, even when it is killed outright (see :mod:`training.engines`). A cell
 that raises gets a row with status ``failed`` and the one-line ``error``; the others go on;
 ``--retry-failed`` reruns failed cells (their rows are replaced). Exit status: 0 when every cell
 of the grid has an ``ok`` or ``diverged`` row, 1 when some are ``failed`` (the count is printed),
-2 for bad options (or ``--engine ray`` without Ray installed), 130 on Ctrl-C (the CSV stays valid;
-rerun with ``--resume``).
+2 for bad options, a bad ``--out`` or a file it cannot read or write (or ``--engine ray`` without
+Ray installed), 130 on Ctrl-C (the CSV stays valid; rerun with ``--resume``).
 
 At the end: ``summary.csv`` (per method and sigma: mean over seeds, pooled chip std, convergence
 probability), ``accuracy.png`` (accuracy vs sigma, error bars = pooled std over all chips of all
@@ -48,13 +62,16 @@ cells) injects faults by cell name, e.g. ``crash_once=plain_sigma0.1000_seed1;ra
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +189,7 @@ def run_cell(cfg_dict: dict, run_dir: str, threads: int, faults: dict | None = N
     Idempotent: a finished folder is read back, an unfinished ``.partial`` one is resumed, so an
     engine may run it again after its worker died. An exception becomes a ``failed`` row.
     """
+    from .runfolder import RunFolderError, RunLock
     from .train import Diverged, partial_dir, run
 
     cfg = RunConfig.from_dict(cfg_dict)
@@ -182,8 +200,13 @@ def run_cell(cfg_dict: dict, run_dir: str, threads: int, faults: dict | None = N
             return row_from_result(cfg.method, cfg.sigma, cfg.seed, rd)
         set_threads(threads)
         work = partial_dir(rd)
-        if work.exists() and not _checkpoints_load(work):  # killed while saving one: start the cell afresh
-            shutil.rmtree(work)
+        if work.is_dir():
+            try:  # a process still writing the folder (a worker of an earlier, killed sweep) keeps it
+                with RunLock(work):
+                    if not _checkpoints_load(work):  # killed while saving one: start the cell afresh
+                        shutil.rmtree(work)
+            except RunFolderError as e:
+                raise RunFolderError(f"{e}; not touching it (rerun with --retry-failed once it has stopped)") from None
         try:
             run(cfg, rd, resume=work.exists(), quiet=True)
         except Diverged:
@@ -198,58 +221,263 @@ def _key(method: str, sigma: float, seed: int) -> tuple[str, float, int]:
     return (method, round(float(sigma), 8), int(seed))
 
 
-def read_rows(csv_path: Path) -> list[dict]:
-    """All rows of the results CSV ([] when it does not exist)."""
-    if not csv_path.exists():
-        return []
-    with open(csv_path, newline="") as fh:
-        return list(csv.DictReader(fh))
+class LedgerError(ConfigError):
+    """A file that is not a ledger of the expected kind (one line naming it; the CLIs exit with code 2)."""
+
+
+@dataclass(frozen=True)
+class LedgerSchema:
+    """What a valid row of a ledger CSV holds: its columns, each column's kind, the row key.
+
+    Kinds: ``name`` (non-empty text), ``float``, ``int``, ``bool`` (True/False), ``status`` (one of
+    ``statuses``), ``text`` (anything). Key and status fields must be non-empty; the others may be
+    empty (a failed row has no numbers), except ``ok_fields``, which an ``ok`` row must have.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    kinds: dict = field(default_factory=dict)
+    key: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ("ok", "failed")
+    ok_fields: tuple[str, ...] = ()
+    unit: str = "row"
+
+    def kind(self, name: str) -> str:
+        return self.kinds.get(name, "text")
+
+    def check_row(self, row: dict) -> str | None:
+        """Why ``row`` (column -> text) is not a valid row, or None when it is."""
+        for f, v in row.items():
+            kind = self.kind(f)
+            if v == "" and (f in self.key or f == "status" or (f in self.ok_fields and row.get("status") == "ok")):
+                return f"{f} is empty"
+            if v == "" or kind == "text":
+                continue
+            if kind == "status" and v not in self.statuses:
+                return f"{f} {v!r} is not one of {', '.join(self.statuses)}"
+            if kind == "bool" and v not in ("True", "False", "true", "false", "1", "0"):
+                return f"{f} {v!r} is not True/False"
+            try:
+                if kind == "float":
+                    float(v)
+                elif kind == "int":
+                    int(v)
+            except ValueError:
+                return f"{f} {v!r} is not a{'n' if kind == 'int' else ''} {kind}"
+        return None
+
+
+_FLOATS = ("sigma", "acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high", "acc_min", "acc_p05", "ekl", "confidence",
+           "clean_test_acc", "best_val_acc_clean", "best_val_acc_noisy", "eval_sigma", "train_time_s", "eval_time_s")
+#: ``<out>/results.csv`` of a sweep: one row per cell
+SWEEP_LEDGER = LedgerSchema(
+    "sweep ledger", tuple(ROW_FIELDS),
+    {"method": "name", "seed": "int", "status": "status", "converged": "bool", "best_epoch": "int", "chips": "int",
+     **{f: "float" for f in _FLOATS}},
+    key=("method", "sigma", "seed"), statuses=("ok", "diverged", "failed"), ok_fields=("acc_mean",), unit="cell")
+#: ``<out>/<stage>/results.csv`` of an evaluate stage of :mod:`training.results`: one row per (run, variant)
+EVAL_LEDGER = LedgerSchema(
+    "evaluation ledger",
+    ("method", "sigma", "seed", "variant", "status", "acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high", "acc_min",
+     "acc_p05", "ekl", "confidence", "chips", "eval_time_s", "overrides", "run_dir", "error"),
+    {"method": "name", "variant": "name", "run_dir": "name", "seed": "int", "status": "status", "chips": "int",
+     **{f: "float" for f in _FLOATS}},
+    key=("run_dir", "variant"), statuses=("ok", "failed"), ok_fields=("acc_mean",), unit="evaluation")
+
+
+@dataclass
+class LedgerScan:
+    """A ledger file read line by line: its header, its valid rows and its damaged lines."""
+
+    header: list[str] | None = None
+    rows: list[tuple[int, dict, str]] = field(default_factory=list)      # (line, row, raw text)
+    damaged: list[tuple[int, str, str]] = field(default_factory=list)    # (line, why, raw text)
+    header_raw: str = ""
+    ends_with_newline: bool = True
+
+    @property
+    def clean(self) -> bool:
+        return not self.damaged and self.ends_with_newline
+
+
+def _physical_lines(text: str) -> list[str]:
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+
+
+def scan_ledger(path: Path, schema: LedgerSchema = SWEEP_LEDGER) -> LedgerScan:
+    """Read and validate every row of ``path`` (missing file: empty); raises :class:`LedgerError`
+    when the file is not a ledger of ``schema`` (a foreign header), never for damaged rows."""
+    path = Path(path)
+    scan = LedgerScan()
+    if not path.exists():
+        return scan
+    if not path.is_file():
+        raise LedgerError(f"{path}: is not a file (expected the {schema.name})")
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    if not text:
+        return scan
+    scan.ends_with_newline = text.endswith("\n")
+    lines = _physical_lines(text)
+    reader = csv.reader(iter(lines), strict=True)
+    start = 0
+    while True:
+        try:
+            rec, why = next(reader), None
+        except StopIteration:
+            break
+        except csv.Error as e:
+            rec, why = None, f"bad CSV quoting: {e}"
+        end = reader.line_num
+        raw, lineno, start = "".join(lines[start:end]), start + 1, end
+        if scan.header is None:
+            head = rec or []
+            bad = (why is not None or not head or len(set(head)) != len(head) or not set(head) <= set(schema.fields)
+                   or not set(schema.key) | {"status"} <= set(head))
+            if bad:
+                whole = ",".join(schema.fields)
+                if lineno == 1 and end == len(lines) and not raw.endswith("\n") and whole.startswith(raw):
+                    scan.header = []  # cut short while the header was written: an empty ledger
+                    scan.damaged.append((1, "header cut short", raw))
+                    continue
+                raise LedgerError(f"{path}: not a {schema.name} (line 1 is not its header: expected columns "
+                                  f"{', '.join(schema.key + ('status',))}, ... of {', '.join(schema.fields)})")
+            scan.header, scan.header_raw = head, raw
+            continue
+        if rec == [] and why is None:
+            continue  # a blank line
+        if why is None and len(rec) != len(scan.header):
+            why = f"{len(rec)} of {len(scan.header)} fields"
+        if why is None:
+            row = dict(zip(scan.header, rec))
+            why = schema.check_row(row)
+        if why is None:
+            scan.rows.append((lineno, row, raw))
+        else:
+            scan.damaged.append((lineno, why, raw))
+    return scan
+
+
+def _row_key(row: dict, schema: LedgerSchema) -> tuple:
+    if schema is SWEEP_LEDGER:
+        return _key(row["method"], row["sigma"], row["seed"])
+    return tuple(row[k] for k in schema.key)
+
+
+def read_rows(csv_path: Path, schema: LedgerSchema = SWEEP_LEDGER) -> list[dict]:
+    """The valid rows of a ledger CSV ([] when it does not exist), one per key (the last one wins).
+
+    Damaged rows (cut short, a field that does not parse as its column says) are left out; see
+    :func:`repair_ledger`. Raises :class:`LedgerError` for a file that is not such a ledger.
+    """
+    keep: dict = {}
+    for _, row, _ in scan_ledger(csv_path, schema).rows:
+        k = _row_key(row, schema)
+        keep.pop(k, None)
+        keep[k] = row
+    return list(keep.values())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, sync it, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _terminated(raw: str) -> str:
+    return raw if raw.endswith("\n") else raw + "\r\n"
+
+
+def repair_ledger(csv_path: Path, schema: LedgerSchema = SWEEP_LEDGER, log=None) -> int:
+    """Move the damaged lines of a ledger to ``<name>.damaged`` and rewrite it atomically without them.
+
+    Each damaged line is reported once, as one line (file, line, why) through ``log`` (default:
+    stderr); its key is then missing from the ledger, so its cell (or evaluation) runs again. A
+    ledger whose last (whole) row lacks its newline gets one. Returns how many lines were moved.
+    Raises :class:`LedgerError` for a file that is not such a ledger (left untouched).
+    """
+    csv_path = Path(csv_path)
+    scan = scan_ledger(csv_path, schema)
+    if scan.clean:
+        return 0
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    aside = csv_path.with_name(csv_path.name + ".damaged")
+    if scan.damaged:
+        with open(aside, "a", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.writelines(_terminated(raw) for _, _, raw in scan.damaged)
+            fh.flush()
+            os.fsync(fh.fileno())
+    text = "" if not scan.header else _terminated(scan.header_raw) + "".join(_terminated(r) for _, _, r in scan.rows)
+    _write_atomic(csv_path, text)
+    for line, why, _ in scan.damaged:
+        log(f"{csv_path}: line {line}: damaged {'header' if line == 1 else 'row'} ({why}); moved to {aside}"
+            + (f", its {schema.unit} runs again" if line > 1 else ""))
+    return len(scan.damaged)
 
 
 def read_done(csv_path: Path) -> set:
-    """Keys ``(method, sigma, seed)`` of the cells that have a row."""
+    """Keys ``(method, sigma, seed)`` of the cells that have a (valid) row."""
     return {_key(r["method"], r["sigma"], r["seed"]) for r in read_rows(csv_path)}
 
 
-def _header(csv_path: Path) -> list[str]:
-    """The header of an existing CSV (older ledgers lack later columns), else :data:`ROW_FIELDS`."""
+def _header(csv_path: Path, schema: LedgerSchema = SWEEP_LEDGER) -> list[str]:
+    """The header of an existing ledger (older ledgers lack later columns), else the schema's columns."""
     if csv_path.exists() and csv_path.stat().st_size > 0:
-        with open(csv_path, newline="") as fh:
-            head = next(csv.reader(fh), None)
-        if head:
+        with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            first = fh.readline()
+        head = next(csv.reader([first]), None) or []
+        if set(head) <= set(schema.fields) and set(schema.key) | {"status"} <= set(head) and first.endswith("\n"):
             return head
-    return ROW_FIELDS
+        raise LedgerError(f"{csv_path}: not a {schema.name} (line 1 is not its header); not appending to it")
+    return list(schema.fields)
 
 
-def append_row(csv_path: Path, row: dict) -> None:
-    """Append one whole row (header first if the file is new) and flush it to disk."""
-    fields = _header(csv_path)
+def append_row(csv_path: Path, row: dict, schema: LedgerSchema = SWEEP_LEDGER) -> None:
+    """Append one whole row (header first if the file is new) and sync it to disk.
+
+    Never onto a line: when the file does not end in a newline (a row cut short), one is written
+    first, so the damaged tail stays a line of its own (ignored by :func:`read_rows`).
+    """
+    csv_path = Path(csv_path)
+    fields = _header(csv_path, schema)
     new = not csv_path.exists() or csv_path.stat().st_size == 0
-    with open(csv_path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in fields})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    if new:
+        w.writeheader()
+    w.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in fields})
+    data = buf.getvalue().encode("utf-8", errors="surrogateescape")
+    with open(csv_path, "a+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                data = b"\r\n" + data
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def drop_failed_rows(csv_path: Path) -> int:
-    """Rewrite the CSV without its ``failed`` rows (temporary file, then rename); returns how many."""
-    rows = read_rows(csv_path)
-    keep = [r for r in rows if r.get("status") != "failed"]
-    if len(keep) == len(rows):
+    """Rewrite the CSV without its (valid) ``failed`` rows, atomically; returns how many.
+
+    Every other line stays as it was (a damaged one too: :func:`repair_ledger` moves those aside).
+    """
+    scan = scan_ledger(csv_path)
+    drop = {n for n, row, _ in scan.rows if row["status"] == "failed"}
+    if not drop:
         return 0
-    fields = _header(csv_path)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(csv_path)
-    return len(rows) - len(keep)
+    lines = sorted([(n, raw) for n, _, raw in scan.rows if n not in drop] + [(n, raw) for n, _, raw in scan.damaged
+                                                                           if n > 1])
+    _write_atomic(csv_path, _terminated(scan.header_raw) + "".join(_terminated(raw) for _, raw in lines))
+    return len(drop)
 
 
 def count_failed(csv_path: Path, cells: list[RunConfig]) -> int:
@@ -257,6 +485,19 @@ def count_failed(csv_path: Path, cells: list[RunConfig]) -> int:
     keys = {_key(c.method, c.sigma, c.seed) for c in cells}
     return sum(1 for r in read_rows(csv_path)
                if r.get("status") == "failed" and _key(r["method"], r["sigma"], r["seed"]) in keys)
+
+
+def ledger_frame(csv_path: Path, schema: LedgerSchema = SWEEP_LEDGER):
+    """The valid rows of a ledger as a pandas DataFrame, every column of ``schema`` present (numbers
+    as numbers; a column an older ledger lacks is empty)."""
+    import pandas as pd
+
+    df = pd.DataFrame(read_rows(csv_path, schema), columns=list(schema.fields))
+    for f in schema.fields:
+        if schema.kind(f) in ("float", "int"):
+            col = pd.to_numeric(df[f].replace("", np.nan), errors="coerce").astype(float)
+            df[f] = col.astype(int) if schema.kind(f) == "int" and len(col) and col.notna().all() else col
+    return df
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -292,7 +533,7 @@ def plan(cells: list[RunConfig], out: Path, csv_path: Path) -> list[tuple[RunCon
         if rd.exists():  # finished before the row was written
             try:
                 row = row_from_result(cfg.method, cfg.sigma, cfg.seed, rd)
-            except (OSError, ValueError) as e:  # an unreadable result is a failed cell, not a failed sweep
+            except (OSError, ValueError, TypeError, KeyError) as e:  # an unreadable result is a failed cell
                 row = failed_row(cfg.method, cfg.sigma, cfg.seed, rd, one_line(e))
             append_row(csv_path, row)
             continue
@@ -305,6 +546,49 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+#: RunConfig fields that say where or how fast a cell runs, not what it computes: a sweep may be
+#: continued with other values of these (every other field must match the sweep's ``sweep_config.json``)
+RESOURCE_FIELDS = ("threads", "data_dir", "torch_device")
+
+
+def _comparable(base: dict) -> dict:
+    keep = {k: v for k, v in base.items() if k not in RESOURCE_FIELDS + ("method", "sigma", "seed")}
+    return json.loads(json.dumps(keep))
+
+
+def check_out(out: Path, base: RunConfig | None = None) -> None:
+    """Raise :class:`ConfigError` (one line naming ``--out``) unless the sweep can write into ``out``
+    and, when it already holds a sweep, that sweep was made with the same options as ``base``.
+    Nothing is written."""
+    from .runfolder import RunFolderError, check_output_dir
+
+    out = Path(out)
+    try:
+        check_output_dir(out, "--out")
+    except RunFolderError as e:
+        raise ConfigError(str(e)) from None
+    for name in ("results.csv", "sweep_config.json"):
+        if (out / name).exists() and not (out / name).is_file():
+            raise ConfigError(f"--out {out}: {out / name} is not a file")
+    scan_ledger(out / "results.csv")  # a foreign file is refused before anything runs
+    cfg_path = out / "sweep_config.json"
+    if base is None or not cfg_path.exists():
+        return
+    try:
+        old = json.loads(cfg_path.read_text())["base"]
+        if not isinstance(old, dict):
+            raise TypeError("base is not a table")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--out {out}: {cfg_path} cannot be read ({one_line(e)}); not continuing that sweep") from None
+    defaults = RunConfig().to_dict()  # a field the old sweep_config lacks had its default then
+    new = _comparable(base.to_dict())
+    old = _comparable({**defaults, **{k: v for k, v in old.items() if k in defaults}})
+    diff = [f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(f"--out {out} holds a sweep made with other options ({'; '.join(diff[:4])}"
+                          f"{'; ...' if len(diff) > 4 else ''}); continue it with its options or choose another --out")
+
+
 def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[int], out: str | Path,
           workers: int = 1, threads: int | None = None, quiet: bool = False, engine: Engine | None = None,
           retries: int = 2, retry_failed: bool = False, summary: bool = True) -> Path:
@@ -314,30 +598,45 @@ def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[
     processes with ``retries``, or in this process for ``workers=0``); an engine passed in is left
     open. ``threads``: torch threads per cell (default: see :func:`cell_threads`). On Ctrl-C the
     engine is stopped and ``KeyboardInterrupt`` re-raised; the CSV holds the cells that finished.
+
+    Before anything is written, ``out`` is checked (:func:`check_out`: writable, not a file, no
+    foreign ``results.csv``, no sweep made with other options); raises :class:`ConfigError`.
+    While it runs the sweep holds the lock of ``out`` (``<out>/.lock``): a second sweep into the
+    same folder is refused. Damaged ledger rows are moved aside first (:func:`repair_ledger`).
     """
+    from .runfolder import RunFolderError, RunLock
+
     out = Path(out)
     cells = grid(base, methods, sigmas, seeds)
+    check_out(out, base)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "sweep_config.json.tmp"
-    tmp.write_text(json.dumps({"base": base.to_dict(), "methods": methods, "sigmas": sigmas, "seeds": seeds},
-                              indent=1) + "\n")
-    tmp.replace(out / "sweep_config.json")
-    csv_path = out / "results.csv"
-    if retry_failed:
-        _log(f"sweep: rerunning {drop_failed_rows(csv_path)} failed cell(s)", quiet)
-    todo = plan(cells, out, csv_path)
-    own = engine is None
-    engine = engine or make_engine("local", workers=workers, retries=retries)
     try:
-        nthreads = base.threads or cell_threads(engine, threads)
-        _log(f"sweep: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run on "
-             f"{engine.describe()} x {nthreads} thread(s)", quiet)
-        _run_todo(engine, todo, csv_path, nthreads, quiet)
+        lock = RunLock(out).acquire()
+    except RunFolderError as e:
+        raise ConfigError(f"--out {out}: another sweep is running into it ({e})") from None
+    try:
+        check_out(out, base)  # again, now that no other sweep can change it
+        _write_atomic(out / "sweep_config.json", json.dumps(
+            {"base": base.to_dict(), "methods": methods, "sigmas": sigmas, "seeds": seeds}, indent=1) + "\n")
+        csv_path = out / "results.csv"
+        repair_ledger(csv_path, SWEEP_LEDGER)
+        if retry_failed:
+            _log(f"sweep: rerunning {drop_failed_rows(csv_path)} failed cell(s)", quiet)
+        todo = plan(cells, out, csv_path)
+        own = engine is None
+        engine = engine or make_engine("local", workers=workers, retries=retries)
+        try:
+            nthreads = base.threads or cell_threads(engine, threads)
+            _log(f"sweep: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run on "
+                 f"{engine.describe()} x {nthreads} thread(s)", quiet)
+            _run_todo(engine, todo, csv_path, nthreads, quiet)
+        finally:
+            if own:
+                engine.close()
+        if summary:
+            summarize(csv_path, out)
     finally:
-        if own:
-            engine.close()
-    if summary:
-        summarize(csv_path, out)
+        lock.release(remove=False)  # unlinking it could let two later sweeps lock two different files
     return csv_path
 
 
@@ -365,14 +664,14 @@ def _run_todo(engine: Engine, todo: list[tuple[RunConfig, Path]], csv_path: Path
 
 
 def summarize(csv_path: Path, out: Path) -> None:
-    """Write ``summary.csv``, ``accuracy.png`` and ``ekl.png`` from ``results.csv``.
+    """Write ``summary.csv``, ``accuracy.png`` and ``ekl.png`` from the valid rows of ``results.csv``.
 
     Failed cells are counted (``failed``) but left out of every mean and of the convergence
-    probability (a failed run says nothing about convergence).
+    probability (a failed run says nothing about convergence). Damaged rows are left out.
     """
     import pandas as pd
 
-    df = pd.read_csv(csv_path)
+    df = ledger_frame(csv_path)
     if df.empty:
         return
     df["converged_flag"] = df["converged"].astype(str).str.lower().isin(["true", "1"])
@@ -390,7 +689,7 @@ def summarize(csv_path: Path, out: Path) -> None:
             "convergence_probability": ran["converged_flag"].mean() if len(ran) else float("nan"),
         })
     summ = pd.DataFrame(rows)
-    summ.to_csv(out / "summary.csv", index=False)
+    _write_atomic(out / "summary.csv", summ.to_csv(index=False))
     _plot_summary(summ, out)
 
 
@@ -539,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     from cimsim.device import DeviceModelError
 
     from .data import DataError
+    from .runfolder import RunFolderError
     from .train import UsageError, _Parser, add_config_args, config_from_args
     from .variation import VariationError
 
@@ -570,12 +870,16 @@ def main(argv: list[str] | None = None) -> int:
             base.replace(method=m)
         sigmas, seeds = parse_sigmas(ns.sigmas), parse_seeds(ns.seeds)
         cells = grid(base, methods, sigmas, seeds)
+        check_out(Path(ns.out), base)  # before an engine (a Ray cluster, worker processes) is started
         engine = engine_from_args(ns)
         threads = None if ns.cpus_per_cell is None else max(1, round(ns.cpus_per_cell))
         csv_path = sweep(base, methods, sigmas, seeds, ns.out, threads=threads, quiet=ns.quiet, engine=engine,
                          retry_failed=ns.retry_failed)
-    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError, EngineError) as e:
+    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError, EngineError, RunFolderError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a file the sweep must read or write (disk full, permissions changed meanwhile)
+        print(f"{p.prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
