@@ -5,7 +5,6 @@ naming the file and line; it never counts as done and never reaches the summary.
 appended onto a line that lacks its newline. A bad ``--out`` is one line and exit 2 before any work.
 """
 import csv
-import os
 import shutil
 
 import pytest
