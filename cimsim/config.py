@@ -24,6 +24,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .device import DeviceModel, DeviceModelError, load_device_cached
+
 DAC_MODES = ("multibit", "bit_serial")
 ADC_RANGES = ("calibrated", "full", "fixed")
 ADC_CONVERTS = ("differential", "separate")
@@ -150,11 +152,24 @@ class CrossbarConfig:
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "a preset name, a JSON path or 'ideal'")
         if self.device != "ideal":
-            from .program import resolve_device  # loads the model once (cached) and checks the cell fits
-
-            resolve_device(self)
+            self.device_model()  # loads the model once (cached) and checks the cell fits
 
     # ----------------------------------------------------------- derived
+    def device_model(self) -> DeviceModel:
+        """The :class:`DeviceModel` ``device`` names (``sigma_scale`` applied), checked against the cell."""
+        try:
+            dev = load_device_cached(self.device)
+        except DeviceModelError as e:
+            raise ConfigError(f"CrossbarConfig.device = {self.device!r}: {e}") from None
+        if self.sigma_scale is not None:
+            dev = dev.replace(sigma_scale=self.sigma_scale)
+        if dev.n_levels is not None and self.cell_levels > dev.n_levels:
+            raise ConfigError(
+                f"CrossbarConfig.bits_per_cell = {self.bits_per_cell}: {self.cell_levels} levels per cell, "
+                f"but device {dev.name!r} has only {dev.n_levels}"
+            )
+        return dev
+
     @property
     def n_slices(self) -> int:
         """Number of cells (slices) per weight magnitude: ceil(weight_bits / bits_per_cell)."""

@@ -25,6 +25,7 @@ Every random draw takes an explicit :class:`numpy.random.Generator`: a chip is a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -556,6 +557,29 @@ class DeviceModel:
 
 # ---------------------------------------------------------------------- presets
 PRESET_DIR = Path(__file__).resolve().parent.parent / "device_models"
+
+
+#: conductance range of the ``ideal`` device (S): infinite on/off ratio, exact programming.
+IDEAL_GMAX_S = 40e-6
+
+
+def ideal_device() -> DeviceModel:
+    """Exact programming on a continuous [0, 40 uS] range, no read noise."""
+    return DeviceModel(name="ideal", gmin_S=0.0, gmax_S=IDEAL_GMAX_S, times_s=(0.0,), sigma_poly_uS=((0.0,),),
+                       technology="ideal", citation="")
+
+
+@functools.lru_cache(maxsize=32)
+def _load_device_cached(name: str, mtime: float) -> DeviceModel:
+    return load_device(name)
+
+
+def load_device_cached(name_or_path: str) -> DeviceModel:
+    """:func:`load_device`, or ``"ideal"``; a file is read again only when its modification time changes."""
+    if name_or_path == "ideal":
+        return ideal_device()
+    p = Path(name_or_path)
+    return _load_device_cached(name_or_path, p.stat().st_mtime if p.exists() else 0.0)
 
 
 def preset_names() -> list[str]:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .program import ProgrammedArray
+from .readout import ChipReadout
+
 
 #: upper bound on the partial-sum block a forward materialises (bytes)
 BLOCK_BYTES = int(os.environ.get("CIMSIM_BLOCK_BYTES", 16 * 2**20))  # 16 MiB: measured fastest of 2, 8, 16, 32 here
@@ -59,7 +60,7 @@ class Plan:
         return self.G.shape[0] * self.G.shape[1]
 
 
-def _groups(arr: ProgrammedArray, values) -> np.ndarray:
+def _groups(arr: ChipReadout, values) -> np.ndarray:
     """Stack per-cell ``values(g_S)`` into column groups (Gc, in, out): G+ - G- per slice
     (differential conversion) or every G+ slice then every G- slice (separate conversion)."""
     if arr.config.adc_convert == "differential":
@@ -76,13 +77,13 @@ def _to_tiles(a: np.ndarray, rows: int, device, dtype) -> torch.Tensor:
     return torch.from_numpy(m).view(t, rows, gc * n_out).to(device, dtype)
 
 
-def group_conductances(arr: ProgrammedArray) -> np.ndarray:
+def group_conductances(arr: ChipReadout) -> np.ndarray:
     """(Gc, in, out) conductances in units of G_step, grouped as the ADCs see them."""
     step = arr.step_S
     return _groups(arr, lambda gp, gn: (gp - gn) / step if gn is not None else gp / step)
 
 
-def make_plan(arr: ProgrammedArray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Plan:
+def make_plan(arr: ChipReadout, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Plan:
     cfg = arr.config
     S, n_in, n_out = arr.g_pos_S.shape
     sig = float(1 << cfg.bits_per_cell) ** np.arange(S)
@@ -108,7 +109,7 @@ def make_plan(arr: ProgrammedArray, device: torch.device | str = "cpu", dtype: t
     )
 
 
-def get_plan(arr: ProgrammedArray, device: torch.device, dtype: torch.dtype) -> Plan:
+def get_plan(arr: ChipReadout, device: torch.device, dtype: torch.dtype) -> Plan:
     key = ("plan", str(device), dtype)
     plan = arr._cache.get("plan")
     if plan is None or plan[0] != key:
@@ -177,7 +178,7 @@ def _adc_shift_add_torch(P, C, b, n_out, plan: Plan, cycw, sign, acc):
     acc += sign * torch.einsum("c,g,tcbgo->bo", cycw, plan.colw, q)
 
 
-def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "auto",
+def crossbar_matmul_torch(arr: ChipReadout, x: torch.Tensor, kernel: str = "auto",
                           generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Simulated ``y = x @ W_eff.T`` for a torch tensor ``x`` (B, in) -> (B, out) float64, no autograd.
 
@@ -262,7 +263,7 @@ def crossbar_matmul_torch(arr: ProgrammedArray, x: torch.Tensor, kernel: str = "
     return acc
 
 
-def crossbar_matmul(arr: ProgrammedArray, x: np.ndarray, **kw) -> np.ndarray:
+def crossbar_matmul(arr: ChipReadout, x: np.ndarray, **kw) -> np.ndarray:
     """Numpy front end of :func:`crossbar_matmul_torch`: x (B, in) or (in,) -> float64 (B, out) or (out,)."""
     x = np.asarray(x)
     one = x.ndim == 1
@@ -271,7 +272,7 @@ def crossbar_matmul(arr: ProgrammedArray, x: np.ndarray, **kw) -> np.ndarray:
     return y[0] if one else y
 
 
-def partial_sums(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
+def partial_sums(arr: ChipReadout, x: np.ndarray) -> np.ndarray:
     """|Noise-free partial sums| of every tile read for inputs ``x`` (B, in), for ADC calibration.
 
     Returns (n_groups, n_reads, out) float32 where n_reads = phases x tiles x cycles x B

@@ -46,7 +46,7 @@ from .autograd import KERNELS
 from .config import CrossbarConfig
 from .device import DeviceModel
 from .mapping import MappedWeights, slice_digits
-from .program import ProgrammedArray, program as program_array, resolve_device, seed_sequence_child
+from .program import ProgrammedArray, program as program_array, seed_sequence_child
 
 MODES = ("ideal", "chip", "fresh")
 _MODE_ALIASES = {"train_variation": "fresh"}
@@ -153,7 +153,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
     def _device_models(self) -> tuple[DeviceModel, DeviceModel]:
         """(device model, its ideal twin for calibration), resolved once."""
         if self._devices is None:
-            dev = resolve_device(self.config)
+            dev = self.config.device_model()
             self._devices = (dev, dev.ideal())
         return self._devices
 

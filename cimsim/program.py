@@ -8,77 +8,15 @@ It computes matrix-vector products with :meth:`ProgrammedArray.matmul` (fast pat
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, CrossbarConfig
-from .device import DeviceModel, DeviceModelError, load_device
+from .config import CrossbarConfig
+from .device import DeviceModel
 from .mapping import MappedWeights, conductance_targets, level_step_S, map_weights, unmap
-
-#: conductance range of the ``ideal`` device (S): infinite on/off ratio, exact programming.
-IDEAL_GMAX_S = 40e-6
-
-
-def ideal_device() -> DeviceModel:
-    """Exact programming on a continuous [0, 40 uS] range, no read noise."""
-    return DeviceModel(name="ideal", gmin_S=0.0, gmax_S=IDEAL_GMAX_S, times_s=(0.0,), sigma_poly_uS=((0.0,),),
-                       technology="ideal", citation="")
-
-
-@functools.lru_cache(maxsize=32)
-def _load_device_cached(name: str, mtime: float) -> DeviceModel:
-    return load_device(name)
-
-
-def resolve_device(config: CrossbarConfig) -> DeviceModel:
-    """The :class:`DeviceModel` a config names (``sigma_scale`` applied), checked against the cell."""
-    if config.device == "ideal":
-        dev = ideal_device()
-    else:
-        p = Path(config.device)
-        mtime = p.stat().st_mtime if p.exists() else 0.0
-        try:
-            dev = _load_device_cached(config.device, mtime)
-        except DeviceModelError as e:
-            raise ConfigError(f"CrossbarConfig.device = {config.device!r}: {e}") from None
-    if config.sigma_scale is not None:
-        dev = dev.replace(sigma_scale=config.sigma_scale)
-    if dev.n_levels is not None and config.cell_levels > dev.n_levels:
-        raise ConfigError(
-            f"CrossbarConfig.bits_per_cell = {config.bits_per_cell}: {config.cell_levels} levels per cell, "
-            f"but device {dev.name!r} has only {dev.n_levels}"
-        )
-    return dev
-
-
-class ChipReadout:
-    """What every programmed chip offers the fast path, whatever holds its conductances (numpy on
-    the host: :class:`ProgrammedArray`; torch on a device: :class:`cimsim.program_torch.DeviceArray`).
-
-    Needs ``config``, ``scale`` ((out,) weight step), ``drift_scale``, ``seed`` and ``_cache``.
-    """
-
-    @property
-    def n_groups(self) -> int:
-        """Column groups the ADCs see: one per slice (differential), two per slice (separate)."""
-        return self.config.n_slices * (1 if self.config.adc_convert == "differential" else 2)
-
-    def output_scale(self, clip: float) -> np.ndarray:
-        """(out,) factor from integer partial-sum units to layer output units:
-        weight step x input step (clip / (2^b - 1)) x drift compensation."""
-        return self.scale * (clip / self.config.x_max_int) * self.drift_scale
-
-    def next_read_seed(self) -> int:
-        """A fresh seed for one read's noise, derived from the chip seed and a read counter."""
-        n = self._cache.get("reads", 0)
-        self._cache["reads"] = n + 1
-        ss = np.random.SeedSequence(entropy=self.seed if self.seed is not None else 0, spawn_key=(0x5EAD, n))
-        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
+from .readout import ChipReadout
 
 @dataclass
 class ProgrammedArray(ChipReadout):
@@ -277,7 +215,7 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
     the read time; the layer's outputs are multiplied by their ratio.
     """
     if device is None:
-        device = resolve_device(config)
+        device = config.device_model()
     elif config.sigma_scale is not None:
         device = device.replace(sigma_scale=config.sigma_scale)
     if isinstance(seed, np.random.Generator):
@@ -322,5 +260,5 @@ def seed_sequence_child(seed: int, index: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-__all__ = ["ProgrammedArray", "program", "resolve_device", "ideal_device", "seed_sequence_child",
+__all__ = ["ProgrammedArray", "program", "seed_sequence_child",
            "check_calibration_batch", "check_seed"]

@@ -24,7 +24,7 @@ import torch
 from .config import CrossbarConfig
 from .device import DeviceModel
 from .mapping import level_step_S
-from .program import ChipReadout
+from .readout import ChipReadout
 
 
 def student_t(df: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

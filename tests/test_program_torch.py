@@ -10,7 +10,8 @@ from cimsim.device import load_device
 from cimsim.mvm import crossbar_matmul_torch
 from cimsim.mvm_ref import matmul_quantized
 from cimsim.nn import CIMLinear
-from cimsim.program import ideal_device, program
+from cimsim.device import ideal_device
+from cimsim.program import program
 from cimsim.program_torch import LevelTable, program_on_device, student_t
 
 EXACT = dict(adc_bits=24, adc_range="full")

@@ -58,7 +58,6 @@ from cimsim.program_torch import student_t
 from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
 from cimsim.nn import calibrate as cim_calibrate
 from cimsim.nn import convert as cim_convert
-from cimsim.program import resolve_device as cim_resolve_device
 from cimsim.program import seed_sequence_child
 
 from .models import noisy_weight_names
@@ -410,7 +409,7 @@ class CrossbarNoise(Variation):
         self.sigma_mode = sigma_mode
         self.calibration = calibration
         self.keep_first, self.keep_last = bool(keep_first), bool(keep_last)
-        self.base = cim_resolve_device(config)
+        self.base = config.device_model()
         self.config = config.replace(sigma_scale=None)  # the spread is set per call (device models below)
         self._devices: dict[float, tuple[DeviceModel, DeviceModel]] = {}
 
