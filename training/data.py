@@ -118,6 +118,19 @@ def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tenso
 
 
 # ------------------------------------------------------------------------ digits
+
+def load_splits(cfg) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Train, validation and test sets as a :class:`training.config.RunConfig` says (the validation
+    split carved from the training set by ``val_fraction`` and ``seed``, never from the test set)."""
+    full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.resize)
+    if cfg.train_limit:
+        full = full.subset(slice(0, cfg.train_limit))
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.resize)
+    if cfg.test_limit:
+        test = test.subset(slice(0, cfg.test_limit))
+    tr, va = train_val_split(len(full), cfg.val_fraction, cfg.seed)
+    return full.subset(tr), full.subset(va), test
+
 def _digits(split: str, resize: int | None) -> ImageSet:
     from sklearn.datasets import load_digits
 

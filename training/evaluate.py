@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageSet
+from .cli import Parser, UsageError, field_type, resolve_torch_device
+from .data import ImageSet, load_splits
 from .precision import autocast
 from .variation import Variation, make_generator
 from .threads import set_threads
@@ -343,7 +344,6 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     from .config import RunConfig
     from .data import load_dataset
     from .models import build_model
-    from .train import resolve_device
     from .variation import make_variation
 
     run_dir = Path(run_dir)
@@ -351,7 +351,7 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
         raise FileNotFoundError(f"{run_dir}: no best.pt (not a finished training run folder)")
     trained = RunConfig.load(run_dir / "config.json")
     cfg = eval_config(trained, overrides)
-    dev = resolve_device(torch_device or cfg.torch_device)
+    dev = resolve_torch_device(torch_device or cfg.torch_device)
     test = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.resize)
     if cfg.test_limit:
         test = test.subset(slice(0, cfg.test_limit))
@@ -362,9 +362,7 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
         model = prepare(model)
     load_best(run_dir, model, dev, trained, cfg)
     if calibrate and trained.noise != "crossbar" and cfg.noise == "crossbar":
-        from .train import load_data
-
-        variation.calibrate(model, load_data(cfg)[0], cfg.batch_size)
+        variation.calibrate(model, load_splits(cfg)[0], cfg.batch_size)
     return cfg, model, variation, test, dev
 
 
@@ -412,7 +410,6 @@ def parse_overrides(items: Sequence[str]) -> dict:
     import dataclasses
 
     from .config import ConfigError, RunConfig
-    from .train import _field_type
 
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     out = {}
@@ -424,7 +421,7 @@ def parse_overrides(items: Sequence[str]) -> dict:
         if key not in EVAL_OVERRIDES:
             raise ConfigError(f"--set {key}: evaluation cannot change it (allowed: {', '.join(sorted(EVAL_OVERRIDES))})")
         try:
-            out[key] = _field_type(fields[key])(value.strip())
+            out[key] = field_type(fields[key])(value.strip())
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--set {item!r}: {e}") from None
     RunConfig().replace(**out)  # validates the values (ConfigError)
@@ -446,11 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .engines import EngineError, make_engine
     from .runfolder import RunFolderError, check_output_file
-    from .train import UsageError, _Parser
     from .variation import VariationError
     from cimsim.device import DeviceModelError
 
-    p = _Parser(prog="python -m training.evaluate",
+    p = Parser(prog="python -m training.evaluate",
                 description="Monte Carlo test accuracy of a finished run folder, chips fanned out to an engine.")
     p.add_argument("--run", required=True, help="finished run folder (config.json, best.pt)")
     p.add_argument("--chips", type=int, default=None, help="chips (default: the run's eval_chips)")

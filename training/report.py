@@ -17,7 +17,6 @@ The authors' numbers (``../shared/reference/neft_paper_accuracy.csv``: VGG-8, 20
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os

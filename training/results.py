@@ -47,7 +47,6 @@ evaluations, ``python -m training.sweep --out <out>/<stage> --retry-failed ...``
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -394,7 +393,8 @@ def check_suite_run(suite: Suite, out: Path, only: list[str] | None = None,
     from .config import ConfigError
     from .runfolder import RunFolderError, check_output_dir
     from .sweep import EVAL_LEDGER, check_out, scan_ledger
-    from .train import UsageError, check_options
+    from .cli import UsageError
+    from .train import check_options
 
     data_dirs = data_dirs or {}
     try:
@@ -494,9 +494,9 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
 def main(argv: list[str] | None = None) -> int:
     from .engines import EngineError
     from .runfolder import RunFolderError
-    from .train import UsageError, _Parser
+    from .cli import Parser, UsageError
 
-    p = _Parser(prog="python -m training.results", description="Run the published experiment suite, or write its report.")
+    p = Parser(prog="python -m training.results", description="Run the published experiment suite, or write its report.")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train and evaluate every stage of a suite (resumes)")
     r.add_argument("--suite", default="cpu", help="suite name (training/suites/NAME.toml) or TOML path (default cpu)")

@@ -78,6 +78,7 @@ import numpy as np
 
 from .threads import set_threads
 from .config import ConfigError, RunConfig
+from .cli import EXIT_USAGE
 from .engines import ENGINES, Engine, EngineError, InlineEngine, LocalEngine, Task, make_engine, one_line
 
 ROW_FIELDS = [
@@ -87,7 +88,6 @@ ROW_FIELDS = [
 ]
 FAULT_ENV = "CIMSIM_TEST_FAULTS"
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -839,11 +839,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data import DataError
     from .runfolder import RunFolderError
-    from .train import UsageError, _Parser, add_config_args, config_from_args
+    from .cli import Parser, UsageError, add_config_args, config_from_args
     from .variation import VariationError
 
     skip = ("method", "sigma", "seed")
-    p = _Parser(prog="python -m training.sweep", description="Grid of training runs -> results CSV and plots.")
+    p = Parser(prog="python -m training.sweep", description="Grid of training runs -> results CSV and plots.")
     add_config_args(p, skip=skip)
     p.add_argument("--methods", default="plain,nit,ovf,irs", help="comma list (default plain,nit,ovf,irs)")
     p.add_argument("--sigmas", default="0:0.4:0.05", help="start:stop:step (stop included) or comma list")

@@ -33,17 +33,13 @@ so ``--resume`` continues the exact same run.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import json
-import os
 import math
+import os
 import shutil
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -51,23 +47,19 @@ import torch
 
 from cimsim.device import DeviceModelError
 
-from .threads import set_threads
-from .config import FIELD_HELP, ConfigError, RunConfig
-from .data import DataError, ImageSet, check_available, load_dataset, train_val_split
-from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
+from .cli import EXIT_USAGE, Parser, UsageError, add_config_args, config_from_args, resolve_torch_device
+from .config import ConfigError, RunConfig
+from .data import DataError, check_available, load_splits
 from .engines import one_line
+from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
+from .methods import MethodSpec, batch_loss
 from .precision import autocast
 from .runfolder import RunFolderError, RunLock, check_not_locked, check_output_dir, check_replaceable, write_marker
-from .methods import MethodSpec, batch_loss
+from .threads import set_threads
 from .models import build_model
 from .variation import VariationError, checkpoint_state, make_generator, make_variation
 
-EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-
-
-class UsageError(RuntimeError):
-    """Bad option or missing file (one line; the CLI exits with code 2)."""
 
 
 class Diverged(RuntimeError):
@@ -86,14 +78,6 @@ def save_atomic(obj, path: Path) -> None:
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("torch_device 'cuda' asked for but no CUDA device is available")
-    return torch.device(name)
-
-
 def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
@@ -103,7 +87,7 @@ def check_options(cfg: RunConfig) -> None:
     try:
         check_available(cfg.dataset, cfg.data_dir)
         make_variation(cfg)
-        resolve_device(cfg.torch_device)
+        resolve_torch_device(cfg.torch_device)
     except (DataError, VariationError, DeviceModelError) as e:
         raise UsageError(str(e)) from None
 
@@ -127,18 +111,6 @@ def check_run(cfg: RunConfig, out: Path, resume: bool, overwrite: bool = False) 
     work = partial_dir(out)
     if work.exists() and not resume:
         raise UsageError(f"{work} holds an unfinished run; pass --resume to continue it or remove it")
-
-
-def load_data(cfg: RunConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
-    """Train, validation and test sets as the config says."""
-    full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.resize)
-    if cfg.train_limit:
-        full = full.subset(slice(0, cfg.train_limit))
-    test = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.resize)
-    if cfg.test_limit:
-        test = test.subset(slice(0, cfg.test_limit))
-    tr, va = train_val_split(len(full), cfg.val_fraction, cfg.seed)
-    return full.subset(tr), full.subset(va), test
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -171,9 +143,9 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
         set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    dev = resolve_device(cfg.torch_device)
+    dev = resolve_torch_device(cfg.torch_device)
     try:
-        train, val, test = load_data(cfg)
+        train, val, test = load_splits(cfg)
     except DataError as e:
         raise UsageError(str(e)) from None
     train_d, val_d = train.to(dev), val.to(dev)
@@ -348,55 +320,8 @@ def _finish(work: Path, out: Path, lock: RunLock) -> None:
         shutil.rmtree(old)
 
 
-# ----------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line and exits with code 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
-def _field_type(f: dataclasses.Field):
-    hint = typing.get_type_hints(RunConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if isinstance(hint, types.UnionType) and args else hint
-    if typing.get_origin(base) is tuple:
-        return lambda s: tuple(float(v) for v in s.split(",") if v.strip())
-    if base is bool:
-        return _parse_bool
-    return base
-
-
-def _parse_bool(s: str) -> bool:
-    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) as a bool option value."""
-    v = s.strip().lower()
-    if v in ("true", "yes", "on", "1"):
-        return True
-    if v in ("false", "no", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
-def add_config_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--field-name`` option per :class:`RunConfig` field (default: the config's)."""
-    p.add_argument("--config", help="JSON or TOML config file; options given here override it")
-    for f in dataclasses.fields(RunConfig):
-        if f.name in skip:
-            continue
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f), default=None,
-                       help=f"{FIELD_HELP.get(f.name, 'see training.config.RunConfig')} (default {f.default!r})")
-
-
-def config_from_args(ns: argparse.Namespace, skip: tuple[str, ...] = ()) -> RunConfig:
-    base = RunConfig.load(ns.config) if ns.config else RunConfig()
-    changes = {f.name: getattr(ns, f.name) for f in dataclasses.fields(RunConfig)
-               if f.name not in skip and getattr(ns, f.name, None) is not None}
-    return base.replace(**changes)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m training.train", description="Train one model with a NeFT method and evaluate it on Monte Carlo chips.")
+    p = Parser(prog="python -m training.train", description="Train one model with a NeFT method and evaluate it on Monte Carlo chips.")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in <out>.partial")

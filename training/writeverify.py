@@ -59,7 +59,6 @@ import math
 import pickle
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +100,9 @@ from .programming import (
 from .precision import autocast
 from .runfolder import RunFolderError, check_output_dir
 from .variation import float_state
-from .train import UsageError, load_data, resolve_device
+from .cli import EXIT_USAGE, Parser, UsageError, resolve_torch_device
+from .data import load_splits
 
-EXIT_USAGE = 2
 TABLE_FIELDS = ["run", "method", "policy", "sensitivity", "tolerance", "tolerance_unit", "fraction", "chips",
                 "acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high", "acc_min", "energy_J", "latency_s", "pulses",
                 "reads", "failed_cells", "cells", "verified_cells"]
@@ -365,8 +364,8 @@ class RunOutcome:
 def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
     """Every policy of the sweep on one run (progress on stderr)."""
     cfg = spec.cfg
-    dev = resolve_device(opts.torch_device)
-    train, _, test = load_data(cfg)
+    dev = resolve_torch_device(opts.torch_device)
+    train, _, test = load_splits(cfg)
     model = load_model(spec, train.input_shape, train.num_classes, dev)
     test = test.to(dev)
     setup = ProgrammingSetup(device=spec.device, crossbar=opts.crossbar, algorithm=opts.algorithm,
@@ -572,16 +571,8 @@ def build_outputs(opts: Options, outcomes: list[RunOutcome], argv: list[str]) ->
 
 
 # ------------------------------------------------------------------------------ CLI
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line and exits with code 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
 def make_parser(prog: str = "python -m training.writeverify") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Accuracy against write-verify energy and latency of trained models "
+    p = Parser(prog=prog, description="Accuracy against write-verify energy and latency of trained models "
                                        "(one-shot, full and selective write-verify; see training/writeverify.py).")
     p.add_argument("--run", action="append", required=True, help="run folder (repeat for several runs)")
     p.add_argument("--policies", default="none,full,selective", help="comma list of none, full, selective")
@@ -626,7 +617,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.writever
     try:
         opts = options_from_args(ns)
         specs = [check_run(r, opts) for r in opts.runs]
-        resolve_device(opts.torch_device)
+        resolve_torch_device(opts.torch_device)
         t0 = time.time()
         outcomes = [evaluate_run(s, opts) for s in specs]
         files, table = build_outputs(opts, outcomes, argv)
