@@ -78,11 +78,8 @@ therefore depend only on the seed, never on the thread count or chunking, and th
 Python reference (:func:`write_verify_reference`) reproduces the Numba kernel number for
 number. Relaxation and one-shot programming use a numpy ``Generator``.
 
-Command line: ``python -m cimsim.writeverify --run runs/<run> ...`` evaluates trained models
-under one-shot / full / selective write-verify and writes accuracy-vs-energy/latency tables and
-budgets. It needs the ``training`` package (and torch): the command is
-:mod:`training.writeverify` (also ``python -m training.writeverify``), imported only when this
-file runs as a script, so importing :mod:`cimsim.writeverify` loads neither training nor torch.
+The write-verify budget of trained models (a command over training run folders) is
+``python -m training.writeverify``: the library never imports the ``training`` package.
 
 Numba threading layer: ``omp`` by default (``CIMSIM_NUMBA_THREADING``); measurements in
 :func:`_ensure_threading_layer`.
@@ -927,17 +924,9 @@ def bench_writeverify(n_cells: int = 2_000_000, repeats: int = 3, threads: Seque
     return best
 
 
-# ============================================================================ command line
-if __name__ == "__main__":
-    # ``python -m cimsim.writeverify``: write-verify budgets of trained models. That command programs
-    # torch models from training run folders, so it lives in the ``training`` package
-    # (training/writeverify.py, also ``python -m training.writeverify``); it is imported only here,
-    # when this file runs as a script, so ``import cimsim.writeverify`` never loads training or torch.
+if __name__ == "__main__":  # the command over trained runs lives in the training package
     import sys
 
-    try:
-        from training.writeverify import main as _cli_main
-    except ImportError as _e:
-        print(f"python -m cimsim.writeverify: needs the training package and torch ({_e})", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_cli_main(prog="python -m cimsim.writeverify"))
+    print("python -m cimsim.writeverify: the write-verify budget of trained runs is "
+          "`python -m training.writeverify` (same options)", file=sys.stderr)
+    sys.exit(2)

@@ -1,4 +1,4 @@
-"""Write-verify budgets of trained models: ``python -m training.writeverify`` (also ``python -m cimsim.writeverify``).
+"""Write-verify budgets of trained models: ``python -m training.writeverify``.
 
 Example::
 

@@ -1,5 +1,5 @@
 """Write-verify budgets of trained models: training.programming and the CLI
-(``python -m cimsim.writeverify`` = ``python -m training.writeverify``)."""
+(``python -m training.writeverify``)."""
 from __future__ import annotations
 
 import csv
@@ -55,10 +55,10 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli(runs, tmp_path_factory):
-    """One CLI run through ``python -m cimsim.writeverify`` over both runs; returns (out, process)."""
+    """One CLI run through ``python -m training.writeverify`` over both runs; returns (out, process)."""
     out = tmp_path_factory.mktemp("wv_out") / "res"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "cimsim.writeverify", "--run", str(runs["plain"]), "--run", str(runs["nit"]),
+    args = [sys.executable, "-m", "training.writeverify", "--run", str(runs["plain"]), "--run", str(runs["nit"]),
             "--policies", "none,full,selective", "--tolerances", "2", "--fractions", "0.1,1", "--chips", "2",
             "--sigma", SIGMA, "--sensitivity", "second", "--out", str(out)]
     proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env, timeout=300)
