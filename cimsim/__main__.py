@@ -1,6 +1,6 @@
 """``python -m cimsim``: the quick start (see :mod:`cimsim.quickstart`)."""
 import sys
 
-from .quickstart import main
+from cimsim.quickstart import main
 
 sys.exit(main())

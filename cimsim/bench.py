@@ -69,7 +69,7 @@ def _rss(field: str) -> int:
 
 
 def _configs(quick: bool, at_target: bool):
-    from .config import CrossbarConfig
+    from cimsim.crossbar.config import CrossbarConfig
 
     for dac in ("multibit", "bit_serial"):
         for n_slices in SLICES:
@@ -82,9 +82,9 @@ def run(shapes=SHAPES, batches=BATCHES, quick: bool = False, out: Path | None = 
     import numba
     import torch
 
-    from .device import load_device
-    from .mvm import crossbar_matmul_torch
-    from .program import program
+    from cimsim.device.model import load_device
+    from cimsim.crossbar.mvm import crossbar_matmul_torch
+    from cimsim.crossbar.program import program
 
     rows: list[dict] = []
     rng = np.random.default_rng(0)
@@ -145,7 +145,7 @@ def _fmt(r: dict) -> str:
 def _write_csv(rows: list[dict], out: Path) -> None:
     import pandas as pd
 
-    from .io import atomic_write_text
+    from cimsim.io import atomic_write_text
 
     atomic_write_text(Path(out), pd.DataFrame(rows).to_csv(index=False))
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ap.prog}: error: --threads must be >= 1, got {a.threads}", file=sys.stderr)
         return 2
     if a.what in ("mvm", "all"):
-        from .io import OutputError, check_outputs
+        from cimsim.io import OutputError, check_outputs
 
         try:
             check_outputs([a.out])  # before minutes of timing, not after
@@ -202,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.out}")
         ok &= summarize(rows)
     if a.what in ("train", "all"):
-        from .bench_torch import TARGET_RATIO, bench_training_step
+        from cimsim.bench_torch import TARGET_RATIO, bench_training_step
 
         res = bench_training_step()
         ok &= max(res["chip_ratio"], res["fresh_ratio"]) <= TARGET_RATIO
     if a.what in ("writeverify", "all"):
-        from .writeverify import bench_writeverify
+        from cimsim.writeverify import bench_writeverify
 
         bench_writeverify()
     return 0 if ok else 1

@@ -33,7 +33,7 @@ def lenet5():
 def default_config():
     """The benchmark's crossbar: multi-bit 8-bit DAC, 8-bit weights on 4 slices of 2-bit cells,
     calibrated 8-bit ADC, NeuRRAM device model."""
-    from .config import CrossbarConfig
+    from cimsim.crossbar.config import CrossbarConfig
 
     return CrossbarConfig(dac="multibit", input_bits=8, weight_bits=8, bits_per_cell=2, adc_bits=8,
                           adc_range="calibrated", device="neurram")
@@ -97,7 +97,7 @@ def bench_training_step(batch: int = 128, reps: int = 20, config=None, seed: int
 def _bench(batch: int, reps: int, config, seed: int, log) -> dict:
     import torch
 
-    from .nn import calibrate, convert, set_mode
+    from cimsim.nn import calibrate, convert, set_mode
 
     config = config if config is not None else default_config()
     gen = torch.Generator().manual_seed(seed)

@@ -1,8 +1,8 @@
 """Numba kernels: the per-element work of the crossbar (fused ADC + shift-and-add).
 
 Private ``@njit`` kernels take only plain arrays (STUMPY's habit); the public wrappers in
-:mod:`cimsim.mvm` validate and prepare. Each kernel has a pure-torch twin in :mod:`cimsim.mvm`
-(used on CUDA and as a cross-check) and both are checked against :mod:`cimsim.mvm_ref`.
+:mod:`cimsim.crossbar.mvm` validate and prepare. Each kernel has a pure-torch twin in :mod:`cimsim.crossbar.mvm`
+(used on CUDA and as a cross-check) and both are checked against :mod:`cimsim.crossbar.mvm_ref`.
 
 Threading: torch and numba share one OpenMP runtime here. Numba's threading layer is chosen
 once, before the first parallel kernel compiles: ``CIMSIM_NUMBA_THREADING`` (default ``omp``,
@@ -132,7 +132,7 @@ def dac_drive(x, inv_clip, xmax, n_cycles, rows, pos, neg, signed):  # pragma: n
     """Quantize inputs and lay out the DAC drive of both phases in one pass, tile by tile.
 
     x: (B, in) inputs; x_int = rint(min(max(x * inv_clip, -1), 1) * xmax), as
-    :func:`cimsim.mapping.quantize_inputs` computes it.
+    :func:`cimsim.crossbar.mapping.quantize_inputs` computes it.
     pos, neg: (T, n_cycles * B, rows) float32, every element written (no zeroing needed): row
     tile t, read ``c * B + b``, row r holds input ``t * rows + r`` of batch row b: its magnitude
     (positive / negative phase; ``n_cycles == 1``, multi-bit DAC) or its bit c (bit-serial);

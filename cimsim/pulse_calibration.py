@@ -43,8 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .device import DeviceModel
-from .writeverify import (
+from cimsim.device.model import DeviceModel
+from cimsim.writeverify import (
     PulseModel,
     WriteVerifyError,
     build_inputs,
@@ -247,7 +247,7 @@ def _row_cost(row: MeasuredRow, pm: PulseModel, n_cells: int, seed: int, config:
     """Simulate ``n_cells`` cells of one row (as :func:`simulate_row`) and cost them."""
     from types import SimpleNamespace
 
-    from .cost import write_verify_cost
+    from cimsim.cost import write_verify_cost
 
     dev = radar_device()
     inp = build_inputs(np.full(n_cells, row.lo_S), np.full(n_cells, row.hi_S), np.full(n_cells, dev.gmin_S),
@@ -270,7 +270,7 @@ def ember_crosscheck(rows: Sequence[MeasuredRow] | None = None, n_cells: int = 4
     measured mean SET/RESET/read counts with G at the window centre (or the bound). Returns one
     row per (algorithm, bits per cell) with nJ/bit and the EMBER range.
     """
-    from .cost import CostConfig
+    from cimsim.cost import CostConfig
 
     config = config or CostConfig()
     rows = list(rows) if rows is not None else load_pulse_stats()

@@ -28,9 +28,9 @@ ADC_BITS = (6, 8, 10)
 def crossbar_error_study(device_json: Path, n_out: int = 256, n_in: int = 512, batch: int = 64, chips: int = 8,
                          seed: int = 0, log=print) -> "list[dict]":
     """Relative RMS error of a programmed layer vs the exact quantized matmul (one row per setting)."""
-    from .config import CrossbarConfig
-    from .mvm_ref import matmul_quantized
-    from .program import program, seed_sequence_child
+    from cimsim.crossbar.config import CrossbarConfig
+    from cimsim.crossbar.mvm_ref import matmul_quantized
+    from cimsim.crossbar.program import program, seed_sequence_child
 
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
@@ -86,10 +86,10 @@ OUTPUTS = ("rram.json", "rram_fit.png", "crossbar_error.csv", "crossbar_error.pn
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns 0 on success, 2 on bad input (one line on stderr, nothing written)."""
-    from .device import DeviceModelError
-    from .fit import _Parser, _UsageError
-    from .io import OutputError
-    from .measured import MeasuredDataError
+    from cimsim.device.model import DeviceModelError
+    from cimsim.device.fit import _Parser, _UsageError
+    from cimsim.io import OutputError
+    from cimsim.device.measured import MeasuredDataError
 
     ap = _Parser(prog="python -m cimsim", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO / "data/measured/rram.csv"), help="measured data to fit")
@@ -121,9 +121,9 @@ def _run(a: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from .config import ConfigError
-    from .fit import FitOptions, _UsageError, check_paths, fit_device, format_table, render_figure
-    from .io import write_outputs
+    from cimsim.crossbar.config import ConfigError
+    from cimsim.device.fit import FitOptions, _UsageError, check_paths, fit_device, format_table, render_figure
+    from cimsim.io import write_outputs
 
     if a.chips < 2:
         raise _UsageError(f"--chips must be at least 2, got {a.chips}")

@@ -95,7 +95,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .device import DeviceModel
+from cimsim.device.model import DeviceModel
 
 ALGORITHMS = ("fppv", "ispp")
 RELAXATION_MODES = ("increment", "none", "full")
@@ -344,7 +344,7 @@ def _get_kernel():
     global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
-    from .kernels import choose_threading_layer
+    from cimsim.kernels import choose_threading_layer
 
     choose_threading_layer()
     import numba

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cimsim.autograd import CrossbarMatMul, crossbar_matmul, effective_weight_tensor
-from cimsim.config import CrossbarConfig
-from cimsim.mapping import quantize_inputs
-from cimsim.mvm_ref import matmul_quantized
+from cimsim.nn.autograd import CrossbarMatMul, crossbar_matmul, effective_weight_tensor
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.crossbar.mapping import quantize_inputs
+from cimsim.crossbar.mvm_ref import matmul_quantized
 from cimsim.nn import CIMLinear, program, reprogram, set_mode
-from cimsim.program import seed_sequence_child
+from cimsim.crossbar.program import seed_sequence_child
 
 #: an exact array: ideal device, an ADC with more codes than partial sums, full-range ADC
 IDEAL = CrossbarConfig(device="ideal", adc_range="full", adc_bits=24, input_bits=8, weight_bits=8, tile_rows=16)

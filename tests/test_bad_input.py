@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cimsim import nn as cim
-from cimsim.config import CrossbarConfig
-from cimsim.mvm_ref import matmul_quantized, mvm_reference
-from cimsim.program import program
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.crossbar.mvm_ref import matmul_quantized, mvm_reference
+from cimsim.crossbar.program import program
 
 CFG = CrossbarConfig(device="ideal", adc_bits=8)
 
@@ -113,7 +113,7 @@ def test_program_accepts_the_full_seed_range():
     ('{"read_noise": 1}', "read_noise"),
 ])
 def test_crossbar_config_files_name_file_and_field(tmp_path, text, words):
-    from cimsim.config import ConfigError
+    from cimsim.crossbar.config import ConfigError
 
     p = tmp_path / "xbar.json"
     p.write_text(text)
@@ -123,7 +123,7 @@ def test_crossbar_config_files_name_file_and_field(tmp_path, text, words):
 
 
 def test_crossbar_config_load_of_a_folder_is_a_config_error(tmp_path):
-    from cimsim.config import ConfigError
+    from cimsim.crossbar.config import ConfigError
 
     with pytest.raises(ConfigError, match="cannot read"):
         CrossbarConfig.load(tmp_path)

@@ -18,7 +18,7 @@ from cimsim.cost import (
     programming_latency_s,
     write_verify_cost,
 )
-from cimsim.device import DeviceModel
+from cimsim.device.model import DeviceModel
 from cimsim.writeverify import write_verify
 
 US = 1e-6

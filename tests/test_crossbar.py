@@ -7,13 +7,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cimsim.config import ConfigError, CrossbarConfig
-from cimsim.device import DeviceModel, load_device
+from cimsim.crossbar.config import ConfigError, CrossbarConfig
+from cimsim.device.model import DeviceModel, load_device
 from cimsim.kernels import adc_shift_add_tiles
-from cimsim.mapping import map_weights, quantize_weights, slice_digits, unmap
-from cimsim.mvm import _adc_shift_add_torch, crossbar_matmul, make_plan
-from cimsim.mvm_ref import matmul_quantized, mvm_reference
-from cimsim.program import program
+from cimsim.crossbar.mapping import map_weights, quantize_weights, slice_digits, unmap
+from cimsim.crossbar.mvm import _adc_shift_add_torch, crossbar_matmul, make_plan
+from cimsim.crossbar.mvm_ref import matmul_quantized, mvm_reference
+from cimsim.crossbar.program import program
 
 EXACT = dict(adc_bits=24, adc_range="full")
 
@@ -128,7 +128,7 @@ def test_programming_statistics_match_device_model(name):
     arr0 = program(w, cfg, 0, device=dev)
     ideal = matmul_quantized(arr0, x)
     # prediction: y = a * sum_k base^k sum_i x_i (G+ - G-)/step with independent cells
-    from cimsim.mapping import conductance_targets, quantize_inputs
+    from cimsim.crossbar.mapping import conductance_targets, quantize_inputs
 
     def cell_var(targets):
         _, scale, df = dev.programming_params(targets, cfg.read_time_s)
@@ -222,7 +222,7 @@ def test_calibrated_range_is_the_percentile_of_partial_sums():
     arr = program(w, cfg, 0)
     arr.calibrate(x)
     assert arr.adc_range.shape == (cfg.n_slices, 8)
-    from cimsim.mvm import partial_sums
+    from cimsim.crossbar.mvm import partial_sums
 
     ps = partial_sums(arr, x)
     frac_above = (ps > arr.adc_range[:, None, :]).mean()
@@ -245,7 +245,7 @@ def test_drift_compensation_restores_output_scale():
 
 
 def test_plan_respects_batch_blocks(monkeypatch):
-    import cimsim.mvm as mvm
+    import cimsim.crossbar.mvm as mvm
 
     rng = np.random.default_rng(13)
     w, x = _layer(rng, 5, 30, 9)
@@ -258,7 +258,7 @@ def test_plan_respects_batch_blocks(monkeypatch):
 
 def test_torch_twins_of_kernels_match_numba():
     from cimsim import kernels
-    from cimsim.mvm import _drive_torch
+    from cimsim.crossbar.mvm import _drive_torch
 
     rng = np.random.default_rng(14)
     arr = program(rng.normal(size=(4, 10)), CrossbarConfig(adc_bits=5, adc_range="full", tile_rows=4))

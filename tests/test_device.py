@@ -1,4 +1,4 @@
-"""Tests of cimsim.device: sampling statistics against the parameters, reproducible seeds, exact
+"""Tests of cimsim.device.model: sampling statistics against the parameters, reproducible seeds, exact
 JSON round trips, the shipped presets, and errors for bad device-model JSON."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cimsim.device import (
+from cimsim.device.model import (
     PRESET_DIR, ClippedLogLinear, DeviceModel, DeviceModelError, LevelFit, PowerLawDrift, load_device,
     preset_names,
 )
@@ -205,7 +205,7 @@ def test_fast_level_sampler_matches_numpy_sampler(name):
     """The Numba sampler (counter-based RNG) draws the same distribution as DeviceModel.sample."""
     from scipy import stats
 
-    from cimsim.device import load_device
+    from cimsim.device.model import load_device
 
     dev = load_device(name).replace(stuck_at_gmin=0.01, stuck_at_gmax=0.02)
     levels = dev.level_conductances(4)
@@ -234,7 +234,7 @@ def test_fast_level_sampler_matches_numpy_sampler(name):
 # -------------------------------------------------------- malformed files (issue #15)
 @pytest.mark.parametrize("top", ["[1, 2]", '"rram"', "3", "null"])
 def test_top_level_not_an_object(tmp_path, top):
-    from cimsim.config import ConfigError, CrossbarConfig
+    from cimsim.crossbar.config import ConfigError, CrossbarConfig
 
     p = tmp_path / "m.json"
     p.write_text(top)

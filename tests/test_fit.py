@@ -1,4 +1,4 @@
-"""Tests of cimsim.fit: recovery of known parameters, agreement with the measured data's sample
+"""Tests of cimsim.device.fit: recovery of known parameters, agreement with the measured data's sample
 statistics (tech C and tech B cells in ../shared), summary-vs-raw agreement, JSON round trips,
 every bad-input case of the command line, and the end-to-end CLI on the shipped summary."""
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cimsim.device import DeviceModel
-from cimsim.fit import (
+from cimsim.device.model import DeviceModel
+from cimsim.device.fit import (
     FitOptions, fit_device, fit_level_quantiles, fit_level_samples, fit_poly, main, read_noise_sigma_S,
 )
-from cimsim.measured import QUANTILES, read_tidy, summarize, summary_to_csv
+from cimsim.device.measured import QUANTILES, read_tidy, summarize, summary_to_csv
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "measured"

@@ -1,4 +1,4 @@
-"""Tests of cimsim.measured: the tidy and summary readers, their checks, summaries, read-noise files."""
+"""Tests of cimsim.device.measured: the tidy and summary readers, their checks, summaries, read-noise files."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cimsim.measured import (
+from cimsim.device.measured import (
     QUANTILE_COLUMNS, QUANTILES, SUMMARY_COLUMNS, CellTable, MeasuredDataError, SummaryTable, TidyColumns,
     detect_format, miss_near_edges, read_measured, read_read_noise, read_summary, read_tidy, summarize,
     summary_to_csv,

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cimsim import functional as CF
-from cimsim.config import CrossbarConfig
-from cimsim.mapping import quantize_inputs
+from cimsim.nn import functional as CF
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.crossbar.mapping import quantize_inputs
 from cimsim.nn import (CHIP_KEYS, CIMConv2d, CIMLinear, calibrate, cim_layers, convert, program, reprogram,
                        set_mode, unconvert, use_mode)
 

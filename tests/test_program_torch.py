@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from cimsim.config import CrossbarConfig
-from cimsim.device import load_device
-from cimsim.mvm import crossbar_matmul_torch
-from cimsim.mvm_ref import matmul_quantized
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.device.model import load_device
+from cimsim.crossbar.mvm import crossbar_matmul_torch
+from cimsim.crossbar.mvm_ref import matmul_quantized
 from cimsim.nn import CIMLinear
-from cimsim.device import ideal_device
-from cimsim.program import program
-from cimsim.program_torch import LevelTable, program_on_device, student_t
+from cimsim.device.model import ideal_device
+from cimsim.crossbar.program import program
+from cimsim.crossbar.program_torch import LevelTable, program_on_device, student_t
 
 EXACT = dict(adc_bits=24, adc_range="full")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cimsim.device import DeviceModel, LevelFit
+from cimsim.device.model import DeviceModel, LevelFit
 from cimsim.writeverify import (
     NO_LIMIT_PULSES,
     PULSE_PRESETS,

@@ -7,7 +7,7 @@ here: ``python -m cimsim.fit data/measured/rram.csv`` makes it.
 """
 from __future__ import annotations
 
-from cimsim.device import PRESET_DIR, ClippedLogLinear, DeviceModel, PowerLawDrift, neft_stylized
+from cimsim.device.model import PRESET_DIR, ClippedLogLinear, DeviceModel, PowerLawDrift, neft_stylized
 
 
 def presets() -> dict[str, DeviceModel]:

@@ -7,7 +7,7 @@ Run from the repository root (the measured data lives beside the repository, in 
 For each level (0..31) and nominal read time (0, 0.01, 0.1, 1, 4, 1e5 s): the number of cells,
 the target (window centre), the write-verify window, the mean, the standard deviation (ddof = 1)
 and the 1/5/10/25/50/75/90/95/99 % quantiles of the measured conductance (uS), and the cells
-read outside their window near gmin / gmax (see ``cimsim.measured.miss_near_edges``). Columns
+read outside their window near gmin / gmax (see ``cimsim.device.measured.miss_near_edges``). Columns
 are documented in ``data/measured/README.md``.
 
 Source: Akash Levy, github.com/akashlevy/RRAM-Relaxation-Master-Model, commit ca0cfff6, MIT
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from cimsim.io import atomic_write_text
-from cimsim.measured import MeasuredDataError, read_tidy, sha256_file, summarize, summary_to_csv
+from cimsim.device.measured import MeasuredDataError, read_tidy, sha256_file, summarize, summary_to_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CELLS = ROOT.parent / "shared" / "measured" / "rram_techC_cells.csv"
@@ -28,7 +28,7 @@ DEFAULT_OUT = ROOT / "data" / "measured" / "rram.csv"
 
 
 def metadata(cells_path: Path) -> dict[str, str]:
-    """The ``# key: value`` header of the summary file (read back by ``cimsim.fit``)."""
+    """The ``# key: value`` header of the summary file (read back by ``cimsim.device.fit``)."""
     return {
         "technology": "RRAM 1T1R, 'tech C' of the source (gmax 40 uS, 32 levels, write-verify windows 1.25 uS)",
         "citation": "Akash Levy, RRAM-Relaxation-Master-Model, github.com/akashlevy/RRAM-Relaxation-Master-Model "

@@ -128,7 +128,7 @@ class RunConfig:
         weight_bits: magnitude bits of a quantized weight (sign on the differential pair), device
             backend. bits_per_cell: bits stored per cell. read_time_s: read time after programming (s).
         crossbar backend (the full simulated array, ``training.variation.CrossbarNoise``):
-            crossbar_config: TOML/JSON file of a ``cimsim.config.CrossbarConfig`` (``None``: its
+            crossbar_config: TOML/JSON file of a ``cimsim.crossbar.config.CrossbarConfig`` (``None``: its
             defaults); device_model, weight_bits, bits_per_cell, read_time_s and sigma_mode above
             apply as for the device backend and replace the file's values. adc_bits (1..24) and
             dac (``multibit | bit_serial``) replace the file's when set. keep_first / keep_last:

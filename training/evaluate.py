@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engines import EngineError, make_engine
     from .runfolder import RunFolderError, check_output_file
     from .variation import VariationError
-    from cimsim.device import DeviceModelError
+    from cimsim.device.model import DeviceModelError
 
     p = Parser(prog="python -m training.evaluate",
                 description="Monte Carlo test accuracy of a finished run folder, chips fanned out to an engine.")

@@ -4,13 +4,13 @@ One *chip* is one seeded programming of every conv/linear weight of a model's ba
 heads are dropped at inference and never programmed; biases and BatchNorm stay digital):
 
 1. the weight tensor ``W`` (``[out, ...]``) is flattened to a matrix ``(out, in)`` and mapped by
-   :func:`cimsim.mapping.map_weights` (``weight_bits``-bit sign-magnitude integers, slices of
+   :func:`cimsim.crossbar.mapping.map_weights` (``weight_bits``-bit sign-magnitude integers, slices of
    ``bits_per_cell`` bits, differential pair), giving conductance targets ``(2, S, in, out)``
    (index 0 = G+, 1 = G-; siemens) on the levels ``DeviceModel.level_conductances(2^bits_per_cell)``;
 2. every cell is programmed by :func:`cimsim.writeverify.write_verify` (pulse-level simulation
    of ISPP or FPPV) where the policy's mask says so, and one-shot (``DeviceModel.sample``)
    elsewhere, then relaxed to the read time ``t_read_s``;
-3. the conductances read at ``t_read_s`` are decoded by :func:`cimsim.mapping.unmap` into the
+3. the conductances read at ``t_read_s`` are decoded by :func:`cimsim.crossbar.mapping.unmap` into the
    effective weights ``(out, in)`` and reshaped to the tensor's shape;
 4. energy (J) and latency (s) per layer come from :func:`cimsim.cost.write_verify_cost`, the
    model's from :func:`cimsim.cost.model_cost` (layers are programmed one after another).
@@ -59,10 +59,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cimsim.config import CrossbarConfig
+from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import Cost, CostConfig, CostReport, model_cost, write_verify_cost
-from cimsim.device import DeviceModel
-from cimsim.mapping import MappedWeights, conductance_targets, map_weights, unmap
+from cimsim.device.model import DeviceModel
+from cimsim.crossbar.mapping import MappedWeights, conductance_targets, map_weights, unmap
 from cimsim.writeverify import (
     PulseModel,
     fisher_diag,

@@ -835,7 +835,7 @@ def engine_from_args(ns) -> Engine:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cimsim.device import DeviceModelError
+    from cimsim.device.model import DeviceModelError
 
     from .data import DataError
     from .runfolder import RunFolderError

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cimsim.device import DeviceModelError
+from cimsim.device.model import DeviceModelError
 
 from .cli import EXIT_USAGE, Parser, UsageError, add_config_args, config_from_args, resolve_torch_device
 from .config import ConfigError, RunConfig

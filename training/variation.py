@@ -18,7 +18,7 @@ Backends (``make_variation``):
     ``n = N(0, 1) * 0.77763 * max|W| * sigma / sqrt(0.4 s^2 + 0.6)``, times ``s`` where
     ``0.25 < |W|/max|W| < 0.75`` (strict); ``max|W|`` detached. IRS head weights always use the
     RRAM1 factor (s = 1: ``0.77763 * max|W| * sigma``, no mask), as in the authors' code.
-``device`` :class:`DeviceNoise` - weight noise derived from a fitted ``cimsim.device.DeviceModel``
+``device`` :class:`DeviceNoise` - weight noise derived from a fitted ``cimsim.device.model.DeviceModel``
     through the weight -> conductance mapping (quantize, bit-slice, differential pair, per-level
     time-dependent possibly heavy-tailed programming error, drift, stuck cells, floor), decoded back
     to the weight actually realised. With a NeFT stylized preset (rram1...) and
@@ -51,14 +51,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cimsim.config import ConfigError as CrossbarConfigError
-from cimsim.config import CrossbarConfig
-from cimsim.device import DeviceModel, load_device
-from cimsim.program_torch import student_t
+from cimsim.crossbar.config import ConfigError as CrossbarConfigError
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.device.model import DeviceModel, load_device
+from cimsim.crossbar.program_torch import student_t
 from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
 from cimsim.nn import calibrate as cim_calibrate
 from cimsim.nn import convert as cim_convert
-from cimsim.program import seed_sequence_child
+from cimsim.crossbar.program import seed_sequence_child
 
 from .models import noisy_weight_names
 
@@ -345,7 +345,7 @@ class _WithHeads(nn.Module):
 
 
 class CrossbarNoise(Variation):
-    """Training and testing on the simulated crossbar (``cimsim.nn`` layers, ``cimsim.program``).
+    """Training and testing on the simulated crossbar (``cimsim.nn`` layers, ``cimsim.crossbar.program``).
 
     Model. :meth:`prepare` converts, in place, every plain ``nn.Linear`` / ``nn.Conv2d`` (groups 1,
     zero padding) to a ``CIMLinear`` / ``CIMConv2d`` sharing its parameters, in ``ideal`` mode
@@ -449,7 +449,7 @@ class CrossbarNoise(Variation):
 
         ``cimsim.nn`` resolves a layer's ``(device, ideal twin)`` once into ``layer._devices`` and
         programs every later array with them; replacing that pair is the cheap per-call spread
-        override (the layer config's ``sigma_scale`` is None, so ``cimsim.program`` keeps it).
+        override (the layer config's ``sigma_scale`` is None, so ``cimsim.crossbar.program`` keeps it).
         """
         layer._devices = self.device_models(sigma_eff)
 
@@ -564,7 +564,7 @@ BACKENDS: dict[str, Callable[..., Variation]] = {"paper": _paper, "device": _dev
 def make_variation(cfg) -> Variation:
     """Build the backend named by ``cfg.noise`` (a :class:`training.config.RunConfig`).
 
-    Raises :class:`VariationError` (or ``cimsim.device.DeviceModelError``) with a one-line message.
+    Raises :class:`VariationError` (or ``cimsim.device.model.DeviceModelError``) with a one-line message.
     """
     if cfg.noise not in BACKENDS:
         raise VariationError(f"unknown noise backend {cfg.noise!r} (choose from {', '.join(BACKENDS)})")

@@ -65,10 +65,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cimsim.config import ConfigError as CrossbarConfigError
-from cimsim.config import CrossbarConfig
+from cimsim.crossbar.config import ConfigError as CrossbarConfigError
+from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import CostConfig, CostError
-from cimsim.device import DeviceModel, DeviceModelError, load_device
+from cimsim.device.model import DeviceModel, DeviceModelError, load_device
 from cimsim.io import write_outputs
 from cimsim.writeverify import (
     ALGORITHMS,

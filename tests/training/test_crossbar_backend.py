@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cimsim.config import CrossbarConfig
-from cimsim.mapping import quantize_weights
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.crossbar.mapping import quantize_weights
 from cimsim.nn import CIMConv2d, CIMLinear, cim_layers
 from training.config import ConfigError, RunConfig
 from training.data import load_dataset

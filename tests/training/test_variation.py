@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from cimsim.device import load_device, neft_stylized
+from cimsim.device.model import load_device, neft_stylized
 from training.config import RunConfig
 from training.models import build_model
 from training.variation import (
@@ -112,7 +112,7 @@ def test_device_noise_rram1_is_paper_noise_on_both_cells_of_the_pair():
 def test_device_cells_match_devicemodel_sample_statistics():
     # Heavy-tailed, per-level model: compare torch cells to DeviceModel.sample on the same targets.
     base = neft_stylized("t", 2.0)
-    from cimsim.device import LevelFit
+    from cimsim.device.model import LevelFit
 
     fits = tuple(LevelFit(level=k, t_s=0.0, target_S=lf.target_S, n=0, mean_shift_S=1e-7 * k, sigma_S=lf.sigma_S,
                           robust_sigma_S=lf.sigma_S, family="student-t", scale_S=lf.sigma_S * 0.5, df=4.0)

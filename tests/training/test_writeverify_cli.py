@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from cimsim.config import CrossbarConfig
-from cimsim.device import load_device
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.device.model import load_device
 from training.config import RunConfig
 from training.programming import (
     Policy,

@@ -6,16 +6,16 @@ of C*kh*kw values per output pixel; the array computes every pixel's outputs; th
 reshaped back to (B, out, H', W'). Each output pixel is therefore one crossbar read, exactly as
 an im2col accelerator streams it.
 
-All functions are differentiable through :class:`cimsim.autograd.CrossbarMatMul` (straight-
-through backward; see :mod:`cimsim.autograd`). The bias is added digitally after the array.
+All functions are differentiable through :class:`cimsim.nn.autograd.CrossbarMatMul` (straight-
+through backward; see :mod:`cimsim.nn.autograd`). The bias is added digitally after the array.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .autograd import crossbar_matmul
-from .program import ProgrammedArray
+from cimsim.nn.autograd import crossbar_matmul
+from cimsim.crossbar.program import ProgrammedArray
 
 Pair = tuple[int, int]
 

@@ -4,7 +4,7 @@ A :class:`ProgrammedArray` is one chip's copy of one layer: the conductance of e
 programmed (sampled from the device model, read at ``config.read_time_s``), the quantization
 scales, and the read-out state (input clipping range, ADC ranges, drift-compensation factor).
 It computes matrix-vector products with :meth:`ProgrammedArray.matmul` (fast path,
-:mod:`cimsim.mvm`) or :func:`cimsim.mvm_ref.mvm_reference` (slow float64 specification).
+:mod:`cimsim.crossbar.mvm`) or :func:`cimsim.crossbar.mvm_ref.mvm_reference` (slow float64 specification).
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import CrossbarConfig
-from .device import DeviceModel
-from .mapping import MappedWeights, conductance_targets, level_step_S, map_weights, unmap
-from .readout import ChipReadout
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.device.model import DeviceModel
+from cimsim.crossbar.mapping import MappedWeights, conductance_targets, level_step_S, map_weights, unmap
+from cimsim.crossbar.readout import ChipReadout
 
 @dataclass
 class ProgrammedArray(ChipReadout):
@@ -143,7 +143,7 @@ class ProgrammedArray(ChipReadout):
         percentile of |partial sum| over every tile read of the batch, per column group (and per column
         when ``config.adc_per_column``), from the noise-free programmed conductances.
         """
-        from .mvm import partial_sums
+        from cimsim.crossbar.mvm import partial_sums
 
         q = self.config.adc_percentile if percentile is None else percentile
         x = check_calibration_batch(x, self.n_in)
@@ -165,9 +165,9 @@ class ProgrammedArray(ChipReadout):
     def matmul(self, x: np.ndarray, **kw: Any) -> np.ndarray:
         """``y = x @ W_eff.T`` as the chip computes it: x (B, in) or (in,) -> (B, out) or (out,).
 
-        Keyword arguments go to :func:`cimsim.mvm.crossbar_matmul_torch` (``kernel``, ``dtype``).
+        Keyword arguments go to :func:`cimsim.crossbar.mvm.crossbar_matmul_torch` (``kernel``, ``dtype``).
         """
-        from .mvm import crossbar_matmul
+        from cimsim.crossbar.mvm import crossbar_matmul
 
         return crossbar_matmul(self, x, **kw)
 

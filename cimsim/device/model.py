@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .io import atomic_write_text
+from cimsim.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 UNITS = {
@@ -395,7 +395,7 @@ class DeviceModel:
         tests), drawn by a parallel Numba kernel with a counter-based generator keyed by one
         seed taken from ``rng``: reproducible from the seed on any number of threads.
         """
-        from .kernels import sample_levels as _kernel
+        from cimsim.kernels import sample_levels as _kernel
 
         lv = np.asarray(levels_S, dtype=np.float64)
         idx = np.asarray(index)
@@ -556,7 +556,7 @@ class DeviceModel:
 
 
 # ---------------------------------------------------------------------- presets
-PRESET_DIR = Path(__file__).resolve().parent.parent / "device_models"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "device_models"
 
 
 #: conductance range of the ``ideal`` device (S): infinite on/off ratio, exact programming.

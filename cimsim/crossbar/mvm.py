@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .readout import ChipReadout
+from cimsim.crossbar.readout import ChipReadout
 
 
 #: upper bound on the partial-sum block a forward materialises (bytes)
@@ -207,7 +207,7 @@ def crossbar_matmul_torch(arr: ChipReadout, x: torch.Tensor, kernel: str = "auto
     if kernel == "numba" and dev.type != "cpu":
         raise ValueError("the numba kernel runs on CPU tensors only")
     if kernel == "numba":
-        from . import kernels
+        from cimsim import kernels
     plan = get_plan(arr, dev, dtype)
     n_out, B, C, T = arr.n_out, x.shape[0], cfg.n_cycles, plan.n_tiles
     rows, ncol = plan.G.shape[1], plan.G.shape[2]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CrossbarConfig
+from cimsim.crossbar.config import CrossbarConfig
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Programming on the tensors' device: a chip drawn in torch, where the weights live (CUDA).
 
-:func:`cimsim.program.program` samples every cell on the host (Numba). For training against
+:func:`cimsim.crossbar.program.program` samples every cell on the host (Numba). For training against
 variation on a GPU, where every forward draws a fresh chip, that would copy every layer's
 conductances to the GPU on every forward. :func:`program_on_device` does the same programming
-with torch ops on the weights' device instead - the same mapping (:mod:`cimsim.mapping`), the same
+with torch ops on the weights' device instead - the same mapping (:mod:`cimsim.crossbar.mapping`), the same
 per-level programming error (:meth:`DeviceModel.programming_params`: shift, spread, Student-t
 tails), stuck cells and conductance floor - from a ``torch.Generator`` on that device, and returns
-a :class:`DeviceArray` whose tensors the fast path (:mod:`cimsim.mvm`, torch kernels) uses as they
+a :class:`DeviceArray` whose tensors the fast path (:mod:`cimsim.crossbar.mvm`, torch kernels) uses as they
 are. Only a few per-level numbers travel, once per layer and read time (cached by the caller).
 
 Not covered (the caller falls back to host programming): devices with drift (PCM).
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import CrossbarConfig
-from .device import DeviceModel
-from .mapping import level_step_S
-from .readout import ChipReadout
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.device.model import DeviceModel
+from cimsim.crossbar.mapping import level_step_S
+from cimsim.crossbar.readout import ChipReadout
 
 
 def student_t(df: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -76,8 +76,8 @@ class LevelTable:
 class DeviceArray(ChipReadout):
     """One layer programmed on one chip, every tensor on one torch device (see the module doc).
 
-    Offers what :func:`cimsim.mvm.crossbar_matmul_torch` and :mod:`cimsim.autograd` use of a
-    :class:`cimsim.program.ProgrammedArray`: shapes, calibration, output scale, read seeds, the
+    Offers what :func:`cimsim.crossbar.mvm.crossbar_matmul_torch` and :mod:`cimsim.nn.autograd` use of a
+    :class:`cimsim.crossbar.program.ProgrammedArray`: shapes, calibration, output scale, read seeds, the
     GEMM plan (:meth:`make_plan`) and the effective weights (:meth:`effective_weight_tensor`).
     g_pos, g_neg: (n_slices, in, out) float64 conductances (S); scale: (out,) weight step.
     """
@@ -109,7 +109,7 @@ class DeviceArray(ChipReadout):
 
     def _host_like(self):
         """A host ProgrammedArray with the same geometry and calibration (for ADC steps only)."""
-        from .program import ProgrammedArray
+        from cimsim.crossbar.program import ProgrammedArray
 
         lv = self.table.levels.cpu().numpy()
         return ProgrammedArray(config=self.config, device=self.device, mapped=None,  # type: ignore[arg-type]
@@ -118,9 +118,9 @@ class DeviceArray(ChipReadout):
                                adc_range=self.adc_range)
 
     def make_plan(self, device: torch.device, dtype: torch.dtype):
-        """The :class:`cimsim.mvm.Plan` of this chip, built from its device tensors (no host copy
+        """The :class:`cimsim.crossbar.mvm.Plan` of this chip, built from its device tensors (no host copy
         of conductances; the ADC steps are a few numbers)."""
-        from .mvm import Plan
+        from cimsim.crossbar.mvm import Plan
 
         cfg = self.config
         S, n_in, n_out = self.g_pos.shape
@@ -155,7 +155,7 @@ class DeviceArray(ChipReadout):
         return (acc.clamp_min(0) * 1e-6) ** 2
 
     def effective_weight_tensor(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(out, in) weights the programmed conductances realise (see :func:`cimsim.mapping.unmap`)."""
+        """(out, in) weights the programmed conductances realise (see :func:`cimsim.crossbar.mapping.unmap`)."""
         key = ("w_eff", str(device), dtype)
         w = self._cache.get(key)
         if w is None:
@@ -180,7 +180,7 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
                       input_clip: float, adc_range: np.ndarray | None, table: LevelTable | None = None) -> DeviceArray:
     """Program ``weights`` (out, in) on their own torch device; one chip per ``seed``.
 
-    The same quantization, slicing and differential mapping as :func:`cimsim.mapping.map_weights`
+    The same quantization, slicing and differential mapping as :func:`cimsim.crossbar.mapping.map_weights`
     (in torch), then per cell ``G = level + shift + scale * Z`` with ``Z`` normal or Student-t per
     level, stuck-at-Gmin/Gmax cells and the conductance floor, as
     :meth:`DeviceModel.sample`; draws from a generator on the weights' device seeded with ``seed``.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .device import DeviceModel, DeviceModelError, load_device_cached
+from cimsim.device.model import DeviceModel, DeviceModelError, load_device_cached
 
 DAC_MODES = ("multibit", "bit_serial")
 ADC_RANGES = ("calibrated", "full", "fixed")
@@ -65,7 +65,7 @@ class CrossbarConfig:
         ``I(G+) - I(G-)``; ``separate`` converts each column and subtracts digitally.
 
     Device and noise
-        device: preset name or JSON path of a :class:`cimsim.device.DeviceModel`;
+        device: preset name or JSON path of a :class:`cimsim.device.model.DeviceModel`;
         ``ideal`` means exact programming with the default conductance range.
         read_time_s: time between programming and reading (relaxation, drift).
         read_noise: per-read cell noise from the device model's sigma_read(G).
@@ -229,7 +229,7 @@ class CrossbarConfig:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``.toml`` or ``.json`` (by suffix), atomically."""
-        from .io import atomic_write_text
+        from cimsim.io import atomic_write_text
 
         path = Path(path)
         text = self.to_toml() if path.suffix == ".toml" else self.to_json() + "\n"

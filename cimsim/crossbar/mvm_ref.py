@@ -1,6 +1,6 @@
 """The specification of a crossbar matrix-vector product: float64, plain loops, slow and obvious.
 
-Tests compare the fast path (:mod:`cimsim.mvm`) with this function on random shapes and configs;
+Tests compare the fast path (:mod:`cimsim.crossbar.mvm`) with this function on random shapes and configs;
 when the two disagree, this one is right. Read noise here is drawn *per cell per read*, as the
 physics has it; the fast path draws the column current's distribution instead, which the tests
 check statistically.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mapping import quantize_inputs
-from .program import ProgrammedArray
+from cimsim.crossbar.mapping import quantize_inputs
+from cimsim.crossbar.program import ProgrammedArray
 
 
 def adc_convert(value: float, lsb: float, lo: int, hi: int) -> float:

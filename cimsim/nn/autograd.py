@@ -1,7 +1,7 @@
 """The simulated crossbar as a differentiable PyTorch op: :class:`CrossbarMatMul`.
 
 Forward: ``y = x @ W_chip.T`` as a programmed array computes it (DAC, bit slices, read noise,
-ADC, shift-and-add; :func:`cimsim.mvm.crossbar_matmul_torch`): the Numba kernel for CPU
+ADC, shift-and-add; :func:`cimsim.crossbar.mvm.crossbar_matmul_torch`): the Numba kernel for CPU
 tensors, the pure-torch kernel for CUDA tensors (and on CPU when asked for, as a cross-check).
 
 Backward: a straight-through estimator (STE). The simulator's quantizers (DAC rounding, input
@@ -9,7 +9,7 @@ clipping, ADC rounding and clipping) have zero or undefined derivatives, so the 
 treats the array as the linear map its programmed conductances realise:
 
 * input gradient ``grad_x = grad_y @ W_eff`` with ``W_eff`` (out, in) the effective weights of
-  the programmed array (:meth:`cimsim.program.ProgrammedArray.effective_weights`: quantization,
+  the programmed array (:meth:`cimsim.crossbar.program.ProgrammedArray.effective_weights`: quantization,
   programming error, drift and drift compensation included; read noise and ADC excluded);
   clipped inputs pass their gradient unchanged;
 * weight gradient ``grad_W = grad_y.T @ x``, as for the ideal float layer: the update goes to
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .mvm import crossbar_matmul_torch
-from .program import ProgrammedArray
+from cimsim.crossbar.mvm import crossbar_matmul_torch
+from cimsim.crossbar.program import ProgrammedArray
 
 KERNELS = ("auto", "numba", "torch")
 

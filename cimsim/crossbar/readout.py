@@ -1,6 +1,6 @@
-"""What every programmed chip offers the fast MVM (:mod:`cimsim.mvm`), whatever holds its
-conductances: numpy on the host (:class:`cimsim.program.ProgrammedArray`) or torch on a device
-(:class:`cimsim.program_torch.DeviceArray`). numpy only, so that programming does not import torch.
+"""What every programmed chip offers the fast MVM (:mod:`cimsim.crossbar.mvm`), whatever holds its
+conductances: numpy on the host (:class:`cimsim.crossbar.program.ProgrammedArray`) or torch on a device
+(:class:`cimsim.crossbar.program_torch.DeviceArray`). numpy only, so that programming does not import torch.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 class ChipReadout:
     """What every programmed chip offers the fast path, whatever holds its conductances (numpy on
-    the host: :class:`cimsim.program.ProgrammedArray`; torch on a device: :class:`cimsim.program_torch.DeviceArray`).
+    the host: :class:`cimsim.crossbar.program.ProgrammedArray`; torch on a device: :class:`cimsim.crossbar.program_torch.DeviceArray`).
 
     Needs ``config``, ``scale`` ((out,) weight step), ``drift_scale``, ``seed`` and ``_cache``.
     """

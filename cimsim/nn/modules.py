@@ -18,7 +18,7 @@ draws the next chip of every layer from its own stream. Nothing uses a global RN
 Calibration (:func:`calibrate`) records every layer's inputs over a few batches (model run in
 ``ideal`` mode) and sets the layer's input clipping range and ADC ranges from them: the
 ``config.adc_percentile`` percentile of ``|x|`` and of the nominal (target-conductance) partial
-sums, as :meth:`cimsim.program.ProgrammedArray.calibrate` defines them. The values live in the
+sums, as :meth:`cimsim.crossbar.program.ProgrammedArray.calibrate` defines them. The values live in the
 module's buffers ``input_clip`` (scalar) and ``adc_range`` (n_groups, 1 | out) and are applied to
 every chip the layer programs, frozen or fresh. A layer used uncalibrated calibrates itself
 from its first simulated batch.
@@ -41,12 +41,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import functional as CF
-from .autograd import KERNELS
-from .config import CrossbarConfig
-from .device import DeviceModel
-from .mapping import MappedWeights, slice_digits
-from .program import ProgrammedArray, program as program_array, seed_sequence_child
+from cimsim.nn import functional as CF
+from cimsim.nn.autograd import KERNELS
+from cimsim.crossbar.config import CrossbarConfig
+from cimsim.device.model import DeviceModel
+from cimsim.crossbar.mapping import MappedWeights, slice_digits
+from cimsim.crossbar.program import ProgrammedArray, program as program_array, seed_sequence_child
 
 MODES = ("ideal", "chip", "fresh")
 _MODE_ALIASES = {"train_variation": "fresh"}
@@ -65,7 +65,7 @@ def _check_mode(mode: str) -> str:
 
 
 def _mapped_from_int(w_int: np.ndarray, scale: np.ndarray, config: CrossbarConfig) -> MappedWeights:
-    """Rebuild the differential digit layout (as :func:`cimsim.mapping.map_weights`) from w_int (out, in)."""
+    """Rebuild the differential digit layout (as :func:`cimsim.crossbar.mapping.map_weights`) from w_int (out, in)."""
     wt = w_int.T
     digits = slice_digits(np.abs(wt), config.bits_per_cell, config.n_slices)
     return MappedWeights(w_int=w_int, scale=scale, digits_pos=np.where((wt > 0)[None], digits, 0).astype(np.uint8),
@@ -217,7 +217,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         """A new programming draw of the current weights (not kept): the next seed of the layer's stream.
 
         On a CUDA device (or with ``program_on_device = True``) the draw happens there, in torch
-        (:mod:`cimsim.program_torch`), so a fresh chip per forward copies no conductances; devices
+        (:mod:`cimsim.crossbar.program_torch`), so a fresh chip per forward copies no conductances; devices
         with drift are programmed on the host.
         """
         self.draw_count += 1
@@ -225,7 +225,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
         if on_device and dm.drift is None:
-            from .program_torch import LevelTable, program_on_device
+            from cimsim.crossbar.program_torch import LevelTable, program_on_device
 
             key = (dm.name, dm.sigma_scale, str(self.weight.device))  # OVF alternates a few spreads
             if key not in self._level_tables:
@@ -442,7 +442,7 @@ class CIMConv2d(CIMModule):
     """``nn.Conv2d`` (groups=1, zero padding) on a simulated crossbar by im2col.
 
     weight (out_channels, in_channels, kh, kw) is laid on the array as (out, in*kh*kw); every
-    output pixel is one read of the array (:func:`cimsim.functional.conv2d`).
+    output pixel is one read of the array (:func:`cimsim.nn.functional.conv2d`).
     x (B, in_channels, H, W) -> (B, out_channels, H', W').
     """
 

@@ -1,0 +1,884 @@
+"""Fit a :class:`~cimsim.device.model.DeviceModel` to measured per-cell or per-level summary data.
+
+Command line (``python -m cimsim.fit --help``)::
+
+    python -m cimsim.fit data/measured/rram.csv [--time SECONDS] [--family auto|normal|student-t]
+        [-o device_models/rram.json] [--plot fit.png] [--read-noise FILE] [--min-cells 20]
+        [--col-level level --col-target g_target_uS --col-time t_nominal_s --col-g g_uS
+         --col-lo g_lo_uS --col-hi g_hi_uS] [--units auto|uS|S]
+
+What is fitted, per nominal read time ``t`` and level ``k`` (all conductances in uS internally,
+siemens in the model):
+
+* **mean shift**: sample mean minus the window centre (target).
+* **spread**: ``sigma_S`` is the sample standard deviation (ddof = 1) and the fitted distribution
+  is constrained to have exactly that standard deviation. The measured programming errors are
+  heavy-tailed (a few cells relax by several windows), so the standard deviation is well above the
+  robust IQR / 1.349; a free maximum-likelihood Student-t fit would describe the core and leave the
+  variance to chance (infinite for df <= 2). Constraining ``scale * sqrt(df / (df - 2)) = std``
+  keeps the model's variance equal to the data's - what a simulation of accumulated errors needs
+  - and fits the shape (df) alone. Every cell is kept: cells that relaxed one or more windows away
+  are part of the measured distribution, not outliers to drop.
+* **family**: the normal (mean, std) and the std-constrained Student-t (mean, std, df > 2) are
+  fitted; with ``--family auto`` the Student-t is chosen when it lowers AIC by more than 2 and does
+  not raise the Kolmogorov-Smirnov statistic, otherwise the normal.
+
+  - from per-cell data, df maximises the likelihood and the KS statistic is the usual one;
+  - from a per-level summary (quantiles only), df minimises the squared error between the model's
+    quantile function and the stored quantiles, compared through the half-widths of the central
+    98/90/80/50 % intervals (``(q_{1-p} - q_p) / 2``: location- and skew-free), as log ratios so
+    that every interval counts alike (``loc`` = mean and ``std`` = stored std, so moments fix
+    location and spread and the quantiles the shape). The family is chosen on the grouped-data
+    likelihood (cells counted between the stored quantiles, :func:`grouped_loglik`), and "KS" is
+    the largest ``|F(q_p) - p|`` over the stored quantiles (a lower bound of the full statistic).
+* **smooth model**: per read time, polynomials (default cubic) in the target conductance G (uS)
+  fitted by least squares to the per-level sigma and mean shift (``sigma_poly_uS``,
+  ``shift_poly_uS``); their R^2 goes into the provenance.
+* **read noise** (``--read-noise``): see :func:`read_noise_sigma_S`; a polynomial (default linear)
+  in G (uS) through the per-series estimates is ``read_noise_poly_uS``.
+* **stuck cells**: right after write-verify (the ``t = 0`` read), cells outside their acceptance
+  window (beyond 1 % of its width) and within one window width of gmin (gmax) are stuck at gmin
+  (gmax); the fractions are over all cells read at ``t = 0``. Without a ``t = 0`` read or window
+  columns the fractions are not measured: they stay 0 and the provenance says so.
+* **range**: gmin is the lowest window's lower edge, gmax the highest window's upper edge (tech C:
+  0 and 40 uS); the levels are the window centres.
+
+Bad input (missing file or column, non-numeric or NaN cell, negative conductance, a level with
+fewer than ``--min-cells`` cells, an empty file) ends with one line on stderr naming the file and
+the line (1-based line of the file; the header is line 1 when there are no ``#`` comment lines)
+or column, exit status 2, and no output written. Options are checked first, and so are the output
+paths: an output that is an input (or the other output), a directory, or in a folder that cannot be
+made is refused before any work. The JSON and the PNG are written only after everything succeeded,
+all or nothing (:func:`cimsim.io.write_outputs`).
+
+Data: Akash Levy, github.com/akashlevy/RRAM-Relaxation-Master-Model (commit ca0cfff6, MIT).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import numbers
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import optimize, special
+
+import cimsim
+from cimsim.device.model import LevelFit, DeviceModel, DeviceModelError
+from cimsim.io import OutputError, check_outputs, write_outputs
+from cimsim.device.measured import (
+    QUANTILE_COLUMNS, QUANTILES, CellTable, MeasuredDataError, SummaryTable, TidyColumns, check_neg_tol,
+    miss_near_edges, read_measured, read_read_noise, sha256_file,
+)
+
+_US = 1e-6  # one microsiemens in siemens
+
+
+def _to_S(x_uS: float) -> float:
+    """Microsiemens to siemens by division, so that round values stay exact (40 uS -> 4e-05 S)."""
+    return float(x_uS) / 1e6
+#: Bounds of nu = 1 / df for the Student-t fits: df from 2.08 (std still finite) to 1000 (normal).
+NU_MIN, NU_MAX = 1e-3, 0.48
+#: AIC margin the Student-t must beat the normal by (Burnham & Anderson: differences < 2 are not
+#: evidence for the more complex model).
+AIC_MARGIN = 2.0
+#: Probabilities of the empirical quantiles drawn in the QQ plot from per-cell data.
+QQ_PROBS = np.linspace(0.005, 0.995, 199)
+READ_NOISE_RATE_HZ = 400.0  # sampling rate of ../shared/measured/rram_techA_readnoise.tsv.gz
+
+
+# =============================================================================== results
+@dataclass
+class LevelResult:
+    """Fit of one level at one read time (conductances in uS).
+
+    ``quantiles_uS``: the data's quantiles at :data:`~cimsim.device.measured.QUANTILES` (shape (9,));
+    ``samples_uS``: the per-cell reads (shape (n,)) or ``None`` for summary input.
+    """
+
+    level: int
+    label: int
+    t_s: float
+    target_uS: float
+    n: int
+    mean_uS: float
+    sigma_uS: float
+    robust_uS: float
+    family: str
+    scale_uS: float
+    df: float | None
+    ks: float
+    ks_normal: float
+    ks_t: float
+    aic_normal: float
+    aic_t: float
+    df_t: float
+    quantiles_uS: np.ndarray
+    samples_uS: np.ndarray | None = None
+
+    @property
+    def shift_uS(self) -> float:
+        """Mean programming error, uS."""
+        return self.mean_uS - self.target_uS
+
+    def level_fit(self) -> LevelFit:
+        """The :class:`LevelFit` (siemens) of this level."""
+        return LevelFit(level=self.level, t_s=self.t_s, target_S=_to_S(self.target_uS), n=self.n,
+                        mean_shift_S=_to_S(self.shift_uS), sigma_S=_to_S(self.sigma_uS),
+                        robust_sigma_S=_to_S(self.robust_uS), family=self.family, scale_S=_to_S(self.scale_uS),
+                        df=self.df, ks=self.ks)
+
+
+@dataclass
+class FitResult:
+    """Everything a fit produced: the model and what the table and the figure show."""
+
+    model: DeviceModel
+    levels: list[LevelResult]
+    smooth_r2: dict[str, list[float]]
+    read_noise: dict[str, Any] | None
+    data_kind: str
+    source: Path
+    fitted: list[tuple[float, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Options of :func:`fit_device` (see ``python -m cimsim.fit --help``)."""
+
+    family: str = "auto"
+    time_s: float | None = None
+    min_cells: int = 20
+    poly_deg: int = 3
+    read_noise_deg: int = 1
+    fmt: str = "auto"
+    units: str = "auto"
+    columns: TidyColumns = TidyColumns()
+    neg_tol_frac: float = 0.01
+    name: str | None = None
+    technology: str | None = None
+    citation: str | None = None
+
+    def check(self) -> None:
+        """Raise :class:`MeasuredDataError` naming the option (as on the command line) at fault."""
+        def whole(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        if self.family not in ("auto", "normal", "student-t"):
+            raise MeasuredDataError(f"--family: unknown family {self.family!r} (choose auto, normal or student-t)")
+        if self.fmt not in ("auto", "tidy", "summary"):
+            raise MeasuredDataError(f"--format: unknown format {self.fmt!r} (choose auto, tidy or summary)")
+        if self.units not in ("auto", "uS", "S"):
+            raise MeasuredDataError(f"--units: unknown unit {self.units!r} (choose auto, uS or S)")
+        if self.time_s is not None and not (isinstance(self.time_s, numbers.Real) and math.isfinite(self.time_s)
+                                            and self.time_s >= 0):
+            raise MeasuredDataError(f"--time must be a finite read time >= 0 s, got {self.time_s!r}")
+        if not (whole(self.min_cells) and self.min_cells >= 2):
+            raise MeasuredDataError(f"--min-cells must be an integer >= 2, got {self.min_cells!r}")
+        for opt, v in (("--poly-deg", self.poly_deg), ("--read-noise-deg", self.read_noise_deg)):
+            if not (whole(v) and v >= 0):
+                raise MeasuredDataError(f"{opt} must be an integer >= 0, got {v!r}")
+        check_neg_tol(self.neg_tol_frac)
+        self.columns.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("family", "time_s", "min_cells", "poly_deg", "read_noise_deg", "fmt",
+                                            "units", "neg_tol_frac")}
+        d["columns"] = dict(vars(self.columns))
+        return d
+
+
+# ======================================================================= distributions
+def t_logpdf_std(x: np.ndarray, mean: float, std: float, nu: np.ndarray) -> np.ndarray:
+    """Log-likelihood sums of ``x`` (n,) under Student-t laws with the given mean and std.
+
+    ``nu`` (m,) = 1 / df with 0 < nu < 0.5; the scale is ``std * sqrt(1 - 2 nu)`` so that the
+    variance is ``std**2``. Returns shape (m,).
+    """
+    nu = np.atleast_1d(nu)[:, None]
+    df = 1.0 / nu
+    scale = std * np.sqrt(1.0 - 2.0 * nu)
+    z2 = ((x[None, :] - mean) / scale) ** 2
+    const = special.gammaln((df + 1) / 2) - special.gammaln(df / 2) - 0.5 * np.log(df * np.pi) - np.log(scale)
+    return (x.size * const - (df + 1) / 2 * np.sum(np.log1p(z2 / df), axis=1, keepdims=True))[:, 0]
+
+
+def normal_loglik(x: np.ndarray, mean: float, std: float) -> float:
+    """Log-likelihood sum of ``x`` (n,) under N(mean, std^2)."""
+    z = (x - mean) / std
+    return float(-0.5 * np.sum(z * z) - x.size * (math.log(std) + 0.5 * math.log(2 * math.pi)))
+
+
+def _minimize_nu(objective, grid_size: int = 40) -> float:
+    """Minimise a function of nu = 1/df on [NU_MIN, NU_MAX]: a log grid, then a bounded refinement."""
+    grid = np.geomspace(NU_MIN, NU_MAX, grid_size)
+    vals = np.array([objective(v) for v in grid])
+    i = int(np.argmin(vals))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    if hi <= lo:
+        return float(grid[i])
+    res = optimize.minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6 * hi})
+    return float(res.x) if res.fun <= vals[i] else float(grid[i])
+
+
+def fit_t_ml(x: np.ndarray, mean: float, std: float) -> tuple[float, float]:
+    """Std-constrained Student-t by maximum likelihood: returns ``(df, log-likelihood)``."""
+    nu = _minimize_nu(lambda v: -float(t_logpdf_std(x, mean, std, np.array([v]))[0]))
+    return 1.0 / nu, float(t_logpdf_std(x, mean, std, np.array([nu]))[0])
+
+
+def t_quantile_std(p: np.ndarray, mean: float, std: float, df: float) -> np.ndarray:
+    """Quantile function of a Student-t with the given mean, std and df (> 2)."""
+    return mean + std * math.sqrt((df - 2) / df) * special.stdtrit(df, p)
+
+
+def half_spreads(q: np.ndarray) -> np.ndarray:
+    """Half-widths ``(q_{1-p} - q_p) / 2`` of the central intervals, for the p < 0.5 of :data:`QUANTILES`.
+
+    ``q``: quantiles at :data:`QUANTILES` (9,), returns (4,) for p = 1, 5, 10, 25 %. They measure
+    the spread and tail weight of a distribution independently of its location and skew.
+    """
+    p = np.asarray(QUANTILES)
+    lo = np.flatnonzero(p < 0.5)
+    hi = np.array([int(np.argmin(np.abs(p - (1 - p[i])))) for i in lo])
+    return (q[hi] - q[lo]) / 2
+
+
+def _low_probs() -> np.ndarray:
+    p = np.asarray(QUANTILES)
+    return p[p < 0.5]
+
+
+def spread_residuals(q: np.ndarray, std: float, df: float | None) -> np.ndarray:
+    """Log ratios of the data's central-interval half-widths to the model's, shape (4,).
+
+    Residuals of the least-squares quantile fit: half-widths (:func:`half_spreads`) so that a
+    skewed level (relaxation drags one tail only) does not bias the tail weight through the
+    location, and log ratios so that the 1 % and the 25 % quantiles count alike (the tail
+    half-width is several times the central one). The model has mean 0 and standard deviation
+    ``std`` (normal for ``df is None``).
+    """
+    model = -model_quantile(_low_probs(), 0.0, std, df)  # the lower quantiles are minus the half-widths
+    data = np.maximum(half_spreads(q), 1e-12 * std)
+    return np.log(data / model)
+
+
+def fit_t_quantiles(q: np.ndarray, std: float) -> tuple[float, float]:
+    """Std-constrained Student-t by least squares on the quantile function: ``(df, RSS)``.
+
+    ``q``: stored quantiles (9,) at :data:`QUANTILES`; the residuals are :func:`spread_residuals`
+    (dimensionless), the standard deviation is fixed to ``std``.
+    """
+    def rss(v: float) -> float:
+        r = spread_residuals(q, std, 1.0 / v)
+        return float(r @ r)
+
+    nu = _minimize_nu(rss)
+    return 1.0 / nu, rss(nu)
+
+
+def grouped_loglik(q: np.ndarray, n: int, mean: float, std: float, df: float | None) -> float:
+    """Log-likelihood of summary data as grouped data: the ``n`` cells fall ``n * (p_{j+1} - p_j)``
+    into each interval between the stored quantiles ``q`` (9,) (and 1 % below q01, 1 % above q99);
+    the model gives each interval the probability ``F(q_{j+1}) - F(q_j)``."""
+    p = np.concatenate([[0.0], QUANTILES, [1.0]])
+    cdf = np.concatenate([[0.0], model_cdf(np.asarray(q), mean, std, df), [1.0]])
+    counts = n * np.diff(p)
+    return float(counts @ np.log(np.maximum(np.diff(cdf), 1e-300)))
+
+
+def ks_statistic(x_sorted: np.ndarray, cdf: np.ndarray) -> float:
+    """Kolmogorov-Smirnov statistic of sorted samples (n,) against model CDF values at them (n,)."""
+    n = x_sorted.size
+    i = np.arange(1, n + 1)
+    return float(max(np.max(i / n - cdf), np.max(cdf - (i - 1) / n)))
+
+
+def model_cdf(x: np.ndarray, mean: float, std: float, df: float | None) -> np.ndarray:
+    """CDF of the std-parameterised normal (``df is None``) or Student-t at ``x``."""
+    if std == 0:
+        return (x >= mean).astype(np.float64)
+    if df is None:
+        return special.ndtr((x - mean) / std)
+    return special.stdtr(df, (x - mean) / (std * math.sqrt((df - 2) / df)))
+
+
+def model_pdf(x: np.ndarray, mean: float, std: float, df: float | None) -> np.ndarray:
+    """PDF (1/uS) of the std-parameterised normal (``df is None``) or Student-t at ``x`` (uS)."""
+    if df is None:
+        z = (x - mean) / std
+        return np.exp(-0.5 * z * z) / (std * math.sqrt(2 * math.pi))
+    scale = std * math.sqrt((df - 2) / df)
+    z = (x - mean) / scale
+    logc = special.gammaln((df + 1) / 2) - special.gammaln(df / 2) - 0.5 * math.log(df * math.pi)
+    return np.exp(logc - (df + 1) / 2 * np.log1p(z * z / df)) / scale
+
+
+def model_quantile(p: np.ndarray, mean: float, std: float, df: float | None) -> np.ndarray:
+    """Quantile function of the std-parameterised normal (``df is None``) or Student-t."""
+    if df is None:
+        return mean + std * special.ndtri(p)
+    return t_quantile_std(p, mean, std, df)
+
+
+def _choose(family: str, aic_n: float, aic_t: float, ks_n: float, ks_t: float) -> str:
+    """The family: forced, or (``auto``) Student-t iff it lowers AIC by > 2 and does not raise KS."""
+    if family != "auto":
+        return family
+    return "student-t" if (aic_n - aic_t > AIC_MARGIN and ks_t <= ks_n) else "normal"
+
+
+def _result(level: int, label: int, t_s: float, target: float, n: int, mean: float, std: float,
+            q: np.ndarray, family: str, aic_n: float, aic_t: float, ks_n: float, ks_t: float, df_t: float,
+            samples: np.ndarray | None) -> LevelResult:
+    fam = _choose(family, aic_n, aic_t, ks_n, ks_t) if std > 0 else "normal"
+    df = df_t if fam == "student-t" else None
+    scale = std if df is None else std * math.sqrt((df - 2) / df)
+    robust = float((q[QUANTILES.index(0.75)] - q[QUANTILES.index(0.25)]) / 1.349)
+    return LevelResult(level=level, label=label, t_s=t_s, target_uS=target, n=n, mean_uS=mean, sigma_uS=std,
+                       robust_uS=robust, family=fam, scale_uS=scale, df=df, ks=ks_t if df else ks_n, ks_normal=ks_n,
+                       ks_t=ks_t, aic_normal=aic_n, aic_t=aic_t, df_t=df_t, quantiles_uS=q, samples_uS=samples)
+
+
+def fit_level_samples(x_uS: np.ndarray, target_uS: float, family: str = "auto", level: int = 0, label: int = 0,
+                      t_s: float = 0.0) -> LevelResult:
+    """Fit one level from its per-cell reads ``x_uS`` (n,), microsiemens (see the module docstring)."""
+    x = np.sort(np.asarray(x_uS, dtype=np.float64))
+    mean, std = float(np.mean(x)), float(np.std(x, ddof=1))
+    q = np.quantile(x, QUANTILES)
+    if std == 0:
+        return _result(level, label, t_s, target_uS, x.size, mean, 0.0, q, "normal", 0.0, 0.0, 0.0, 0.0,
+                       1.0 / NU_MIN, x)
+    df_t, ll_t = fit_t_ml(x, mean, std)
+    aic_n, aic_t = 2 * 2 - 2 * normal_loglik(x, mean, std), 2 * 3 - 2 * ll_t
+    ks_n = ks_statistic(x, model_cdf(x, mean, std, None))
+    ks_t = ks_statistic(x, model_cdf(x, mean, std, df_t))
+    return _result(level, label, t_s, target_uS, x.size, mean, std, q, family, aic_n, aic_t, ks_n, ks_t, df_t, x)
+
+
+def fit_level_quantiles(q_uS: np.ndarray, mean_uS: float, std_uS: float, n: int, target_uS: float,
+                        family: str = "auto", level: int = 0, label: int = 0, t_s: float = 0.0) -> LevelResult:
+    """Fit one level from its summary: quantiles ``q_uS`` at :data:`QUANTILES` (9,), mean, std (uS)."""
+    q = np.asarray(q_uS, dtype=np.float64)
+    p = np.asarray(QUANTILES)
+    if std_uS == 0:
+        return _result(level, label, t_s, target_uS, n, mean_uS, 0.0, q, "normal", 0.0, 0.0, 0.0, 0.0,
+                       1.0 / NU_MIN, None)
+    df_t, _ = fit_t_quantiles(q, std_uS)
+    aic_n = 2 * 2 - 2 * grouped_loglik(q, n, mean_uS, std_uS, None)
+    aic_t = 2 * 3 - 2 * grouped_loglik(q, n, mean_uS, std_uS, df_t)
+    ks_n = float(np.max(np.abs(model_cdf(q, mean_uS, std_uS, None) - p)))
+    ks_t = float(np.max(np.abs(model_cdf(q, mean_uS, std_uS, df_t) - p)))
+    return _result(level, label, t_s, target_uS, n, mean_uS, std_uS, q, family, aic_n, aic_t, ks_n, ks_t, df_t, None)
+
+
+# ============================================================================ smooth fits
+def fit_poly(g_uS: np.ndarray, y_uS: np.ndarray, deg: int) -> tuple[np.ndarray, float]:
+    """Least-squares polynomial (numpy.polyval order) of ``y`` vs ``g`` (both uS, shape (L,)) and its R^2.
+
+    The degree is lowered to ``L - 1`` when there are fewer points than coefficients. G is
+    scaled inside the fit for conditioning; the coefficients returned are for G in uS.
+    """
+    deg = max(0, min(deg, g_uS.size - 1))
+    s = float(np.max(np.abs(g_uS))) or 1.0
+    c = np.polyfit(g_uS / s, y_uS, deg)
+    coeffs = c / s ** np.arange(deg, -1, -1)
+    res = y_uS - np.polyval(coeffs, g_uS)
+    tot = float(np.sum((y_uS - y_uS.mean()) ** 2))
+    r2 = 1.0 - float(res @ res) / tot if tot > 0 else (1.0 if float(res @ res) <= 1e-24 else 0.0)
+    return coeffs, r2
+
+
+# ============================================================================= read noise
+#: Differences farther than this many robust sigmas from the median are RTN steps (see below).
+RTN_CLIP = 3.0
+
+
+def read_noise_sigma_S(g_S: np.ndarray, clip: float = RTN_CLIP) -> tuple[float, dict[str, float]]:
+    """Short-term read noise (S) of one cell from a continuous read series ``g_S`` (n,), siemens.
+
+    Estimator: consecutive reads 2.5 ms apart (400 Hz) share the slow components (relaxation,
+    drift, the current state of a random-telegraph trap), so their difference ``d_i = g_{i+1} -
+    g_i`` carries the fast read noise twice: ``var(d) = 2 sigma_read^2`` for white read noise.
+    Random-telegraph switching shows up as steps in ``d`` that are rare but large (in the tech A
+    cell at 85 uS, 7 % of the differences lie beyond 5 sigma). They are removed by discarding
+    differences more than ``clip`` = 3 robust standard deviations (1.4826 * MAD) from the median;
+    the standard deviation of the rest is divided by that of a unit normal truncated at +-3
+    (0.9866) to undo the trimming of genuine read noise, and by sqrt(2). The MAD alone would do
+    as well, but the reads are quantized (0.0177 uS steps) and so is the MAD (~6 % steps); the
+    trimmed standard deviation is not. Returns sigma and diagnostics (uS): the plain ``std(d) /
+    sqrt(2)``, the MAD estimate, the whole-series std (read noise + relaxation + RTN) and the share
+    of differences discarded.
+    """
+    from scipy import stats
+
+    g = np.asarray(g_S, dtype=np.float64) * 1e6  # uS
+    d = np.diff(g)
+    med = float(np.median(d))
+    mad = 1.4826 * float(np.median(np.abs(d - med)))
+    keep = np.abs(d - med) <= clip * mad if mad > 0 else np.ones(d.size, bool)
+    trunc = math.sqrt(1 - 2 * clip * stats.norm.pdf(clip) / (2 * stats.norm.cdf(clip) - 1)) if mad > 0 else 1.0
+    sigma_uS = float(np.std(d[keep], ddof=1)) / trunc / math.sqrt(2)
+    diag = {"g_mean_uS": float(g.mean()), "sigma_read_uS": sigma_uS, "relative": sigma_uS / float(g.mean()),
+            "diff_std_over_sqrt2_uS": float(np.std(d, ddof=1)) / math.sqrt(2),
+            "diff_mad_over_sqrt2_uS": mad / math.sqrt(2),
+            "series_std_uS": float(np.std(g, ddof=1)), "steps_discarded_frac": float(1 - keep.mean()),
+            "n_samples": int(g.size)}
+    return sigma_uS * _US, diag
+
+
+def fit_read_noise(path: Path, deg: int) -> dict[str, Any]:
+    """Read-noise polynomial (uS vs G in uS) from a read-noise file, with its provenance."""
+    series = read_read_noise(path)
+    rows = []
+    for s in series:
+        _, diag = read_noise_sigma_S(s.g_S)
+        rows.append({"level": s.level, "line": s.line, **diag})
+    g = np.array([r["g_mean_uS"] for r in rows])
+    sig = np.array([r["sigma_read_uS"] for r in rows])
+    order = np.argsort(g)
+    coeffs, r2 = fit_poly(g[order], sig[order], deg)
+    tech = _tech_from_name(path.name)
+    return {
+        "poly_uS": [float(c) for c in coeffs], "r2": r2, "degree": len(coeffs) - 1,
+        "source_file": str(path), "source_name": path.name, "sha256": sha256_file(path),
+        "source_technology": tech,
+        "note": (f"read noise measured on {tech or 'the cells of ' + path.name}"
+                 + (" (gmax 240 uS, ../shared/measured/README.md)" if tech == "tech A" else "")
+                 + ", which may differ from the technology of the programming data; the polynomial is "
+                   "fitted and applied at the same absolute conductance G (uS), valid over valid_G_uS"),
+        "estimator": (f"std of first differences of consecutive 400 Hz reads, steps beyond {RTN_CLIP:g} robust "
+                      "sigma (RTN) removed, corrected for the trimming, divided by sqrt(2)"),
+        "sample_rate_Hz": READ_NOISE_RATE_HZ, "series": rows,
+        "valid_G_uS": [float(g.min()), float(g.max())],
+    }
+
+
+def _tech_from_name(name: str) -> str:
+    """``"tech A"`` from a file name such as ``rram_techA_readnoise.tsv.gz``, else ``""``."""
+    m = re.search(r"tech([A-Za-z0-9])(?![a-z])", name)
+    return f"tech {m.group(1)}" if m else ""
+
+
+# ==================================================================================== fit
+def _time_indices(data: CellTable | SummaryTable, time_s: float | None) -> list[int]:
+    if time_s is None:
+        return list(range(data.times_s.size))
+    hit = np.flatnonzero(np.isclose(data.times_s, time_s, rtol=1e-9, atol=1e-12))
+    if hit.size == 0:
+        raise MeasuredDataError(f"{data.path}: no read at t = {time_s:g} s (the file has t = "
+                                f"{', '.join(f'{t:g}' for t in data.times_s)} s)")
+    return [int(hit[0])]
+
+
+def check_cells(data: CellTable | SummaryTable, times: Sequence[int], min_cells: int) -> None:
+    """Every level must have at least ``min_cells`` cells at every fitted time."""
+    for ti in times:
+        for li, lab in enumerate(data.levels):
+            k = (ti, li)
+            if isinstance(data, CellTable):
+                n = 0 if k not in data.g_uS else data.g_uS[k].size
+            else:
+                n = 0 if k not in data.rows else int(data.rows[k]["n"])
+            if n < max(min_cells, 2):
+                where = (f" (first row on line {data.first_line[k]}, header on line {data.header_line})"
+                         if k in data.first_line else "")
+                raise MeasuredDataError(
+                    f"{data.path}: level {lab} at t = {data.times_s[ti]:g} s{where} has {n} cells, "
+                    f"fewer than --min-cells {min_cells}")
+
+
+def fit_levels(data: CellTable | SummaryTable, times: Sequence[int], family: str, progress: bool) -> list[LevelResult]:
+    """Per-(time, level) fits, time-major; one progress line per time on stderr when asked."""
+    out = []
+    for j, ti in enumerate(times):
+        t = float(data.times_s[ti])
+        for li, lab in enumerate(data.levels):
+            args = dict(family=family, level=li, label=int(lab), t_s=t)
+            if isinstance(data, CellTable):
+                out.append(fit_level_samples(data.g_uS[(ti, li)], float(data.target_uS[li]), **args))
+            else:
+                r = data.rows[(ti, li)]
+                q = np.array([r[c] for c in QUANTILE_COLUMNS])
+                out.append(fit_level_quantiles(q, r["mean_uS"], r["std_uS"], int(r["n"]), float(data.target_uS[li]),
+                                               **args))
+        if progress:
+            n_t = sum(1 for r in out[-data.levels.size:] if r.family == "student-t")
+            print(f"cimsim.fit: t = {t:g} s ({j + 1}/{len(times)}): {data.levels.size} levels fitted, "
+                  f"{n_t} student-t", file=sys.stderr, flush=True)
+    return out
+
+
+def stuck_fractions(data: CellTable | SummaryTable) -> tuple[float, float, dict[str, Any]]:
+    """Stuck-at-gmin / gmax fractions measured at the ``t = 0`` read (rule in the module docstring)."""
+    rule = ("at the t = 0 read (right after write-verify): cells outside their window [lo, hi) by more than "
+            "1 % of its width and within one window width of gmin (gmax) are stuck at gmin (gmax); "
+            "fraction of all cells read at t = 0")
+    t0 = np.flatnonzero(data.times_s == 0)
+    if not data.windows_measured or t0.size == 0:
+        why = "no write-verify window columns" if not data.windows_measured else "no t = 0 read"
+        return 0.0, 0.0, {"measured": False, "reason": f"not measured: the data has {why}", "rule": rule}
+    ti = int(t0[0])
+    n_tot = lo_n = hi_n = 0
+    if isinstance(data, CellTable):
+        width = float(np.min(data.hi_uS - data.lo_uS))
+        for li in range(data.levels.size):
+            g = data.g_uS.get((ti, li))
+            if g is None:
+                continue
+            a, b = miss_near_edges(g, data.lo_uS[li], data.hi_uS[li], data.gmin_uS, data.gmax_uS, width)
+            n_tot, lo_n, hi_n = n_tot + g.size, lo_n + a, hi_n + b
+    else:
+        rows = [r for (t, _), r in data.rows.items() if t == ti]
+        if not all("n_miss_near_gmin" in r and "n_miss_near_gmax" in r for r in rows):
+            return 0.0, 0.0, {"measured": False, "rule": rule,
+                              "reason": "not measured: the summary has no n_miss_near_gmin/n_miss_near_gmax columns"}
+        n_tot = int(sum(r["n"] for r in rows))
+        lo_n = int(sum(r["n_miss_near_gmin"] for r in rows))
+        hi_n = int(sum(r["n_miss_near_gmax"] for r in rows))
+    info = {"measured": True, "rule": rule, "n_cells_t0": n_tot, "n_stuck_gmin": lo_n, "n_stuck_gmax": hi_n}
+    return lo_n / n_tot, hi_n / n_tot, info
+
+
+def fit_device(path: str | os.PathLike, options: FitOptions = FitOptions(), read_noise: str | os.PathLike | None = None,
+               progress: bool = False) -> FitResult:
+    """Read ``path``, fit, and build the :class:`DeviceModel` (raises :class:`MeasuredDataError`)."""
+    path = Path(path)
+    options.check()
+    data = read_measured(path, options.fmt, options.columns, options.units, options.neg_tol_frac)
+    times = _time_indices(data, options.time_s)
+    check_cells(data, times, options.min_cells)
+    rn = fit_read_noise(Path(read_noise), options.read_noise_deg) if read_noise is not None else None
+    levels = fit_levels(data, times, options.family, progress)
+    g = data.target_uS
+    nl = data.levels.size
+    sig_polys, shift_polys, r2s, r2m, fitted = [], [], [], [], []
+    for j, ti in enumerate(times):
+        block = levels[j * nl:(j + 1) * nl]
+        cs, r2_s = fit_poly(g, np.array([r.sigma_uS for r in block]), options.poly_deg)
+        cm, r2_m = fit_poly(g, np.array([r.shift_uS for r in block]), options.poly_deg)
+        sig_polys.append(tuple(float(c) for c in cs))
+        shift_polys.append(tuple(float(c) for c in cm))
+        r2s.append(r2_s)
+        r2m.append(r2_m)
+        fitted.append((float(data.times_s[ti]), cs, cm))
+    s_lo, s_hi, stuck_info = stuck_fractions(data)
+    model = DeviceModel(
+        name=options.name or path.name.split(".")[0],
+        technology=options.technology if options.technology is not None else data.meta.get("technology", ""),
+        citation=options.citation if options.citation is not None else data.meta.get("citation", ""),
+        gmin_S=_to_S(data.gmin_uS), gmax_S=_to_S(data.gmax_uS),
+        levels_S=tuple(_to_S(v) for v in g),
+        times_s=tuple(float(data.times_s[ti]) for ti in times),
+        sigma_poly_uS=tuple(sig_polys), shift_poly_uS=tuple(shift_polys),
+        level_fits=tuple(r.level_fit() for r in levels),
+        read_noise_poly_uS=None if rn is None else tuple(rn["poly_uS"]),
+        stuck_at_gmin=s_lo, stuck_at_gmax=s_hi, g_floor_S=0.0,
+        provenance=_provenance(data, options, levels, r2s, r2m, rn, stuck_info),
+    )
+    return FitResult(model=model, levels=levels, smooth_r2={"sigma": r2s, "shift": r2m}, read_noise=rn,
+                     data_kind=data.kind, source=path, fitted=fitted)
+
+
+def _provenance(data, options: FitOptions, levels: list[LevelResult], r2s, r2m, rn, stuck_info) -> dict[str, Any]:
+    ks = {}
+    for r in levels:
+        ks.setdefault(f"{r.t_s:g}", []).append(round(r.ks, 6))
+    return {
+        "source_file": str(data.path), "source_name": data.path.name, "sha256": sha256_file(data.path),
+        "source_meta": dict(data.meta), "data_format": data.kind,
+        "fit_options": options.to_dict(),
+        "cimsim_version": cimsim.__version__,
+        "fitter": "cimsim.fit",
+        "method": {
+            "sigma": "sample standard deviation (ddof=1); the fitted law has exactly this std",
+            "shift": "sample mean minus the window centre",
+            "family": ("normal vs std-constrained Student-t (df > 2); auto picks student-t iff AIC drops by "
+                       f"> {AIC_MARGIN:g} and KS does not rise"),
+            "shape": ("df by maximum likelihood from per-cell data" if data.kind == "tidy" else
+                      "df by least squares on the quantile function (log half-widths of the central 98/90/80/50 % "
+                      "intervals); AIC from the grouped-data likelihood of the cells between the stored quantiles; "
+                      "KS over the stored quantiles"),
+            "outliers": "none removed: cells that relaxed out of their window are part of the distribution",
+            "range": "gmin = lowest window's lower edge, gmax = highest window's upper edge, levels = window centres",
+        },
+        "windows_measured": bool(data.windows_measured),
+        "level_labels": [int(v) for v in data.levels],
+        "fit_quality": {
+            "ks_per_level": ks,
+            "ks_max": max(r.ks for r in levels),
+            "sigma_poly_r2": r2s, "shift_poly_r2": r2m,
+            "n_student_t": sum(r.family == "student-t" for r in levels), "n_levels_fitted": len(levels),
+        },
+        "stuck": stuck_info,
+        "read_noise": None if rn is None else {k: v for k, v in rn.items() if k != "poly_uS"},
+    }
+
+
+# ================================================================================= output
+def format_table(result: FitResult) -> str:
+    """The per-level table (uS) for every fitted time, with the smooth fit's R^2."""
+    lines = []
+    times = sorted({r.t_s for r in result.levels})
+    for j, t in enumerate(times):
+        lines.append(f"t = {t:g} s   (sigma(G) R^2 = {result.smooth_r2['sigma'][j]:.3f}, "
+                     f"shift(G) R^2 = {result.smooth_r2['shift'][j]:.3f})")
+        lines.append(f"{'level':>5} {'n':>5} {'target':>8} {'shift':>8} {'sigma':>8} {'robust':>8} "
+                     f"{'KS':>6} {'family':<9} {'df':>6}   (uS)")
+        for r in (r for r in result.levels if r.t_s == t):
+            df = f"{r.df:6.2f}" if r.df is not None else f"{'-':>6}"
+            lines.append(f"{r.label:5d} {r.n:5d} {r.target_uS:8.3f} {r.shift_uS:8.4f} {r.sigma_uS:8.4f} "
+                         f"{r.robust_uS:8.4f} {r.ks:6.3f} {r.family:<9} {df}")
+        lines.append("")
+    m = result.model
+    st = m.provenance.get("stuck", {})
+    counts = (f" ({st['n_stuck_gmin']} and {st['n_stuck_gmax']} of {st['n_cells_t0']} cells at t = 0)"
+              if st.get("measured") else f" ({st.get('reason', 'not measured')})")
+    lines.append(f"gmin {m.gmin_S / _US:g} uS, gmax {m.gmax_S / _US:g} uS, {len(m.levels_S)} levels; stuck at gmin "
+                 f"{m.stuck_at_gmin:.4g}, at gmax {m.stuck_at_gmax:.4g}{counts}")
+    if result.read_noise is not None:
+        rn = result.read_noise
+        pts = ", ".join(f"{s['sigma_read_uS']:.3f} uS at {s['g_mean_uS']:.1f} uS" for s in rn["series"])
+        lines.append(f"read noise ({rn['source_name']}): {pts}; polynomial R^2 = {rn['r2']:.3f}")
+    return "\n".join(lines)
+
+
+def _display_time(times: Sequence[float]) -> float:
+    """The read time drawn in the per-level panels: 1 s when fitted, else the latest time."""
+    return 1.0 if 1.0 in times else max(times)
+
+
+def _quantile_histogram(ax, q: np.ndarray, color: str) -> None:
+    """Density (1/uS) drawn from stored quantiles: mass p_{j+1} - p_j spread over [q_j, q_{j+1}]."""
+    p = np.asarray(QUANTILES)
+    width = np.diff(q)
+    dens = np.where(width > 0, np.diff(p) / np.where(width > 0, width, 1.0), 0.0)
+    ax.stairs(dens, q, fill=True, alpha=0.35, color=color, label="data (from quantiles)")
+
+
+def render_figure(result: FitResult, n_levels_shown: int = 8) -> bytes:
+    """PNG bytes: per-level histograms with the fitted pdf, sigma and shift vs G with the smooth fit,
+    a QQ plot, and the read noise (when fitted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.gridspec import GridSpec
+
+    times = sorted({r.t_s for r in result.levels})
+    t_show = _display_time(times)
+    block = [r for r in result.levels if r.t_s == t_show]
+    idx = np.unique(np.rint(np.linspace(0, len(block) - 1, min(n_levels_shown, len(block)))).astype(int))
+    fig = plt.figure(figsize=(16, 11.5), layout="constrained")
+    gs = GridSpec(3, 4, figure=fig, height_ratios=[1, 1, 1.25])
+    for j, i in enumerate(idx):
+        _hist_panel(fig.add_subplot(gs[j // 4, j % 4]), block[i])
+    cmap = plt.get_cmap("viridis")
+    colors = {t: cmap(k / max(len(times) - 1, 1)) for k, t in enumerate(times)}
+    _smooth_panel(fig.add_subplot(gs[2, 0]), result, colors, "sigma")
+    _smooth_panel(fig.add_subplot(gs[2, 1]), result, colors, "shift")
+    _qq_panel(fig.add_subplot(gs[2, 2]), [block[i] for i in idx], t_show)
+    _read_noise_panel(fig.add_subplot(gs[2, 3]), result)
+    src = result.model.provenance.get("source_name", result.source.name)
+    fig.suptitle(f"cimsim.fit: {result.model.name} from {src} ({result.data_kind} data); "
+                 f"histograms and QQ at t = {t_show:g} s")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _hist_panel(ax, r: LevelResult) -> None:
+    lo = min(r.quantiles_uS[0], r.mean_uS - 4 * r.robust_uS)
+    hi = max(r.quantiles_uS[-1], r.mean_uS + 4 * r.robust_uS)
+    if r.samples_uS is not None:
+        ax.hist(r.samples_uS, bins=np.linspace(lo, hi, 41), density=True, alpha=0.35, color="C0", label="data")
+    else:
+        _quantile_histogram(ax, r.quantiles_uS, "C0")
+    x = np.linspace(lo, hi, 400)
+    if r.sigma_uS > 0:
+        ax.plot(x, model_pdf(x, r.mean_uS, r.sigma_uS, r.df), "C3",
+                label=f"{r.family}" + (f" df={r.df:.2f}" if r.df else ""))
+        if r.df is not None:
+            ax.plot(x, model_pdf(x, r.mean_uS, r.sigma_uS, None), "k:", lw=1, label="normal")
+    ax.axvline(r.target_uS, color="0.4", lw=0.8, ls="--")
+    ax.set_xlim(lo, hi)
+    ax.set_title(f"level {r.label}: n={r.n}, sigma={r.sigma_uS:.3f}, KS={r.ks:.3f}", fontsize=9)
+    ax.set_xlabel("G (uS)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _smooth_panel(ax, result: FitResult, colors, what: str) -> None:
+    g = np.array([lf.target_S for lf in result.model.level_fits if lf.t_s == result.model.times_s[0]]) / _US
+    grid = np.linspace(result.model.gmin_S / _US, result.model.gmax_S / _US, 200)
+    for j, (t, cs, cm) in enumerate(result.fitted):
+        vals = [r.sigma_uS if what == "sigma" else r.shift_uS for r in result.levels if r.t_s == t]
+        coeffs = cs if what == "sigma" else cm
+        r2 = result.smooth_r2[what][j]
+        ax.plot(g, vals, "o", ms=3, color=colors[t])
+        ax.plot(grid, np.polyval(coeffs, grid), "-", color=colors[t], label=f"t={t:g} s (R^2 {r2:.2f})")
+    ax.set_xlabel("target G (uS)")
+    ax.set_ylabel("sigma (uS)" if what == "sigma" else "mean shift (uS)")
+    ax.set_title(f"{what} vs G: per level (dots), polynomial (lines)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _qq_panel(ax, block: list[LevelResult], t_s: float) -> None:
+    for k, r in enumerate(block):
+        if r.sigma_uS == 0:
+            continue
+        if r.samples_uS is not None:
+            p, emp = QQ_PROBS, np.quantile(r.samples_uS, QQ_PROBS)
+        else:
+            p, emp = np.asarray(QUANTILES), r.quantiles_uS
+        model = model_quantile(p, r.mean_uS, r.sigma_uS, r.df)
+        ax.plot((model - r.mean_uS) / r.sigma_uS, (emp - r.mean_uS) / r.sigma_uS, ".", ms=3,
+                color=f"C{k % 10}", label=f"level {r.label}")
+    lim = ax.get_xlim()
+    ax.plot(lim, lim, "k-", lw=0.8)
+    ax.set_xlabel("fitted quantile (in sigma)")
+    ax.set_ylabel("data quantile (in sigma)")
+    ax.set_title(f"QQ plot, t = {t_s:g} s (fitted family per level)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+
+
+def _read_noise_panel(ax, result: FitResult) -> None:
+    rn = result.read_noise
+    if rn is None:
+        ax.text(0.5, 0.5, "no read-noise file given", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    g = np.array([s["g_mean_uS"] for s in rn["series"]])
+    s = np.array([s["sigma_read_uS"] for s in rn["series"]])
+    naive = np.array([x["diff_std_over_sqrt2_uS"] for x in rn["series"]])
+    grid = np.linspace(0, g.max() * 1.05, 200)
+    ax.plot(g, s, "o", label="sigma_read (RTN steps trimmed)")
+    ax.plot(g, naive, "x", color="0.5", label="std(diff)/sqrt(2)")
+    ax.plot(grid, np.polyval(rn["poly_uS"], grid), "C3-", label=f"polynomial (R^2 {rn['r2']:.2f})")
+    ax.axvspan(result.model.gmin_S / _US, result.model.gmax_S / _US, color="C2", alpha=0.1, label="model's G range")
+    ax.set_xlabel("G (uS)")
+    ax.set_ylabel("read noise (uS)")
+    ax.set_title(f"read noise from {rn['source_name']}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_ylim(bottom=0)
+
+
+# =================================================================================== CLI
+class _UsageError(Exception):
+    """A command-line usage error (reported as one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m cimsim.fit",
+        description="Fit a cimsim device model (JSON) to measured conductances: per-cell (tidy) data or a "
+                    "per-level summary (auto-detected from the columns).")
+    p.add_argument("data", help="CSV (optionally .gz): tidy per-cell reads or the per-level summary format")
+    p.add_argument("--time", type=float, default=None, help="fit only this nominal read time (seconds)")
+    p.add_argument("--family", choices=("auto", "normal", "student-t"), default="auto",
+                   help="distribution of the programming error (auto: AIC + KS per level)")
+    p.add_argument("-o", "--output", default=None, help="device model JSON to write (default: print only)")
+    p.add_argument("--plot", default=None, help="PNG figure to write")
+    p.add_argument("--read-noise", default=None, help="read-noise time series (TSV, level, 0, samples in S)")
+    p.add_argument("--min-cells", type=int, default=20, help="fewest cells a level may have (default 20)")
+    p.add_argument("--poly-deg", type=int, default=3, help="degree of sigma(G) and shift(G) per time (default 3)")
+    p.add_argument("--read-noise-deg", type=int, default=1, help="degree of sigma_read(G) (default 1)")
+    p.add_argument("--format", dest="fmt", choices=("auto", "tidy", "summary"), default="auto")
+    p.add_argument("--units", choices=("auto", "uS", "S"), default="auto",
+                   help="unit of the tidy conductance columns (auto: from the _uS / _S suffix)")
+    d = TidyColumns()
+    for role in ("level", "target", "time", "g", "lo", "hi"):
+        p.add_argument(f"--col-{role}", default=getattr(d, role), help=f"tidy column for {role} (default {getattr(d, role)})")
+    p.add_argument("--neg-tol", type=float, default=0.01,
+                   help="reads down to -NEG_TOL * gmax are kept (read offset); lower ones are errors (default 0.01)")
+    p.add_argument("--name", default=None, help="model name (default: the input file's stem)")
+    p.add_argument("--technology", default=None, help="technology text (default: '# technology:' line of the file)")
+    p.add_argument("--citation", default=None, help="citation text (default: '# citation:' line of the file)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no table, no progress")
+    return p
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same file on disk when both exist, else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_paths(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str, Any]]) -> None:
+    """Refuse an output that is an input or another output, or that cannot be written
+    (:func:`cimsim.io.check_outputs`); raises before any work is done.
+
+    ``inputs``, ``outputs``: (option, path) pairs, the option naming the path in messages; a
+    ``None`` path was not given.
+    """
+    given = [(opt, p) for opt, p in outputs if p is not None]
+    for i, (opt, p) in enumerate(given):
+        if not str(p).strip():
+            raise _UsageError(f"{opt}: empty path")
+        for what, q in [*((w, q) for w, q in inputs if q), *given[:i]]:
+            if same_file(p, q):
+                raise _UsageError(f"{opt} {p}: the same file as {what} {q}; an output must not overwrite "
+                                  "an input or another output")
+    check_outputs(p for _, p in given)
+
+
+def _options(a: argparse.Namespace) -> FitOptions:
+    cols = TidyColumns(level=a.col_level, target=a.col_target, time=a.col_time, g=a.col_g, lo=a.col_lo, hi=a.col_hi)
+    return FitOptions(family=a.family, time_s=a.time, min_cells=a.min_cells, poly_deg=a.poly_deg,
+                      read_noise_deg=a.read_noise_deg, fmt=a.fmt, units=a.units, columns=cols, neg_tol_frac=a.neg_tol,
+                      name=a.name, technology=a.technology, citation=a.citation)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns 0 on success, 2 on bad input (one line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(f"cimsim.fit: error: {e} (see python -m cimsim.fit --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    try:
+        options = _options(args)
+        options.check()
+        check_paths([("the input data file", args.data), ("--read-noise", args.read_noise)],
+                    [("-o", args.output), ("--plot", args.plot)])
+        result = fit_device(args.data, options, args.read_noise, progress=not args.quiet)
+        files: dict[Path, bytes] = {}
+        if args.output is not None:
+            files[Path(args.output)] = (result.model.to_json() + "\n").encode()
+        if args.plot is not None:
+            files[Path(args.plot)] = render_figure(result)
+        write_outputs(files)
+    except (MeasuredDataError, DeviceModelError, OutputError, _UsageError) as e:
+        print(f"cimsim.fit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"cimsim.fit: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(format_table(result))
+        for path in files:
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
