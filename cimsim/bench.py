@@ -108,7 +108,7 @@ def run(shapes=SHAPES, batches=BATCHES, quick: bool = False, out: Path | None = 
                     t_prog = np.inf
                     for _ in range(2):  # the first call may compile the sampler
                         t0 = time.perf_counter()
-                        arr = program(w, c, 0, device=dev)
+                        arr = program(w, c, 0, device_model=dev)
                         t_prog = min(t_prog, time.perf_counter() - t0)
                     arr.calibrate(x.numpy())
                     base_rss = _reset_peak_rss()

@@ -104,7 +104,7 @@ def test_fast_path_matches_reference_with_variation(convert, dac):
     w, x = _layer(rng, 6, 45, 3)
     cfg = CrossbarConfig(tile_rows=16, adc_bits=7, adc_convert=convert, dac=dac, input_bits=5, input_clip=1.5,
                          adc_range="calibrated", adc_percentile=99.0)
-    arr = program(w, cfg, 3, device=_test_device())
+    arr = program(w, cfg, 3, device_model=_test_device())
     arr.calibrate(x)
     ref = mvm_reference(arr, x)
     for kernel in ("numba", "torch"):
@@ -125,7 +125,7 @@ def test_programming_statistics_match_device_model(name):
     rng = np.random.default_rng(4)
     w, x = _layer(rng, 4, 24, 2, signed=False)
     cfg = CrossbarConfig(tile_rows=8, input_clip=float(x.max()), **EXACT)
-    arr0 = program(w, cfg, 0, device=dev)
+    arr0 = program(w, cfg, 0, device_model=dev)
     ideal = matmul_quantized(arr0, x)
     # prediction: y = a * sum_k base^k sum_i x_i (G+ - G-)/step with independent cells
     from cimsim.crossbar.mapping import conductance_targets, quantize_inputs
@@ -141,7 +141,7 @@ def test_programming_statistics_match_device_model(name):
     xi = quantize_inputs(x, cfg.input_clip, cfg.input_bits).astype(float)
     a = arr0.scale * cfg.input_clip / cfg.x_max_int
     pred_std = np.sqrt(np.einsum("bi,kio->bo", xi**2, sig**2 * var_cell)) * a
-    ys = np.stack([program(w, cfg, s, device=dev).matmul(x) for s in range(2000)])
+    ys = np.stack([program(w, cfg, s, device_model=dev).matmul(x) for s in range(2000)])
     assert np.allclose(ys.mean(0), ideal, atol=0.05 * pred_std.max())
     assert np.allclose(ys.std(0), pred_std, rtol=0.05)
 
@@ -152,7 +152,7 @@ def test_read_noise_column_current_matches_per_cell_draws():
     rng = np.random.default_rng(5)
     w, x = _layer(rng, 3, 12, 1)
     cfg = CrossbarConfig(tile_rows=6, input_clip=2.0, read_noise=True, **EXACT)
-    arr = program(w, cfg, 0, device=dev)
+    arr = program(w, cfg, 0, device_model=dev)
     n = 1500
     fast = np.stack([arr.matmul(x)[0] for _ in range(n)])
     ref_rng = np.random.default_rng(6)
@@ -166,7 +166,7 @@ def test_read_noise_is_fresh_per_read_and_replays_per_chip():
     dev = _test_device(read_noise_poly_uS=(0.5,))
     w, x = _layer(np.random.default_rng(7), 3, 20, 2)
     cfg = CrossbarConfig(input_clip=2.0, read_noise=True, **EXACT)
-    a, b = program(w, cfg, 11, device=dev), program(w, cfg, 11, device=dev)
+    a, b = program(w, cfg, 11, device_model=dev), program(w, cfg, 11, device_model=dev)
     ya1, ya2 = a.matmul(x), a.matmul(x)
     assert not np.array_equal(ya1, ya2)
     assert np.array_equal(b.matmul(x), ya1)
@@ -398,7 +398,7 @@ def test_read_noise_numba_and_torch_paths_agree_in_distribution():
     w, x = _layer(rng, 4, 40, 2)
     cfg = CrossbarConfig(tile_rows=16, input_clip=2.0, read_noise=True, output_noise=0.5, dac="bit_serial",
                          input_bits=4, **EXACT)
-    arr = program(w, cfg, 0, device=dev)
+    arr = program(w, cfg, 0, device_model=dev)
     a = np.stack([arr.matmul(x, kernel="numba") for _ in range(800)])
     b = np.stack([arr.matmul(x, kernel="torch") for _ in range(800)])
     assert np.allclose(a.mean(0), b.mean(0), atol=0.15 * b.std(0).max())

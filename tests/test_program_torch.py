@@ -46,7 +46,7 @@ def test_torch_programming_draws_the_host_distribution(name):
     cfg = CrossbarConfig(device=name, read_time_s=1.0)
     table = LevelTable.make(dm, cfg, torch.device("cpu"))
     dev = [program_on_device(torch.from_numpy(w), cfg, dm, s, 1.0, None, table) for s in range(4)]
-    host = [program(w, cfg, s, device=dm) for s in range(4)]
+    host = [program(w, cfg, s, device_model=dm) for s in range(4)]
     d = host[0].mapped.digits_pos  # same mapping on both paths
     for k in range(4):
         a = np.concatenate([c.g_pos.numpy()[d == k] for c in dev])
@@ -66,7 +66,7 @@ def test_torch_programming_output_statistics_match_host():
     ys_dev = np.stack([crossbar_matmul_torch(program_on_device(torch.from_numpy(w), cfg, dm, s, cfg.input_clip, None,
                                                                table), torch.from_numpy(x)).numpy()
                        for s in range(800)])
-    ys_host = np.stack([program(w, cfg, s, device=dm).matmul(x) for s in range(800)])
+    ys_host = np.stack([program(w, cfg, s, device_model=dm).matmul(x) for s in range(800)])
     spread = ys_host.std(0)
     assert np.allclose(ys_dev.mean(0), ys_host.mean(0), atol=0.15 * spread.max())
     assert np.allclose(ys_dev.std(0), spread, rtol=0.12)

@@ -139,7 +139,7 @@ class Policy:
 class ProgrammingSetup:
     """How weights become cells and how cells are programmed.
 
-    device: the cell's :class:`DeviceModel` (its ``sigma_scale`` already set). crossbar: the
+    device_model: the cell's :class:`DeviceModel` (its ``sigma_scale`` already set). crossbar: the
     mapping fields of a :class:`CrossbarConfig` are used (``weight_bits``, ``bits_per_cell``,
     ``weight_scale``). algorithm: ``ispp | fppv``. t_read_s: read time after programming (s).
     max_pulses: pulse limit per cell (``None``: no limit). cost: energy/latency constants.
@@ -147,7 +147,7 @@ class ProgrammingSetup:
     preset of the algorithm.
     """
 
-    device: DeviceModel
+    device_model: DeviceModel
     crossbar: CrossbarConfig = field(default_factory=CrossbarConfig)
     algorithm: str = "ispp"
     t_read_s: float = 1.0
@@ -159,7 +159,7 @@ class ProgrammingSetup:
     @property
     def levels_S(self) -> np.ndarray:
         """``(2^bits_per_cell,)`` level conductances, siemens."""
-        return np.asarray(self.device.level_conductances(self.crossbar.cell_levels), dtype=np.float64)
+        return np.asarray(self.device_model.level_conductances(self.crossbar.cell_levels), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def program_layer(layer: LayerTargets, setup: ProgrammingSetup, policy: Policy, 
             raise ProgrammingError(f"{layer.name}: the selective policy needs a weight mask")
         mask = cell_mask(weight_mask, layer)
     verify = policy.kind != "none"  # one-shot cells ignore the window; any valid one will do
-    res = write_verify(layer.targets_S, setup.device, setup.algorithm,
+    res = write_verify(layer.targets_S, setup.device_model, setup.algorithm,
                        tolerance=policy.tolerance if verify else 1e-6, max_pulses=setup.max_pulses, rng=seed,
                        mask=mask, t_read_s=setup.t_read_s, relative=policy.relative and verify,
                        pulse_model=setup.pulse_model, relaxation=setup.relaxation)

@@ -273,7 +273,7 @@ class RunSpec:
 
     path: Path
     cfg: RunConfig
-    device: DeviceModel
+    device_model: DeviceModel
     t_read_s: float
 
     @property
@@ -368,7 +368,7 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
     train, _, test = load_splits(cfg)
     model = load_model(spec, train.input_shape, train.num_classes, dev)
     test = test.to(dev)
-    setup = ProgrammingSetup(device=spec.device, crossbar=opts.crossbar, algorithm=opts.algorithm,
+    setup = ProgrammingSetup(device_model=spec.device_model, crossbar=opts.crossbar, algorithm=opts.algorithm,
                              t_read_s=spec.t_read_s, max_pulses=opts.max_pulses, cost=opts.cost,
                              relaxation=opts.relaxation)
     layers = prepare_layers(model, setup)
@@ -380,8 +380,8 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
     if opts.relative and setup.levels_S[0] <= 0:
         _log(f"{spec.label}: warning: relative tolerance and a 0 S lowest level: those cells have an empty window "
              "and can only fail (use an absolute tolerance in uS for this device)", opts)
-    _log(f"{spec.label}: {cfg.model}/{cfg.method}, {len(layers)} layers, {n_cells} cells on {spec.device.name} "
-         f"(sigma_scale {spec.device.sigma_scale:g}); clean acc {clean:.4f}, quantized {quant:.4f}", opts)
+    _log(f"{spec.label}: {cfg.model}/{cfg.method}, {len(layers)} layers, {n_cells} cells on {spec.device_model.name} "
+         f"(sigma_scale {spec.device_model.sigma_scale:g}); clean acc {clean:.4f}, quantized {quant:.4f}", opts)
     sens = {}
     if "selective" in opts.policies:
         for kind in opts.sensitivity:
@@ -406,7 +406,7 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
         _log(f"{prefix}: acc {res.metrics['acc_mean']:.4f} +- {res.metrics['acc_std']:.4f}, "
              f"{res.energy_J:.3e} J, {res.latency_s:.3e} s, {res.failed:.0f} failed cells "
              f"({opts.chips} chips, {time.time() - t0:.1f} s)", opts)
-    info = {"device": spec.device.name, "sigma_scale": spec.device.sigma_scale, "t_read_s": spec.t_read_s,
+    info = {"device": spec.device_model.name, "sigma_scale": spec.device_model.sigma_scale, "t_read_s": spec.t_read_s,
             "levels_S": setup.levels_S.tolist(), "seed": cfg.seed, "chip_seeds": seeds,
             "layers": {la.name: {"shape": list(la.shape), "cells": int(la.targets_S.size)} for la in layers},
             "clean_acc": clean, "quant_acc": quant, "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,

@@ -91,7 +91,7 @@ def make_plan(arr: ChipReadout, device: torch.device | str = "cpu", dtype: torch
     g = group_conductances(arr)
     var = None
     if cfg.read_noise:
-        rs = arr.device.read_sigma_S
+        rs = arr.device_model.read_sigma_S
         step2 = arr.step_S ** 2
         var = _groups(arr, lambda gp, gn: (rs(gp) ** 2 + (rs(gn) ** 2 if gn is not None else 0.0)) / step2)
     n_groups = g.shape[0]

@@ -57,8 +57,8 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
                             gp = arr.g_pos_S[k, rows, o]
                             gn = arr.g_neg_S[k, rows, o]
                             if read_noise:
-                                gp = arr.device.read(gp, rng)
-                                gn = arr.device.read(gn, rng)
+                                gp = arr.device_model.read(gp, rng)
+                                gn = arr.device_model.read(gn, rng)
                             ip = float(np.dot(v[rows], gp)) / step
                             in_ = float(np.dot(v[rows], gn)) / step
                             if cfg.adc_convert == "differential":

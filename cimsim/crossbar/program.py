@@ -36,7 +36,7 @@ class ProgrammedArray(ChipReadout):
     """
 
     config: CrossbarConfig
-    device: DeviceModel
+    device_model: DeviceModel
     mapped: MappedWeights
     g_pos_S: np.ndarray
     g_neg_S: np.ndarray
@@ -203,21 +203,21 @@ def check_seed(seed: int) -> int:
 
 
 def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.Generator | None = None,
-            device: DeviceModel | None = None) -> ProgrammedArray:
+            device_model: DeviceModel | None = None) -> ProgrammedArray:
     """Program ``weights`` (out, in) onto crossbar tiles: one chip's draw of every cell.
 
     seed: the chip's identity, an int (the same seed gives the same chip; ``None`` means 0), or
         a numpy Generator that the chip's seed is drawn from.
-    device: overrides ``config.device`` (with ``config.sigma_scale`` still applied).
+    device_model: overrides the model ``config.device`` names (``config.sigma_scale`` still applied).
 
     Every cell's conductance is sampled from the device model at ``config.read_time_s``. With
     drift compensation on, the reference response is measured before drift (t0) and again at
     the read time; the layer's outputs are multiplied by their ratio.
     """
-    if device is None:
-        device = config.device_model()
+    if device_model is None:
+        device_model = config.device_model()
     elif config.sigma_scale is not None:
-        device = device.replace(sigma_scale=config.sigma_scale)
+        device_model = device_model.replace(sigma_scale=config.sigma_scale)
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(0, 2**63 - 1))  # the chip's seed, drawn from the caller's generator
     seed = 0 if seed is None else check_seed(seed)
@@ -226,18 +226,18 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
     if weights.ndim != 2 or 0 in weights.shape:
         raise ValueError(f"weights must be a non-empty 2-D (out, in) array, got shape {weights.shape}")
     mapped = map_weights(weights, config)
-    levels = device.level_conductances(config.cell_levels)
+    levels = device_model.level_conductances(config.cell_levels)
     t = config.read_time_s
-    if device.is_ideal:
+    if device_model.is_ideal:
         g_pos, g_neg = conductance_targets(mapped, levels)
     else:
-        g_pos = device.sample_levels(levels, mapped.digits_pos, t, rng, drift=False)
-        g_neg = device.sample_levels(levels, mapped.digits_neg, t, rng, drift=False)
-    arr = ProgrammedArray(config=config, device=device, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
+        g_pos = device_model.sample_levels(levels, mapped.digits_pos, t, rng, drift=False)
+        g_neg = device_model.sample_levels(levels, mapped.digits_neg, t, rng, drift=False)
+    arr = ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
                           levels_S=levels, seed=seed)
-    if device.drift is not None:
-        arr.g_pos_S = device.apply_drift(g_pos, t, rng)
-        arr.g_neg_S = device.apply_drift(g_neg, t, rng)
+    if device_model.drift is not None:
+        arr.g_pos_S = device_model.apply_drift(g_pos, t, rng)
+        arr.g_neg_S = device_model.apply_drift(g_neg, t, rng)
         if config.drift_compensation:
             arr.drift_scale = _drift_compensation(g_pos - g_neg, arr.g_pos_S - arr.g_neg_S)
     return arr

@@ -83,7 +83,7 @@ class DeviceArray(ChipReadout):
     """
 
     config: CrossbarConfig
-    device: DeviceModel
+    device_model: DeviceModel
     g_pos: torch.Tensor
     g_neg: torch.Tensor
     table: LevelTable
@@ -112,7 +112,7 @@ class DeviceArray(ChipReadout):
         from cimsim.crossbar.program import ProgrammedArray
 
         lv = self.table.levels.cpu().numpy()
-        return ProgrammedArray(config=self.config, device=self.device, mapped=None,  # type: ignore[arg-type]
+        return ProgrammedArray(config=self.config, device_model=self.device_model, mapped=None,  # type: ignore[arg-type]
                                g_pos_S=np.empty((self.config.n_slices, self.n_in, 0)), g_neg_S=np.empty(0),
                                levels_S=lv, seed=self.seed, input_clip=self.input_clip,
                                adc_range=self.adc_range)
@@ -133,7 +133,7 @@ class DeviceArray(ChipReadout):
             g = torch.cat([self.g_pos, self.g_neg]) / step
             colw = np.concatenate([sig, -sig])
         var = None
-        if cfg.read_noise and self.device.read_noise_poly_uS is not None:
+        if cfg.read_noise and self.device_model.read_noise_poly_uS is not None:
             rs = self._read_var
             var = (rs(self.g_pos) + rs(self.g_neg)) / step**2 if cfg.adc_convert == "differential" else \
                 torch.cat([rs(self.g_pos), rs(self.g_neg)]) / step**2
@@ -150,7 +150,7 @@ class DeviceArray(ChipReadout):
         """Per-cell read variance (S^2) from the device model's polynomial, in torch."""
         g_uS = g / 1e-6
         acc = torch.zeros_like(g_uS)
-        for c in self.device.read_noise_poly_uS:
+        for c in self.device_model.read_noise_poly_uS:
             acc = acc * g_uS + c
         return (acc.clamp_min(0) * 1e-6) ** 2
 
@@ -202,7 +202,7 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed) & (2**63 - 1))
     g_pos, g_neg = (_sample(d, table, device_model, gen) for d in (d_pos, d_neg))
-    return DeviceArray(config=config, device=device_model, g_pos=g_pos, g_neg=g_neg, table=table,
+    return DeviceArray(config=config, device_model=device_model, g_pos=g_pos, g_neg=g_neg, table=table,
                        scale=scale_t.cpu().numpy(), scale_t=scale_t, input_clip=float(input_clip),
                        adc_range=None if adc_range is None else np.asarray(adc_range, dtype=np.float64), seed=int(seed))
 

@@ -166,7 +166,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         """Program the current weights with ``seed`` (nominal: exact target conductances)."""
         w = self.weight_matrix().detach().to("cpu", torch.float64).numpy()
         dev, ideal = self._device_models()
-        arr = program_array(w, self.config, int(seed), device=ideal if nominal else dev)
+        arr = program_array(w, self.config, int(seed), device_model=ideal if nominal else dev)
         if not nominal:
             self._apply_calibration(arr)
         return arr
@@ -375,7 +375,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         w_int = chip["chip_w_int"].detach().cpu().numpy().astype(np.int32)
         scale = chip["chip_scale"].detach().cpu().numpy().astype(np.float64)
         arr = ProgrammedArray(
-            config=self.config, device=dev, mapped=_mapped_from_int(w_int, scale, self.config),
+            config=self.config, device_model=dev, mapped=_mapped_from_int(w_int, scale, self.config),
             g_pos_S=chip["chip_g_pos_S"].detach().cpu().numpy().astype(np.float64),
             g_neg_S=chip["chip_g_neg_S"].detach().cpu().numpy().astype(np.float64),
             levels_S=dev.level_conductances(self.config.cell_levels), seed=self.chip_seed,

@@ -227,7 +227,7 @@ def _tiny_model():
 
 
 def test_cell_mask_selects_all_cells_of_the_chosen_weights():
-    setup = ProgrammingSetup(device=load_device("rram1"))
+    setup = ProgrammingSetup(device_model=load_device("rram1"))
     layer = prepare_layers(_tiny_model(), setup)[0]
     wm = np.zeros(layer.shape, bool)
     wm[2, 4] = True  # weight (out 2, in 4)
@@ -245,7 +245,7 @@ def test_selection_masks_global_and_per_layer():
 
 
 def test_full_write_verify_on_a_noiseless_cell_gives_quantized_weights():
-    setup = ProgrammingSetup(device=load_device("rram1").replace(sigma_scale=0.0), max_pulses=None)
+    setup = ProgrammingSetup(device_model=load_device("rram1").replace(sigma_scale=0.0), max_pulses=None)
     layers = prepare_layers(_tiny_model(), setup)
     ideal = ideal_weights(layers, setup)
     for k, la in enumerate(layers):
