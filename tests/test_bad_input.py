@@ -161,7 +161,7 @@ def test_bench_checks_its_options_before_timing(tmp_path, capsys, args, words):
 @pytest.mark.parametrize("text,words", [("a,b\n1,2\n", "missing column 'experiment'"), ("", "missing column"),
                                         (None, "no data rows"), ("bad_value", "line 2"), ("bad_range", "line 2")])
 def test_pulse_calibration_names_file_and_line(tmp_path, capsys, text, words):
-    from cimsim.pulse_calibration import PULSE_STATS_COLUMNS, main
+    from cimsim.writeverify.calibration import PULSE_STATS_COLUMNS, main
 
     header = ",".join(PULSE_STATS_COLUMNS) + "\n"
     good = "e,ispp,2,1,100,1000,2000,0.9," + ",".join(["1"] * 9) + "\n"

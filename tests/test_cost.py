@@ -130,7 +130,7 @@ def test_config_json_and_errors():
 
 
 def test_energy_per_bit_and_ember_crosscheck_runs():
-    from cimsim import pulse_calibration as pc
+    from cimsim.writeverify import calibration as pc
     try:
         out = pc.ember_crosscheck(n_cells=300)
     except FileNotFoundError:

@@ -13,18 +13,15 @@ from cimsim.writeverify import (
     acceptance_window,
     build_inputs,
     default_pulse_model,
-    fisher_diag,
     one_shot,
     pulse_preset,
     relax,
     run_kernel,
     run_reference,
-    selective_mask,
-    sensitivity_first_order,
-    sensitivity_second_order,
     tolerance_sweep,
     write_verify,
 )
+from training.selective import fisher_diag, selective_mask, sensitivity_first_order, sensitivity_second_order
 
 US = 1e-6
 
@@ -282,7 +279,7 @@ CAL_FACTOR = 2.0  # calibrated levels: simulated median and mean within this fac
 
 
 def test_calibrated_presets_match_measured_pulse_counts():
-    from cimsim import pulse_calibration as pc
+    from cimsim.writeverify import calibration as pc
     try:
         rows = pc.load_pulse_stats()
     except FileNotFoundError:
@@ -299,7 +296,7 @@ def test_calibrated_presets_match_measured_pulse_counts():
 
 
 def test_calibrate_runs_and_improves_a_bad_start():
-    from cimsim import pulse_calibration as pc
+    from cimsim.writeverify import calibration as pc
     try:
         rows = [r for r in pc.load_pulse_stats() if r.experiment == "ispp_2bpc_chip2"]
     except FileNotFoundError:

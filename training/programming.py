@@ -26,10 +26,10 @@ Policies (:class:`Policy`):
   batches of the run's *training* split (never the test set):
 
   - ``first``: ``|w * g|`` with ``g`` the mean over batches of the batch-mean-loss gradient
-    (first-order Taylor term; :func:`cimsim.writeverify.sensitivity_first_order`);
+    (first-order Taylor term; :func:`training.selective.sensitivity_first_order`);
   - ``second``: ``|w^2 * F| / 2`` with ``F`` the empirical Fisher diagonal, the mean over batches
     of the squared batch gradient, as the diagonal-Hessian estimate of SWIM's second-order
-    criterion (:func:`cimsim.writeverify.fisher_diag`, :func:`sensitivity_second_order`). Squared
+    criterion (:func:`training.selective.fisher_diag`, :func:`sensitivity_second_order`). Squared
     *batch* gradients are ``1 / batch_size`` of the per-sample Fisher in expectation plus the
     squared mean gradient; the same factor for every weight, so the ranking is unaffected.
 
@@ -63,18 +63,12 @@ from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import Cost, CostConfig, CostReport, model_cost, write_verify_cost
 from cimsim.device.model import DeviceModel
 from cimsim.crossbar.mapping import MappedWeights, conductance_targets, map_weights, unmap
-from cimsim.writeverify import (
-    PulseModel,
-    fisher_diag,
-    selective_mask,
-    sensitivity_first_order,
-    sensitivity_second_order,
-    write_verify,
-)
+from cimsim.writeverify import PulseModel, write_verify
 
 from .data import ImageSet
 from .evaluate import MCAccumulator, chip_seed
 from .models import noisy_weight_names
+from .selective import fisher_diag, selective_mask, sensitivity_first_order, sensitivity_second_order
 
 POLICIES = ("none", "full", "selective")
 SENSITIVITIES = ("first", "second")

@@ -27,9 +27,9 @@ p99 and the success rate are not fitted; the table shows how close they come.
 
 CLI::
 
-    python -m cimsim.pulse_calibration              # side-by-side table for the presets
-    python -m cimsim.pulse_calibration --fit        # re-fit, print the fitted parameters and the table
-    python -m cimsim.pulse_calibration --ember      # also the EMBER energy-per-bit cross-check
+    python -m cimsim.writeverify.calibration              # side-by-side table for the presets
+    python -m cimsim.writeverify.calibration --fit        # re-fit, print the fitted parameters and the table
+    python -m cimsim.writeverify.calibration --ember      # also the EMBER energy-per-bit cross-check
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from cimsim.writeverify import (
     run_kernel,
 )
 
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "write_verify_pulse_stats.csv"
+DEFAULT_CSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / "write_verify_pulse_stats.csv"
 RADAR_GMIN_S = 1e-6
 RADAR_GMAX_S = 260e-6
 DEFAULT_LIMIT = 2000
@@ -309,7 +309,7 @@ def format_ember(result: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cimsim.pulse_calibration", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m cimsim.writeverify.calibration", description=__doc__.split("\n")[0])
     ap.add_argument("--csv", default=None, help=f"measured statistics (default {DEFAULT_CSV})")
     ap.add_argument("--cells", type=int, default=4000, help="simulated cells per level")
     ap.add_argument("--seed", type=int, default=0)
