@@ -431,3 +431,21 @@ def test_numpy_front_end_accepts_vectors():
     w, x = _layer(rng, 3, 9, 1)
     arr = program(w, CrossbarConfig(input_clip=2.0, **EXACT))
     assert np.array_equal(crossbar_matmul(arr, x[0]), arr.matmul(x)[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), st.sampled_from(["layer", "column"]), st.integers(0, 2**31 - 1))
+def test_torch_twin_of_the_mapping_equals_numpy(weight_bits, bits_per_cell, weight_scale, seed):
+    """mapping.quantize_weights_torch / digit_pairs_torch reproduce map_weights digit for digit."""
+    from cimsim.crossbar.mapping import digit_pairs_torch, quantize_weights_torch
+
+    bits_per_cell = min(bits_per_cell, weight_bits)
+    cfg = CrossbarConfig(weight_bits=weight_bits, bits_per_cell=bits_per_cell, weight_scale=weight_scale)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(5, 7)) * (rng.random((5, 1)) > 0.2)  # some all-zero rows
+    mapped = map_weights(w, cfg)
+    w_int, scale = quantize_weights_torch(torch.from_numpy(w), weight_bits, weight_scale == "column")
+    assert np.array_equal(w_int.numpy(), mapped.w_int)
+    assert np.allclose(scale.expand(5).numpy(), mapped.scale, rtol=0, atol=0)
+    d_pos, d_neg = digit_pairs_torch(w_int.T, bits_per_cell, cfg.n_slices)
+    assert np.array_equal(d_pos.numpy(), mapped.digits_pos) and np.array_equal(d_neg.numpy(), mapped.digits_neg)

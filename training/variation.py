@@ -58,6 +58,7 @@ from cimsim.crossbar.program_torch import student_t
 from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
 from cimsim.nn import calibrate as cim_calibrate
 from cimsim.nn import convert as cim_convert
+from cimsim.crossbar.mapping import digit_pairs_torch
 from cimsim.crossbar.program import seed_sequence_child
 
 from .models import noisy_weight_names
@@ -255,11 +256,9 @@ class DeviceNoise(WeightNoise):
         tab = self.tables(wd.device, wd.dtype)
         m = wd.abs().amax()
         qmax = 2**self.weight_bits - 1
+        # step 1 of the class doc (|W| / m * qmax, the order of operations the shipped results used)
         q = torch.round(wd.abs() / torch.clamp(m, min=torch.finfo(wd.dtype).tiny) * qmax).to(torch.int64)
-        shifts = torch.arange(self.S, device=wd.device).view(-1, *([1] * wd.dim())) * self.bits_per_cell
-        digits = (q.unsqueeze(0) >> shifts) & (self.K - 1)  # [S, *shape]
-        pos = (wd >= 0).unsqueeze(0)
-        k = torch.stack((torch.where(pos, digits, 0), torch.where(pos, 0, digits)))  # [2, S, *shape]
+        k = torch.stack(digit_pairs_torch(torch.where(wd >= 0, q, -q), self.bits_per_cell, self.S))  # [2, S, *shape]
         z = torch.randn(k.shape, generator=generator, device=wd.device, dtype=wd.dtype)
         if self.heavy:
             dfk = tab["df"][k]

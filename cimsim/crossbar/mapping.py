@@ -78,16 +78,45 @@ def slice_digits(magnitude: np.ndarray, bits_per_cell: int, n_slices: int) -> np
 def map_weights(w: np.ndarray, config: CrossbarConfig) -> MappedWeights:
     """Quantize and slice ``W`` (out, in) onto differential pairs; digits laid out (S, in, out)."""
     w_int, scale = quantize_weights(w, config)
+    return mapped_from_int(w_int, scale, config)
+
+
+def mapped_from_int(w_int: np.ndarray, scale: np.ndarray, config: CrossbarConfig) -> MappedWeights:
+    """The differential digit layout of integer weights ``w_int`` (out, in) with steps ``scale`` (out,)."""
     wt = w_int.T  # (in, out): rows are inputs
     digits = slice_digits(np.abs(wt), config.bits_per_cell, config.n_slices)
-    pos = wt > 0
-    neg = wt < 0
     return MappedWeights(
         w_int=w_int,
         scale=scale,
-        digits_pos=np.where(pos[None], digits, 0).astype(np.uint8),
-        digits_neg=np.where(neg[None], digits, 0).astype(np.uint8),
+        digits_pos=np.where((wt > 0)[None], digits, 0).astype(np.uint8),
+        digits_neg=np.where((wt < 0)[None], digits, 0).astype(np.uint8),
     )
+
+
+# ------------------------------------------------------------------ torch twin (tensors on any device)
+def quantize_weights_torch(w, weight_bits: int, per_column: bool = False):
+    """Torch twin of :func:`quantize_weights` for a tensor ``w`` of any shape (dim 0 = output):
+    ``(w_int int64, scale)``, ``scale`` (out,) with ``per_column`` else a 0-d tensor. Same rounding."""
+    import torch
+
+    wmax = float((1 << weight_bits) - 1)
+    w = w.detach()
+    m = w.abs().flatten(1).amax(dim=1) if per_column else w.abs().amax()
+    scale = torch.where(m > 0, m, torch.full_like(m, wmax)) / wmax
+    s = scale.view(-1, *([1] * (w.dim() - 1))) if per_column else scale
+    return torch.clamp(torch.round(w / s), -wmax, wmax).to(torch.int64), scale
+
+
+def digit_pairs_torch(w_int, bits_per_cell: int, n_slices: int):
+    """Torch twin of the differential slicing of :func:`mapped_from_int` for integer weights of any
+    shape: ``(digits_pos, digits_neg)``, each int64 ``[n_slices, *w_int.shape]``, LSB first."""
+    import torch
+
+    mag = w_int.abs()
+    shifts = torch.arange(n_slices, device=w_int.device).view(-1, *([1] * w_int.dim())) * bits_per_cell
+    digits = (mag.unsqueeze(0) >> shifts) & ((1 << bits_per_cell) - 1)
+    zero = torch.zeros((), dtype=digits.dtype, device=digits.device)
+    return torch.where(w_int > 0, digits, zero), torch.where(w_int < 0, digits, zero)
 
 
 def conductance_targets(mapped: MappedWeights, levels_S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import torch
 
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import DeviceModel
-from cimsim.crossbar.mapping import level_step_S
+from cimsim.crossbar.mapping import digit_pairs_torch, level_step_S, quantize_weights_torch
 from cimsim.crossbar.readout import ChipReadout
 
 
@@ -190,15 +190,10 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
         raise ValueError(f"{device_model.name}: device-side programming does not model drift; program on the host")
     dev = weights.device
     table = table if table is not None else LevelTable.make(device_model, config, dev)
-    w = weights.detach().to(torch.float64)
-    wmax = float(config.w_max_int)
-    m = w.abs().amax(dim=1) if config.weight_scale == "column" else w.abs().amax().expand(w.shape[0])
-    scale_t = torch.where(m > 0, m, torch.full_like(m, wmax)) / wmax
-    w_int = torch.clamp(torch.round(w / scale_t[:, None]), -wmax, wmax).to(torch.int64).T  # (in, out)
-    mag, mask = w_int.abs(), (1 << config.bits_per_cell) - 1
-    digits = torch.stack([(mag >> (config.bits_per_cell * k)) & mask for k in range(config.n_slices)])
-    d_pos = torch.where(w_int > 0, digits, torch.zeros_like(digits))
-    d_neg = torch.where(w_int < 0, digits, torch.zeros_like(digits))
+    w_int, scale_t = quantize_weights_torch(weights.to(torch.float64), config.weight_bits,
+                                            config.weight_scale == "column")
+    scale_t = scale_t.expand(w_int.shape[0])
+    d_pos, d_neg = digit_pairs_torch(w_int.T, config.bits_per_cell, config.n_slices)  # (S, in, out)
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed) & (2**63 - 1))
     g_pos, g_neg = (_sample(d, table, device_model, gen) for d in (d_pos, d_neg))

@@ -45,7 +45,7 @@ from cimsim.nn import functional as CF
 from cimsim.nn.autograd import KERNELS
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import DeviceModel
-from cimsim.crossbar.mapping import MappedWeights, slice_digits
+from cimsim.crossbar.mapping import mapped_from_int
 from cimsim.crossbar.program import ProgrammedArray, program as program_array, seed_sequence_child
 
 MODES = ("ideal", "chip", "fresh")
@@ -62,14 +62,6 @@ def _check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: choose one of {MODES} (or 'train_variation' for 'fresh')")
     return mode
-
-
-def _mapped_from_int(w_int: np.ndarray, scale: np.ndarray, config: CrossbarConfig) -> MappedWeights:
-    """Rebuild the differential digit layout (as :func:`cimsim.crossbar.mapping.map_weights`) from w_int (out, in)."""
-    wt = w_int.T
-    digits = slice_digits(np.abs(wt), config.bits_per_cell, config.n_slices)
-    return MappedWeights(w_int=w_int, scale=scale, digits_pos=np.where((wt > 0)[None], digits, 0).astype(np.uint8),
-                         digits_neg=np.where((wt < 0)[None], digits, 0).astype(np.uint8))
 
 
 class CIMModule(nn.Module, metaclass=abc.ABCMeta):
@@ -375,7 +367,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         w_int = chip["chip_w_int"].detach().cpu().numpy().astype(np.int32)
         scale = chip["chip_scale"].detach().cpu().numpy().astype(np.float64)
         arr = ProgrammedArray(
-            config=self.config, device_model=dev, mapped=_mapped_from_int(w_int, scale, self.config),
+            config=self.config, device_model=dev, mapped=mapped_from_int(w_int, scale, self.config),
             g_pos_S=chip["chip_g_pos_S"].detach().cpu().numpy().astype(np.float64),
             g_neg_S=chip["chip_g_neg_S"].detach().cpu().numpy().astype(np.float64),
             levels_S=dev.level_conductances(self.config.cell_levels), seed=self.chip_seed,
