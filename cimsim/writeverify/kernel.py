@@ -125,23 +125,16 @@ def _get_kernel():
     global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
+    from cimsim.kernels import _mix64 as mix64  # the one splitmix64 finaliser (_py_mix64 is its Python twin)
     from cimsim.kernels import choose_threading_layer
 
     choose_threading_layer()
-    import numba
     from numba import njit, prange
 
-    u64 = numba.uint64
-    GOLD, C1, C2, SALT = np.uint64(_GOLDEN), np.uint64(_C1), np.uint64(_C2), np.uint64(_SEED_SALT)
-    S30, S27, S31, S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+    GOLD, SALT = np.uint64(_GOLDEN), np.uint64(_SEED_SALT)
+    S11 = np.uint64(11)
     INV53 = 2.0**-53
     TWO_PI = 2.0 * math.pi
-
-    @njit(u64(u64), inline="always", cache=True)
-    def mix64(z):
-        z = (z ^ (z >> S30)) * C1
-        z = (z ^ (z >> S27)) * C2
-        return z ^ (z >> S31)
 
     @njit(cache=True, inline="always")
     def logistic(s):
