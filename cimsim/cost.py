@@ -39,6 +39,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cimsim.io import parse_json_object
+
 # ISAAC (Shafiee et al., ISCA 2016), 32 nm: ADC energy per conversion, (bits, pJ)
 ISAAC_ADC_PJ: tuple[tuple[int, float], ...] = ((4, 0.79), (5, 0.99), (6, 1.20), (7, 1.42), (8, 1.67), (9, 1.97), (10, 2.38))
 
@@ -125,11 +127,7 @@ class CostConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "CostConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CostError(f"cannot parse the cost config JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(parse_json_object(text, "cost config", CostError))
 
     @classmethod
     def neurram(cls) -> "CostConfig":

@@ -162,3 +162,16 @@ def write_outputs(files: Mapping[str | os.PathLike, bytes | str]) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see :func:`write_outputs`)."""
     write_outputs({Path(path): text})
+
+
+def parse_json_object(text: str, what: str, error: type[Exception]) -> dict:
+    """``text`` parsed as one JSON object (a config of fields); ``error`` naming ``what`` otherwise."""
+    import json
+
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"cannot parse the {what} JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise error(f"a {what} is a JSON object of fields, got {type(d).__name__}")
+    return d

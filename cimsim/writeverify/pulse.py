@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cimsim.io import parse_json_object
+
 ALGORITHMS = ("fppv", "ispp")
 
 
@@ -105,11 +107,7 @@ class PulseModel:
 
     @classmethod
     def from_json(cls, text: str) -> "PulseModel":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise WriteVerifyError(f"cannot parse the pulse model JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(parse_json_object(text, "pulse model", WriteVerifyError))
 
 
 _RADAR = ("Levy et al., 'RADAR', IEEE TED 2021 (doi:10.1109/TED.2021.3097975); pulse-count statistics in "
