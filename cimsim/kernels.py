@@ -99,35 +99,6 @@ def _student_t(key, n, df):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sample_levels(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo, g_hi, floor, out):  # pragma: no cover
-    """Programmed conductance of every cell whose target is one of a few levels.
-
-    idx: (N,) integer level index of each cell; target, shift, scale, df: (L,) per level
-    (df = inf for a normal level). p_lo, p_hi: stuck-at-g_lo / g_hi probabilities. floor: the
-    lowest conductance (-inf for none). out: (N,) float64, written. Cell i uses stream
-    ``mix(seed, i)``: draws 0-1 decide stuck cells, draws 2.. the programming error.
-    """
-    key0 = _mix64(np.uint64(seed))
-    for i in prange(idx.shape[0]):
-        key = _mix64(key0 ^ (np.uint64(i) * _GOLDEN))
-        k = idx[i]
-        if p_lo > 0.0 or p_hi > 0.0:
-            u = _uniform(key, np.uint64(0))
-            if u < p_lo:
-                out[i] = g_lo
-                continue
-            if u < p_lo + p_hi:
-                out[i] = g_hi
-                continue
-        if np.isfinite(df[k]):
-            z = _student_t(key, np.uint64(2), df[k])
-        else:
-            z = _normal(key, np.uint64(2))
-        g = target[k] + shift[k] + scale[k] * z
-        out[i] = g if g > floor else floor
-
-
-@njit(parallel=True, cache=True, nogil=True)
 def dac_drive(x, inv_clip, xmax, n_cycles, rows, pos, neg, signed):  # pragma: no cover - compiled
     """Quantize inputs and lay out the DAC drive of both phases in one pass, tile by tile.
 

@@ -30,7 +30,8 @@ def crossbar_error_study(device_json: Path, n_out: int = 256, n_in: int = 512, b
     """Relative RMS error of a programmed layer vs the exact quantized matmul (one row per setting)."""
     from cimsim.crossbar.config import CrossbarConfig
     from cimsim.crossbar.mvm_ref import matmul_quantized
-    from cimsim.crossbar.program import program, seed_sequence_child
+    from cimsim.crossbar.program import program
+    from cimsim.seeds import chip_seed, layer_seed
 
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
@@ -41,7 +42,7 @@ def crossbar_error_study(device_json: Path, n_out: int = 256, n_in: int = 512, b
             cfg = CrossbarConfig(device=str(device_json), read_time_s=t, adc_bits=adc, read_noise=True)
             errs = []
             for c in range(chips):
-                arr = program(w, cfg, seed_sequence_child(seed, c))
+                arr = program(w, cfg, layer_seed(chip_seed(seed, c), 0))
                 arr.calibrate(x)
                 y = arr.matmul(x)
                 ref = matmul_quantized(arr, x)

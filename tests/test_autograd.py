@@ -11,7 +11,7 @@ from cimsim.crossbar.config import CrossbarConfig
 from cimsim.crossbar.mapping import quantize_inputs
 from cimsim.crossbar.mvm_ref import matmul_quantized
 from cimsim.nn import CIMLinear, program, reprogram, set_mode
-from cimsim.crossbar.program import seed_sequence_child
+from cimsim.seeds import layer_seed
 
 #: an exact array: ideal device, an ADC with more codes than partial sums, full-range ADC
 IDEAL = CrossbarConfig(device="ideal", adc_range="full", adc_bits=24, input_bits=8, weight_bits=8, tile_rows=16)
@@ -125,7 +125,7 @@ def test_same_seed_same_chip_different_seed_differs():
     a, b = _linear(NOISY), _linear(NOISY)
     x = _inputs((4, 40))
     program(a, 3), program(b, 3)
-    assert a.seed == seed_sequence_child(3, 0)
+    assert a.seed == layer_seed(3, 0)
     assert np.array_equal(a.chip().g_pos_S, b.chip().g_pos_S)
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
     program(b, 4)

@@ -142,7 +142,8 @@ def test_programming_statistics_match_device_model(name):
     a = arr0.scale * cfg.input_clip / cfg.x_max_int
     pred_std = np.sqrt(np.einsum("bi,kio->bo", xi**2, sig**2 * var_cell)) * a
     ys = np.stack([program(w, cfg, s, device_model=dev).matmul(x) for s in range(2000)])
-    assert np.allclose(ys.mean(0), ideal, atol=0.05 * pred_std.max())
+    # unbiased: every output's mean within 4 standard errors (8 outputs: a false alarm ~5e-4)
+    assert np.all(np.abs(ys.mean(0) - ideal) <= 4 * ys.std(0) / np.sqrt(len(ys)))
     assert np.allclose(ys.std(0), pred_std, rtol=0.05)
 
 

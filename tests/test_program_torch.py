@@ -12,7 +12,8 @@ from cimsim.crossbar.mvm_ref import matmul_quantized
 from cimsim.nn import CIMLinear
 from cimsim.device.model import ideal_device
 from cimsim.crossbar.program import program
-from cimsim.crossbar.program_torch import LevelTable, program_on_device, student_t
+from cimsim.crossbar.program_torch import level_table, program_on_device
+from cimsim.device.sampling import student_t_torch
 
 EXACT = dict(adc_bits=24, adc_range="full")
 
@@ -44,7 +45,7 @@ def test_torch_programming_draws_the_host_distribution(name):
     dm = load_device(name).replace(stuck_at_gmin=0.01, stuck_at_gmax=0.005)
     w = np.random.default_rng(2).normal(size=(64, 256))
     cfg = CrossbarConfig(device=name, read_time_s=1.0)
-    table = LevelTable.make(dm, cfg, torch.device("cpu"))
+    table = level_table(dm, cfg, torch.device("cpu"))
     dev = [program_on_device(torch.from_numpy(w), cfg, dm, s, 1.0, None, table) for s in range(4)]
     host = [program(w, cfg, s, device_model=dm) for s in range(4)]
     d = host[0].mapped.digits_pos  # same mapping on both paths
@@ -62,7 +63,7 @@ def test_torch_programming_output_statistics_match_host():
     dm = load_device("rram1")
     w, x = _layer(1)
     cfg = CrossbarConfig(tile_rows=16, input_clip=float(x.max()), device="rram1", **EXACT)
-    table = LevelTable.make(dm, cfg, torch.device("cpu"))
+    table = level_table(dm, cfg, torch.device("cpu"))
     ys_dev = np.stack([crossbar_matmul_torch(program_on_device(torch.from_numpy(w), cfg, dm, s, cfg.input_clip, None,
                                                                table), torch.from_numpy(x)).numpy()
                        for s in range(800)])
@@ -76,8 +77,10 @@ def test_student_t_sampler():
     from scipy import stats
 
     g = torch.Generator().manual_seed(0)
-    z = student_t(torch.full((200_000,), 3.0, dtype=torch.float64), g).numpy()
+    z = student_t_torch(torch.full((200_000,), 3.0, dtype=torch.float64), g).numpy()
     assert stats.kstest(z, "t", args=(3.0,)).pvalue > 1e-3
+    mixed = student_t_torch(torch.tensor([1.5, 30.0] * 10_000), g)
+    assert torch.isfinite(mixed).all() and mixed.dtype == torch.float32
 
 
 def test_layer_fresh_chips_drawn_on_device_train():

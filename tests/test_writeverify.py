@@ -305,3 +305,27 @@ def test_calibrate_runs_and_improves_a_bad_start():
     loss0 = sum(pc._loss(pc.simulate_row(r, bad, 300, 0), r.stats) for r in rows if r.intermediate)
     pm, loss = pc.calibrate(rows, bad, n_cells=300, maxiter=25, start_alphas=())
     assert loss < loss0
+
+
+@pytest.mark.parametrize("device_name", ["rram", "pcm_joshi"])
+def test_one_shot_cells_are_the_cells_program_draws_from_the_same_seed(device_name):
+    """A chip is a seed: write-verify's one-shot cells (targets laid out (2, S, in, out)) are the very
+    conductances program() gives that layer from the same seed, drift included; verified cells are not."""
+    from cimsim.crossbar.config import CrossbarConfig
+    from cimsim.crossbar.mapping import conductance_targets
+    from cimsim.crossbar.program import program
+    from cimsim.device.model import load_device
+
+    dm = load_device(device_name)
+    cfg = CrossbarConfig(device=device_name, read_time_s=100.0, weight_bits=6, bits_per_cell=2)
+    w = np.random.default_rng(1).normal(size=(24, 40))
+    arr = program(w, cfg, seed=77)
+    targets = np.stack(conductance_targets(arr.mapped, arr.levels_S))
+    chip = np.stack([arr.g_pos_S, arr.g_neg_S])
+    res = one_shot(targets, dm, 77, t_read_s=cfg.read_time_s)
+    np.testing.assert_array_equal(res.g_S, chip)
+    half = np.zeros(targets.shape, dtype=bool)
+    half[:, :, ::2] = True
+    mixed = write_verify(targets, dm, "ispp", tolerance=0.5e-6, rng=77, mask=half, t_read_s=cfg.read_time_s)
+    np.testing.assert_array_equal(mixed.g_S[~half], chip[~half])
+    assert not np.array_equal(mixed.g_S[half], chip[half])

@@ -2,9 +2,11 @@
 
 A chip is one frozen draw of every noisy weight (:meth:`training.variation.Variation.chip`),
 held for the whole test set; BatchNorm in eval mode; side heads dropped. Chip ``i`` of a run with
-seed ``s`` is drawn from a torch generator seeded by :func:`chip_seed` ``(s, i)`` =
-``SeedSequence(s).spawn(i + 1)[i]`` (64-bit state), so any one chip can be re-made alone (on the
-same kind of torch device: CPU and CUDA generators give different streams).
+seed ``s`` is the chip with seed :func:`cimsim.seeds.chip_seed` ``(s, i)`` =
+``SeedSequence(s).spawn(i + 1)[i]`` (64-bit state), so any one chip can be re-made alone; the
+weight-noise backends draw it from a torch generator with that seed (CPU and CUDA generators give
+different streams), the crossbar backend programs its layers from :func:`cimsim.seeds.layer_seed`
+(the same chips on every torch device, and the chips write-verify programs).
 
 Metrics over ``T`` chips (``p_t [N, C]`` softmax of chip t, ``p_mean`` their average):
 
@@ -40,17 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cimsim.seeds import chip_seed
+
 from .cli import Parser, UsageError, field_type, resolve_torch_device
 from .data import ImageSet, load_splits
 from .precision import autocast
-from .variation import Variation, make_generator
+from .variation import Variation
 from .threads import set_threads
-
-
-def chip_seed(seed: int, i: int) -> int:
-    """64-bit seed of Monte Carlo chip ``i`` of a run with seed ``seed`` (child i of ``SeedSequence(seed)``)."""
-    ss = np.random.SeedSequence(int(seed), spawn_key=(int(i),))
-    return int(ss.generate_state(1, dtype=np.uint64)[0])
 
 
 class MCAccumulator:
@@ -162,8 +160,7 @@ def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: fl
     t0 = time.time()
     logits_cache = None
     for k, i in enumerate(chip_ids):
-        gen = make_generator(chip_seed(seed, i), dev)
-        chip = variation.chip(model, sigma, gen, heads=False)
+        chip = variation.chip(model, sigma, chip_seed(seed, i), heads=False)
         if not chip and logits_cache is not None:
             for s, p in logits_cache:
                 acc.add_batch(s, p, data.y[s : s + p.shape[0]])

@@ -37,7 +37,7 @@ Policies (:class:`Policy`):
   or per layer (``scope="layer"``).
 
 Seeds: chip ``i`` of a run with seed ``s`` programs layer ``l`` (backbone order) from the 63-bit
-seed :func:`layer_seed` ``(training.evaluate.chip_seed(s, i), l)``, whatever the policy, so every
+seed :func:`cimsim.seeds.layer_seed` ``(cimsim.seeds.chip_seed(s, i), l)``, whatever the policy, so every
 policy sees the same chips (common random numbers) and ``selective`` at fraction 1 reproduces
 ``full`` number for number.
 
@@ -63,10 +63,11 @@ from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import Cost, CostConfig, CostReport, model_cost, write_verify_cost
 from cimsim.device.model import DeviceModel
 from cimsim.crossbar.mapping import MappedWeights, conductance_targets, map_weights, unmap
+from cimsim.seeds import layer_seed
 from cimsim.writeverify import PulseModel, write_verify
 
 from .data import ImageSet
-from .evaluate import MCAccumulator, chip_seed
+from .evaluate import MCAccumulator
 from .models import noisy_weight_names
 from .selective import fisher_diag, selective_mask, sensitivity_first_order, sensitivity_second_order
 
@@ -192,12 +193,6 @@ def prepare_layers(model: nn.Module, setup: ProgrammingSetup) -> list[LayerTarge
     if not out:
         raise ProgrammingError("the model has no conv/linear weights to program")
     return out
-
-
-def layer_seed(chip: int, layer: int) -> int:
-    """63-bit seed of layer ``layer`` of the chip whose 64-bit seed is ``chip``."""
-    ss = np.random.SeedSequence([int(chip), int(layer)])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 # ------------------------------------------------------------------------ programming
@@ -407,11 +402,6 @@ def _cost_row(c: Cost) -> dict[str, float]:
     b = c.breakdown
     return {"energy_J": c.energy_J, "latency_s": c.latency_s, "pulses": b["pulses_set"] + b["pulses_reset"],
             "reads": b["reads"], "failed": b["failed"], "cells": b["cells"], "verified": b["verified"]}
-
-
-def chip_seeds(run_seed: int, chips: int) -> list[int]:
-    """64-bit seeds of chips ``0 .. chips-1`` of a run (:func:`training.evaluate.chip_seed`)."""
-    return [chip_seed(run_seed, i) for i in range(chips)]
 
 
 def evaluate_policy(model: nn.Module, layers: Sequence[LayerTargets], setup: ProgrammingSetup, policy: Policy,

@@ -51,7 +51,9 @@ from .cli import EXIT_USAGE, Parser, UsageError, add_config_args, config_from_ar
 from .config import ConfigError, RunConfig
 from .data import DataError, check_available, load_splits
 from .engines import one_line
-from .evaluate import chip_seed, clean_accuracy, converged, evaluate_mc, plot_histogram
+from cimsim.seeds import SHUFFLE, TRAIN_NOISE, VALIDATION, chip_seed, run_stream_seed
+
+from .evaluate import clean_accuracy, converged, evaluate_mc, plot_histogram
 from .methods import MethodSpec, batch_loss
 from .precision import autocast
 from .runfolder import RunFolderError, RunLock, check_not_locked, check_output_dir, check_replaceable, write_marker
@@ -181,9 +183,9 @@ def _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, v
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_value, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.scheduler == "cosine" else None
-    shuffle_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, 1]).generate_state(1)[0]))
-    noise_gen = make_generator(int(np.random.SeedSequence([cfg.seed, 2]).generate_state(2, np.uint64)[0]), dev)
-    val_seed = int(np.random.SeedSequence([cfg.seed, 3]).generate_state(1)[0])
+    shuffle_gen = torch.Generator().manual_seed(run_stream_seed(cfg.seed, SHUFFLE))
+    noise_gen = make_generator(run_stream_seed(cfg.seed, TRAIN_NOISE), dev)
+    val_seed = run_stream_seed(cfg.seed, VALIDATION)
     eval_sigma = cfg.eval_sigma_value
 
     start_epoch, best_score, history = 0, -math.inf, []
@@ -288,7 +290,7 @@ def _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, v
         "diverged": False,
         "train_time_s": round(sum(r["epoch_time_s"] for r in history), 3),
         "eval_time_s": round(time.time() - t0, 3),
-        "chip_seed_rule": "chip i: torch generator on the eval device seeded by training.evaluate.chip_seed(seed, i)",
+        "chip_seed_rule": "chip i: cimsim.seeds.chip_seed(seed, i); weight-noise backends draw it from a torch generator with that seed on the eval device, the crossbar backend programs layer l from cimsim.seeds.layer_seed(chip seed, l)",
     }
     result["converged"] = converged(result["best_val_acc_clean"], test.num_classes, cfg.converge_frac)
     (work / "eval.json").write_text(json.dumps(result, indent=1) + "\n")

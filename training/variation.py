@@ -5,8 +5,8 @@ A :class:`Variation` runs a model forward "on a chip":
 * ``forward(model, x, sigma, generator, heads=False)`` - training: a fresh draw of every noisy
   weight for this one forward (gradients reach the clean weights straight through,
   ``d(W + n)/dW = 1``); BatchNorm behaves as the model's mode says.
-* ``chip(model, sigma, generator, heads=False)`` - test: one frozen draw of every noisy weight
-  (one programmed chip), a ``dict name -> tensor`` (weight-noise backends: the realised weights;
+* ``chip(model, sigma, chip_seed, heads=False)`` - test: one frozen draw of every noisy weight
+  (one programmed chip, from its seed: :func:`cimsim.seeds.chip_seed`), a ``dict name -> tensor`` (weight-noise backends: the realised weights;
   ``crossbar``: the chip's seed and spread, see :class:`CrossbarNoise`); ``forward_chip(model,
   chip, x)`` runs inputs through that same chip (use it for the whole test set). An empty chip
   means "the clean model" (callers may then reuse outputs across chips).
@@ -54,12 +54,12 @@ from torch.func import functional_call
 from cimsim.crossbar.config import ConfigError as CrossbarConfigError
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import DeviceModel, load_device
-from cimsim.crossbar.program_torch import student_t
+from cimsim.device.sampling import LevelTable, sample_levels_torch
 from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
 from cimsim.nn import calibrate as cim_calibrate
 from cimsim.nn import convert as cim_convert
-from cimsim.crossbar.mapping import digit_pairs_torch
-from cimsim.crossbar.program import seed_sequence_child
+from cimsim.crossbar.mapping import digit_pairs_torch, level_step_S
+from cimsim.seeds import chip_generator, layer_seed
 
 from .models import noisy_weight_names
 
@@ -83,8 +83,8 @@ class Variation(abc.ABC):
         """Logits ``[B, classes]`` (and head logits if ``heads``) with a fresh variation draw."""
 
     @abc.abstractmethod
-    def chip(self, model: nn.Module, sigma: float, generator: torch.Generator, heads: bool = False) -> Chip:
-        """One frozen draw (a programmed chip): realised weights by parameter name, detached."""
+    def chip(self, model: nn.Module, sigma: float, chip_seed: int, heads: bool = False) -> Chip:
+        """The chip with seed ``chip_seed`` (a programmed chip): realised weights by parameter name, detached."""
 
     @abc.abstractmethod
     def forward_chip(self, model: nn.Module, chip: Chip, x: torch.Tensor, heads: bool = False):
@@ -126,10 +126,11 @@ class WeightNoise(Variation):
         real = self.realise(ws, hm, sigma, generator)
         return functional_call(model, dict(zip(names, real)), (x,), {"heads": heads}, strict=False)
 
-    def chip(self, model, sigma, generator, heads=False):
+    def chip(self, model, sigma, chip_seed, heads=False):
         if self.is_identity(sigma):
             return {}
         names, ws, hm = self._named(model, heads)
+        generator = chip_generator(chip_seed, ws[0].device)  # cimsim.seeds: the chip's generator
         with torch.no_grad():
             real = self.realise([w.detach() for w in ws], hm, sigma, generator)
         return dict(zip(names, real))
@@ -227,60 +228,35 @@ class DeviceNoise(WeightNoise):
         self.K = 2**self.bits_per_cell
         self.S = -(-self.weight_bits // self.bits_per_cell)
         try:
-            levels = np.asarray(model.level_conductances(self.K), dtype=np.float64)
+            self.levels_S = np.asarray(model.level_conductances(self.K), dtype=np.float64)
         except ValueError as e:
             raise VariationError(str(e)) from None
-        unit = model.replace(sigma_scale=1.0)
-        shift, scale, df = unit.programming_params(levels, self.read_time_s)
-        self._np = {"levels": levels, "shift": shift, "scale": scale, "df": df}
-        self.step_S = float(levels[-1] - levels[0]) / (self.K - 1)
-        self.heavy = bool(np.isfinite(df).any())
-        self._tables: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
+        self.unit = model.replace(sigma_scale=1.0)  # the table's spread; sigma multiplies it per call
+        self.step_S = level_step_S(self.levels_S)
+        self._tables: dict[tuple[str, torch.dtype], LevelTable] = {}
 
     def sigma_eff(self, sigma: float) -> float:
         return float(sigma) if self.sigma_mode == "replace" else float(sigma) * self.model.sigma_scale
 
-    def tables(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """Per-level tables (levels, shift, scale at sigma_scale 1, df) as tensors on ``device``."""
+    def table(self, device: torch.device, dtype: torch.dtype) -> LevelTable:
+        """Per-level parameters (levels, shift, scale at sigma_scale 1, df) on ``device``, cached."""
         key = (str(device), dtype)
         if key not in self._tables:
-            t = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in self._np.items()}
-            t["df"] = torch.as_tensor(self._np["df"], dtype=torch.float64, device=device)
-            self._tables[key] = t
+            self._tables[key] = LevelTable.make(self.unit, self.levels_S, self.read_time_s, device, dtype)
         return self._tables[key]
 
     def conductances(self, w: torch.Tensor, sigma: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Programmed cells of one tensor: ``G [2, S, *w.shape]`` (S; index 0 = G+, 1 = G-),
-        the level index of each cell ``k`` (same shape) and ``m = max|W|``."""
+        the level index of each cell ``k`` (same shape) and ``m = max|W|``. The cells are drawn by
+        :func:`cimsim.device.sampling.sample_levels_torch` (the sampler of chips on a torch device)."""
         wd = w.detach()
-        tab = self.tables(wd.device, wd.dtype)
         m = wd.abs().amax()
         qmax = 2**self.weight_bits - 1
         # step 1 of the class doc (|W| / m * qmax, the order of operations the shipped results used)
         q = torch.round(wd.abs() / torch.clamp(m, min=torch.finfo(wd.dtype).tiny) * qmax).to(torch.int64)
         k = torch.stack(digit_pairs_torch(torch.where(wd >= 0, q, -q), self.bits_per_cell, self.S))  # [2, S, *shape]
-        z = torch.randn(k.shape, generator=generator, device=wd.device, dtype=wd.dtype)
-        if self.heavy:
-            dfk = tab["df"][k]
-            hv = torch.isfinite(dfk)
-            if hv.any():
-                z[hv] = student_t(dfk[hv], generator).to(wd.dtype)
-        g = tab["levels"][k] + tab["shift"][k] + tab["scale"][k] * self.sigma_eff(sigma) * z
-        dm = self.model
-        if dm.drift is not None and self.read_time_s > dm.drift.t0_s:
-            gn = torch.clamp(g / dm.gmax_S, min=0.0)
-            lg = torch.log(torch.clamp(gn, min=1e-12))
-            mu, sd = dm.drift.nu_mean, dm.drift.nu_std
-            nu = torch.clamp(mu.a * lg + mu.b, mu.lo, mu.hi) + torch.clamp(sd.a * lg + sd.b, sd.lo, sd.hi) * torch.randn(
-                g.shape, generator=generator, device=g.device, dtype=g.dtype)
-            g = g * torch.pow(torch.as_tensor(self.read_time_s / dm.drift.t0_s, dtype=g.dtype, device=g.device), -nu)
-        if dm.stuck_at_gmin or dm.stuck_at_gmax:
-            u = torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
-            g = torch.where(u < dm.stuck_at_gmin, torch.full_like(g, dm.gmin_S), g)
-            hi = (u >= dm.stuck_at_gmin) & (u < dm.stuck_at_gmin + dm.stuck_at_gmax)
-            g = torch.where(hi, torch.full_like(g, dm.gmax_S), g)
-        if dm.g_floor_S is not None:
-            g = torch.clamp(g, min=dm.g_floor_S)
+        g = sample_levels_torch(k, self.table(wd.device, wd.dtype), self.model, generator, self.read_time_s,
+                                self.sigma_eff(sigma))
         return g, k, m
 
     def decode(self, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -303,6 +279,7 @@ CHIP_SEED, CHIP_SIGMA = "crossbar.seed", "crossbar.sigma_scale"
 CALIBRATIONS = ("batch", "epoch")
 #: rows (array reads) per layer that a training forward's own calibration looks at
 BATCH_CALIBRATION_ROWS = 4096
+_MASK64 = (1 << 64) - 1
 
 
 def crossbar_config(cfg) -> CrossbarConfig:
@@ -366,17 +343,18 @@ class CrossbarNoise(Variation):
     Draws. :meth:`forward` takes one 62-bit seed ``s`` from ``generator``
     (``torch.randint(0, 2**62)`` on the generator's device); CIM layer ``i`` (in
     ``named_modules`` order) then programs a fresh array with seed
-    ``seed_sequence_child(seed_sequence_child(s, i), 1)`` (the layer's ``fresh`` mode), so a
+    ``cimsim.seeds.fresh_seed(layer_seed(s, i), 1)`` (:mod:`cimsim.seeds`; the layer's ``fresh`` mode), so a
     forward is replayed exactly from the generator's state. Programming itself is cimsim's
     (numpy, on the host, per layer and forward); the array's GEMMs, read noise and ADC run where
     the activations live (Numba kernel on CPU, torch kernel on CUDA). Gradients: cimsim's
     straight-through estimator (input gradient through the programmed effective weights, weight
     gradient as for the float layer).
 
-    Chips. :meth:`chip` takes one seed ``s`` the same way and returns
-    ``{"crossbar.seed": s, "crossbar.sigma_scale": sigma_eff}`` (int64 / float64 scalars): a chip
-    is its seed. It programs layer ``i`` (backbone; heads too when ``heads``) with chip seed
-    ``seed_sequence_child(s, i)`` (``cimsim.nn.program``'s rule) and freezes it; :meth:`forward_chip`
+    Chips. :meth:`chip` takes the chip's seed ``c`` (:func:`cimsim.seeds.chip_seed`) and returns
+    ``{"crossbar.seed": c, "crossbar.sigma_scale": sigma_eff}`` (int64 / float64 scalars; the
+    64-bit seed stored in two's complement): a chip is its seed. It programs layer ``i``
+    (backbone order, heads after them when ``heads``) from ``cimsim.seeds.layer_seed(c, i)``
+    (``cimsim.nn.program``'s rule, and write-verify's: chip ``c`` is the same chip there) and freezes it; :meth:`forward_chip`
     runs ``chip`` mode, re-programming (deterministically, from the seed) only the layers whose
     frozen array is another chip. Read noise, when the config turns it on, is drawn per read from
     the chip's read counter (fresh per batch, replayed when the chip is re-programmed).
@@ -458,7 +436,7 @@ class CrossbarNoise(Variation):
         layers = self.layers(model, heads=True)
         for i, layer in layers:
             self._use(layer, se)
-            layer.seed, layer.draw_count = seed_sequence_child(s, i), 0  # fresh draw n: child(seed, n)
+            layer.seed, layer.draw_count = layer_seed(s, i), 0  # fresh draw n: fresh_seed(seed, n)
         hooks = [layer.register_forward_pre_hook(_calibrate_on_input) for _, layer in layers] \
             if self.calibration == "batch" else []
         try:
@@ -468,9 +446,10 @@ class CrossbarNoise(Variation):
             for h in hooks:
                 h.remove()
 
-    def chip(self, model, sigma, generator, heads=False):
-        s, se = _draw_seed(generator), self.sigma_eff(sigma)
-        chip = {CHIP_SEED: torch.tensor(s, dtype=torch.int64), CHIP_SIGMA: torch.tensor(se, dtype=torch.float64)}
+    def chip(self, model, sigma, chip_seed, heads=False):
+        c, se = int(chip_seed) & _MASK64, self.sigma_eff(sigma)
+        chip = {CHIP_SEED: torch.tensor(c - (1 << 64) if c >= 1 << 63 else c, dtype=torch.int64),
+                CHIP_SIGMA: torch.tensor(se, dtype=torch.float64)}
         self._program(model, chip, heads)
         return chip
 
@@ -481,11 +460,11 @@ class CrossbarNoise(Variation):
 
     def _program(self, model: nn.Module, chip: Chip, heads: bool) -> None:
         """Freeze ``chip`` on every layer (backbone, and heads if ``heads``) that holds another one."""
-        s, se = int(chip[CHIP_SEED]), float(chip[CHIP_SIGMA])
+        s, se = int(chip[CHIP_SEED]) & _MASK64, float(chip[CHIP_SIGMA])
         devices = self.device_models(se)
         with torch.no_grad():
             for i, layer in self.layers(model, heads):
-                cs = seed_sequence_child(s, i)
+                cs = layer_seed(s, i)
                 if layer.chip_seed != cs or layer._devices is not devices or layer._chip is None:
                     self._use(layer, se)
                     layer.program(cs)

@@ -11,7 +11,7 @@ policy of the sweep (:func:`training.programming.policies_grid`): ``none`` (one-
 ``full`` (write-verify every cell, one row per tolerance) and ``selective`` (SWIM, Yan et al.,
 arXiv 2202.08395: verify the top fraction of weights by sensitivity; one row per sensitivity x
 tolerance x fraction). A row is ``--chips`` Monte Carlo chips; chip ``i`` of a run with seed ``s``
-is seeded from ``training.evaluate.chip_seed(s, i)`` for every policy (common random numbers).
+is seeded from ``cimsim.seeds.chip_seed(s, i)`` for every policy (common random numbers).
 Each chip programs every backbone conv/linear weight through the crossbar mapping and the
 pulse-level write-verify simulation of :mod:`cimsim.writeverify`, relaxes the cells to the read
 time, decodes the effective weights and measures test accuracy (:mod:`training.programming`).
@@ -70,6 +70,7 @@ from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import CostConfig, CostError
 from cimsim.device.model import DeviceModel, DeviceModelError, load_device
 from cimsim.io import write_outputs
+from cimsim.seeds import SENSITIVITY, chip_seeds, run_stream_seed
 from cimsim.writeverify import (
     ALGORITHMS,
     RELAXATION_MODES,
@@ -87,7 +88,6 @@ from .programming import (
     PolicyResult,
     ProgrammingError,
     ProgrammingSetup,
-    chip_seeds,
     evaluate_policy,
     ideal_weights,
     policies_grid,
@@ -288,7 +288,7 @@ def run_device(cfg: RunConfig, opts: Options) -> DeviceModel:
         if opts.sigma is not None:
             return dev.replace(sigma_scale=opts.sigma)
         sig = cfg.eval_sigma_value
-        multiply = cfg.noise == "device" and cfg.sigma_mode == "multiply"
+        multiply = cfg.noise in ("device", "crossbar") and cfg.sigma_mode == "multiply"
         return dev.replace(sigma_scale=dev.sigma_scale * sig if multiply else sig)
     dev = load_device(opts.device_model)
     return dev if opts.sigma is None else dev.replace(sigma_scale=opts.sigma)
@@ -387,7 +387,7 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
         for kind in opts.sensitivity:
             t0 = time.time()
             sens[kind] = sensitivities(model, train, kind, opts.sens_batches, opts.sens_batch_size,
-                                       sensitivity_seed(cfg.seed), dev)
+                                       run_stream_seed(cfg.seed, SENSITIVITY), dev)
             _log(f"{spec.label}: {kind}-order sensitivity from {opts.sens_batches} training batches "
                  f"of {opts.sens_batch_size} in {time.time() - t0:.1f} s", opts)
     seeds = chip_seeds(cfg.seed, opts.chips)
@@ -412,11 +412,6 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
             "clean_acc": clean, "quant_acc": quant, "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,
             "test_images": len(test)}
     return RunOutcome(spec, clean, quant, rows, lrows, info)
-
-
-def sensitivity_seed(run_seed: int) -> int:
-    """Seed of the training batches the sensitivities are measured on (from the run's seed)."""
-    return int(np.random.SeedSequence([int(run_seed), 7]).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------- budget
@@ -547,8 +542,8 @@ def config_record(opts: Options, outcomes: list[RunOutcome], argv: list[str]) ->
         "test_limit": opts.test_limit,
         "crossbar": {k: getattr(opts.crossbar, k) for k in ("weight_bits", "bits_per_cell", "weight_scale")},
         "cost": opts.cost.to_dict(), "pulse_model": default_pulse_model(opts.algorithm).to_dict(),
-        "seed_rule": "chip i of a run with seed s: training.evaluate.chip_seed(s, i); layer l of that chip: "
-                     "training.programming.layer_seed(chip seed, l); same chips for every policy",
+        "seed_rule": "chip i of a run with seed s: cimsim.seeds.chip_seed(s, i); layer l of that chip: "
+                     "cimsim.seeds.layer_seed(chip seed, l); same chips for every policy",
         "runs": {oc.spec.label: oc.setup for oc in outcomes},
     }
 

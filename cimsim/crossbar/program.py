@@ -221,7 +221,6 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(0, 2**63 - 1))  # the chip's seed, drawn from the caller's generator
     seed = 0 if seed is None else check_seed(seed)
-    rng = np.random.default_rng(seed)
     weights = np.asarray(weights)
     if weights.ndim != 2 or 0 in weights.shape:
         raise ValueError(f"weights must be a non-empty 2-D (out, in) array, got shape {weights.shape}")
@@ -230,17 +229,27 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
     t = config.read_time_s
     if device_model.is_ideal:
         g_pos, g_neg = conductance_targets(mapped, levels)
-    else:
-        g_pos = device_model.sample_levels(levels, mapped.digits_pos, t, rng, drift=False)
-        g_neg = device_model.sample_levels(levels, mapped.digits_neg, t, rng, drift=False)
-    arr = ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
+        return ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
+                               levels_S=levels, seed=seed)
+    g0, g = program_cells(device_model, levels, np.stack([mapped.digits_pos, mapped.digits_neg]), t, seed)
+    arr = ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g[0], g_neg_S=g[1],
                           levels_S=levels, seed=seed)
-    if device_model.drift is not None:
-        arr.g_pos_S = device_model.apply_drift(g_pos, t, rng)
-        arr.g_neg_S = device_model.apply_drift(g_neg, t, rng)
-        if config.drift_compensation:
-            arr.drift_scale = _drift_compensation(g_pos - g_neg, arr.g_pos_S - arr.g_neg_S)
+    if device_model.drift is not None and config.drift_compensation:
+        arr.drift_scale = _drift_compensation(g0[0] - g0[1], g[0] - g[1])
     return arr
+
+
+def program_cells(device_model: DeviceModel, levels_S: np.ndarray, index: np.ndarray, t_s: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-shot programming of cells at ``levels_S[index]`` from an int ``seed``, as :func:`program`
+    draws a layer (``index`` of shape ``(2, S, in, out)``: G+ then G-) and write-verify draws its
+    one-shot cells: the same seed and layout give the same conductances.
+
+    Returns ``(g_t0_S, g_S)``: before drift and at ``t_s`` (the same array for a model without drift).
+    """
+    rng = np.random.default_rng(seed)
+    g0 = device_model.sample_levels(levels_S, index, t_s, rng, drift=False)
+    return g0, (device_model.apply_drift(g0, t_s, rng) if device_model.drift is not None else g0)
 
 
 def _drift_compensation(gd_t0: np.ndarray, gd_t: np.ndarray) -> float:
@@ -254,11 +263,5 @@ def _drift_compensation(gd_t0: np.ndarray, gd_t: np.ndarray) -> float:
     return float(r0 / rt) if rt > 0 else 1.0
 
 
-def seed_sequence_child(seed: int, index: int) -> int:
-    """Seed of chip ``index`` of a run with ``seed``: stable, independent streams."""
-    ss = np.random.SeedSequence(entropy=seed, spawn_key=(index,))
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-__all__ = ["ProgrammedArray", "program", "seed_sequence_child",
+__all__ = ["ProgrammedArray", "program", "program_cells",
            "check_calibration_batch", "check_seed"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cimsim.seeds import read_seed
+
 
 class ChipReadout:
     """What every programmed chip offers the fast path, whatever holds its conductances (numpy on
@@ -28,5 +30,4 @@ class ChipReadout:
         """A fresh seed for one read's noise, derived from the chip seed and a read counter."""
         n = self._cache.get("reads", 0)
         self._cache["reads"] = n + 1
-        ss = np.random.SeedSequence(entropy=self.seed if self.seed is not None else 0, spawn_key=(0x5EAD, n))
-        return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        return read_seed(self.seed if self.seed is not None else 0, n)

@@ -368,23 +368,11 @@ class DeviceModel:
         effects: programming error (level/time dependent, heavy-tailed where fitted), then
         drift from ``t0`` to ``t_s`` (if the model drifts and ``drift``; pass ``drift=False`` and
         call :meth:`apply_drift` to keep the undrifted array too), then stuck cells, then the floor.
+        The numpy reference of :mod:`cimsim.device.sampling`.
         """
-        tg = np.asarray(targets_S, dtype=np.float64)
-        shift, scale, df = self.programming_params(tg, t_s)
-        z = rng.standard_normal(tg.shape)
-        heavy = np.isfinite(df)
-        if heavy.any():
-            z[heavy] = rng.standard_t(df[heavy])
-        g = tg + shift + scale * z
-        if drift and self.drift is not None:
-            g = self.apply_drift(g, t_s, rng)
-        if self.stuck_at_gmin or self.stuck_at_gmax:
-            u = rng.random(tg.shape)
-            g = np.where(u < self.stuck_at_gmin, self.gmin_S, g)
-            g = np.where((u >= self.stuck_at_gmin) & (u < self.stuck_at_gmin + self.stuck_at_gmax), self.gmax_S, g)
-        if self.g_floor_S is not None:
-            g = np.maximum(g, self.g_floor_S)
-        return g
+        from cimsim.device.sampling import sample_targets
+
+        return sample_targets(self, targets_S, t_s, rng, drift)
 
     def sample_levels(self, levels_S: np.ndarray, index: np.ndarray, t_s: float, rng: np.random.Generator,
                       drift: bool = True) -> np.ndarray:
@@ -395,38 +383,28 @@ class DeviceModel:
         tests), drawn by a parallel Numba kernel with a counter-based generator keyed by one
         seed taken from ``rng``: reproducible from the seed on any number of threads.
         """
-        from cimsim.kernels import sample_levels as _kernel
+        from cimsim.device.sampling import sample_levels_numba
 
         lv = np.asarray(levels_S, dtype=np.float64)
         idx = np.asarray(index)
         if idx.size and (idx.min() < 0 or idx.max() >= lv.size):
             raise DeviceModelError(f"{self.name}: level index out of range 0..{lv.size - 1}")
-        shift, scale, df = self.programming_params(lv, t_s)
-        floor = -np.inf if self.g_floor_S is None else float(self.g_floor_S)
-        out = np.empty(idx.size, dtype=np.float64)
-        seed = int(rng.integers(0, 2**63 - 1))
-        _kernel(np.ascontiguousarray(idx.reshape(-1)), seed, lv, shift, scale, df, float(self.stuck_at_gmin),
-                float(self.stuck_at_gmax), self.gmin_S, self.gmax_S, floor, out)
-        out = out.reshape(idx.shape)
+        out = sample_levels_numba(self, lv, idx, t_s, int(rng.integers(0, 2**63 - 1)))
         if drift and self.drift is not None:
             out = self.apply_drift(out, t_s, rng)
         return out
 
     def apply_drift(self, g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
         """Power-law drift of programmed conductances from ``t0`` to ``t_s`` (one nu per cell)."""
-        d = self.drift
-        if d is None or t_s <= d.t0_s:
-            return g_S
-        gn = np.clip(g_S / self.gmax_S, 0.0, None)
-        nu = d.nu_mean(gn) + d.nu_std(gn) * rng.standard_normal(np.shape(g_S))
-        return g_S * (t_s / d.t0_s) ** (-nu)
+        from cimsim.device.sampling import drift_numpy
+
+        return drift_numpy(self, g_S, t_s, rng)
 
     def read_sigma_S(self, g_S: np.ndarray) -> np.ndarray:
         """Standard deviation (S) of one read of a cell at conductance ``g_S`` (zeros if no read noise)."""
-        g = np.asarray(g_S, dtype=np.float64)
-        if self.read_noise_poly_uS is None:
-            return np.zeros_like(g)
-        return np.maximum(np.polyval(self.read_noise_poly_uS, g / _UNIT_S), 0.0) * _UNIT_S
+        from cimsim.device.sampling import read_sigma_S
+
+        return read_sigma_S(self.read_noise_poly_uS, g_S)
 
     def read(self, g_S: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One noisy read (S) of cells at ``g_S``: ``G + N(0, read_sigma(G))`` per cell."""

@@ -9,10 +9,10 @@ three modes (:func:`set_mode`):
            weights change - e.g. after an optimizer step);
 ``fresh``  (alias ``train_variation``) a new programming draw on every forward: training
            against device variation; draw ``n`` of a layer uses seed
-           ``seed_sequence_child(layer.seed, n)``.
+           ``cimsim.seeds.fresh_seed(layer.seed, n)``.
 
 Seeds: a chip is a seed. :func:`program` ``(model, seed)`` gives CIM layer number ``i`` (in
-``model.named_modules()`` order) the seed ``seed_sequence_child(seed, i)``; :func:`reprogram`
+``model.named_modules()`` order) the seed ``cimsim.seeds.layer_seed(seed, i)``; :func:`reprogram`
 draws the next chip of every layer from its own stream. Nothing uses a global RNG.
 
 Calibration (:func:`calibrate`) records every layer's inputs over a few batches (model run in
@@ -46,7 +46,8 @@ from cimsim.nn.autograd import KERNELS
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import DeviceModel
 from cimsim.crossbar.mapping import mapped_from_int
-from cimsim.crossbar.program import ProgrammedArray, program as program_array, seed_sequence_child
+from cimsim.crossbar.program import ProgrammedArray, program as program_array
+from cimsim.seeds import fresh_seed, layer_seed
 
 MODES = ("ideal", "chip", "fresh")
 _MODE_ALIASES = {"train_variation": "fresh"}
@@ -201,7 +202,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
     def reprogram(self) -> ProgrammedArray:
         """Draw the next chip of the layer's stream and freeze it."""
         self.draw_count += 1
-        self.chip_seed = seed_sequence_child(self.seed, self.draw_count)
+        self.chip_seed = fresh_seed(self.seed, self.draw_count)
         self._chip = None
         return self.chip()
 
@@ -213,15 +214,15 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         with drift are programmed on the host.
         """
         self.draw_count += 1
-        seed = seed_sequence_child(self.seed, self.draw_count)
+        seed = fresh_seed(self.seed, self.draw_count)
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
         if on_device and dm.drift is None:
-            from cimsim.crossbar.program_torch import LevelTable, program_on_device
+            from cimsim.crossbar.program_torch import level_table, program_on_device
 
             key = (dm.name, dm.sigma_scale, str(self.weight.device))  # OVF alternates a few spreads
             if key not in self._level_tables:
-                self._level_tables[key] = LevelTable.make(dm, self.config, self.weight.device)
+                self._level_tables[key] = level_table(dm, self.config, self.weight.device)
             clip, adc = self._calibration()
             return program_on_device(self.weight_matrix().detach(), self.config, dm, seed, clip, adc,
                                      self._level_tables[key])
@@ -528,7 +529,7 @@ def convert(model: nn.Module, config: CrossbarConfig | None = None, skip: Skip =
     skip: names (a module or a whole subtree, e.g. ``"classifier"``) or a predicate
         ``(name, module) -> bool`` of layers to keep digital.
     keep_first, keep_last: keep the first / last eligible layer (``named_modules`` order) digital.
-    seed: the chip seed; CIM layer ``i`` gets ``seed_sequence_child(seed, i)`` (programmed lazily).
+    seed: the chip seed; CIM layer ``i`` gets ``cimsim.seeds.layer_seed(seed, i)`` (programmed lazily).
     Parameters are shared with the original layers (an existing optimizer keeps working).
     Returns the model (a new module only when ``model`` itself is an eligible layer).
     """
@@ -561,7 +562,7 @@ def unconvert(model: nn.Module) -> nn.Module:
 
 def _seed_layers(model: nn.Module, seed: int) -> None:
     for i, (_, layer) in enumerate(cim_layers(model)):
-        layer.seed = layer.chip_seed = seed_sequence_child(int(seed), i)
+        layer.seed = layer.chip_seed = layer_seed(int(seed), i)
         layer.draw_count = 0
         layer._chip = None
 
@@ -587,9 +588,9 @@ def use_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
 
 
 def program(model: nn.Module, seed: int) -> nn.Module:
-    """Program one chip now: CIM layer ``i`` gets chip seed ``seed_sequence_child(seed, i)``."""
+    """Program one chip now: CIM layer ``i`` gets chip seed ``cimsim.seeds.layer_seed(seed, i)``."""
     for i, (_, layer) in enumerate(cim_layers(model)):
-        layer.program(seed_sequence_child(int(seed), i))
+        layer.program(layer_seed(int(seed), i))
     return model
 
 

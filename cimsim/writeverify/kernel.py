@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cimsim.device.model import DeviceModel
+from cimsim.device.sampling import read_sigma_S
 
 from cimsim.writeverify.pulse import PulseModel, WriteVerifyError
 
@@ -126,6 +127,7 @@ def _get_kernel():
     if _KERNEL is not None:
         return _KERNEL
     from cimsim.kernels import _mix64 as mix64  # the one splitmix64 finaliser (_py_mix64 is its Python twin)
+    from cimsim.device.sampling import read_sigma_one_S  # the read-noise law (numpy twin: read_sigma_S)
     from cimsim.kernels import choose_threading_layer
 
     choose_threading_layer()
@@ -159,10 +161,7 @@ def _get_kernel():
     def read(s, g, poly, div):
         if poly.size == 0:
             return s, g
-        acc = 0.0
-        for c in poly:
-            acc = acc * (g * 1e6) + c
-        sig = max(acc, 0.0) * 1e-6 * div
+        sig = read_sigma_one_S(poly, g) * div
         s, z = normal(s)
         return s, g + sig * z
 
@@ -275,10 +274,7 @@ def run_reference(inp: KernelInputs) -> tuple[np.ndarray, np.ndarray]:
     def verify_read(st: _PyStream, g: float) -> float:
         if not poly:
             return g
-        acc = 0.0
-        for c in poly:
-            acc = acc * (g * 1e6) + c
-        return g + max(acc, 0.0) * 1e-6 * p[_P_READDIV] * st.normal()
+        return g + float(read_sigma_S(poly, g)) * p[_P_READDIV] * st.normal()
 
     tables = {1: (inp.a_set, inp.v2_set, p[_P_ASET]), -1: (inp.a_reset, inp.v2_reset, p[_P_ARESET])}
     for i in range(n):

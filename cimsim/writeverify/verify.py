@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cimsim.crossbar.program import program_cells
 from cimsim.device.model import DeviceModel
 
 from cimsim.writeverify.kernel import _seed_from, _stuck_codes, build_inputs, run_kernel, run_reference
@@ -167,8 +168,10 @@ def write_verify(
     ``tolerance``: half-width of the acceptance window, siemens (or a fraction of the target if
     ``relative``; a target of 0 S then has an empty window and can only fail); ``max_pulses``: pulse limit per cell (None: no limit, i.e.
     ``NO_LIMIT_PULSES``); ``rng``: int seed or numpy Generator; ``mask`` (bool, broadcastable to
-    the targets): cells to verify -- the others are programmed one-shot by ``device.sample`` at
-    ``t_read_s`` (``None``: verify every cell; an all-False mask is plain one-shot);
+    the targets): cells to verify -- the others are programmed one-shot at ``t_read_s`` by
+    :func:`cimsim.crossbar.program.program_cells` (from an int ``rng``, the very cells
+    ``program`` draws from that seed for targets laid out as ``(2, S, in, out)``; ``None``:
+    verify every cell; an all-False mask is plain one-shot);
     ``pulse_model``: default the calibrated preset of the algorithm; ``init``: state before
     programming (``"erased"``, ``"random"`` or an array, S); ``n_read_avg``: reads averaged per
     verify (lowers read noise by sqrt(n)); ``relaxation``: see :func:`relax`; ``backend``:
@@ -223,7 +226,9 @@ def write_verify(
     g_relaxed[idx] = relax(out_f[:, 0], tg.ravel()[idx], device, t_read_s, gen, relaxation)
     rest = np.flatnonzero(~m.ravel())
     if rest.size:  # one-shot: the device model's own programming, one SET pulse, no verify read
-        g_os = device.sample(tg.ravel()[rest], float(t_read_s), gen)
+        levels, index = np.unique(tg, return_inverse=True)
+        os_seed = int(rng) if isinstance(rng, (int, np.integer)) else seed
+        g_os = program_cells(device, levels, index.reshape(tg.shape), float(t_read_s), os_seed)[1].ravel()[rest]
         g_relaxed[rest] = g_os
         g_prog[rest] = g_os
         v2 = pm.v_set_V**2
@@ -246,7 +251,7 @@ def write_verify(
 
 def one_shot(targets_S: np.ndarray, device: DeviceModel, rng: np.random.Generator | int, t_read_s: float = 0.0,
              **kw: Any) -> WriteVerifyResult:
-    """Plain one-shot programming (``device.sample``), no verify: ``write_verify`` with an all-False mask."""
+    """Plain one-shot programming (:func:`cimsim.crossbar.program.program_cells`), no verify: ``write_verify`` with an all-False mask."""
     tg = np.asarray(targets_S, dtype=np.float64)
     return write_verify(tg, device, rng=rng, mask=np.zeros(tg.shape, bool), t_read_s=t_read_s, **kw)
 

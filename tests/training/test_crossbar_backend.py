@@ -71,7 +71,7 @@ def test_ideal_crossbar_is_the_quantized_model(tmp_path, digits):
     assert isinstance(m.conv1, CIMConv2d) and isinstance(m.fc3, CIMLinear) and m.conv1.mode == "ideal"
     m.eval()
     x = digits.batch(slice(0, 100))[0]
-    chip = v.chip(m, 0.0, make_generator(0))
+    chip = v.chip(m, 0.0, 0)
     z_chip = v.forward_chip(m, chip, x)  # calibrated clips from training images
     ref = _quantized_reference(m, x)
     assert torch.allclose(z_chip, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
@@ -110,12 +110,12 @@ def test_chip_is_frozen_and_reproducible_heads_run_on_the_crossbar(digits):
     assert all(isinstance(h.fc1, CIMLinear) and isinstance(h.fc2, CIMLinear) for h in m.heads)
     x, y = digits.batch(slice(0, 80))
     m.eval()
-    c1 = v.chip(m, 1.0, make_generator(7))
+    c1 = v.chip(m, 1.0, 7)
     assert set(c1) == {"crossbar.seed", "crossbar.sigma_scale"}
-    assert all(torch.equal(c1[k], v.chip(m, 1.0, make_generator(7))[k]) for k in c1)
+    assert all(torch.equal(c1[k], v.chip(m, 1.0, 7)[k]) for k in c1)
     a = v.forward_chip(m, c1, x)
     assert torch.equal(v.forward_chip(m, c1, x), a)  # frozen: the same array for every batch
-    assert not torch.allclose(v.forward_chip(m, v.chip(m, 1.0, make_generator(8)), x), a)
+    assert not torch.allclose(v.forward_chip(m, v.chip(m, 1.0, 8), x), a)
     z, hs = v.forward_chip(m, c1, x, heads=True)
     assert torch.equal(z, a) and len(hs) == 2
     # training draws in between (at another sigma) overwrite layer state; the chip is re-made from its seed

@@ -7,14 +7,14 @@ import torch
 
 from training.data import load_dataset
 from training.evaluate import (
-    chip_seed,
     converged,
     convergence_probability,
     evaluate_mc,
     metrics_from_probs,
 )
 from training.models import build_model
-from training.variation import PaperNoise, make_generator
+from cimsim.seeds import chip_seed
+from training.variation import PaperNoise
 
 
 def test_ekl_zero_when_all_chips_agree():
@@ -51,7 +51,7 @@ def test_chip_seed_is_spawned_child_and_chip_reproducible():
     pn = PaperNoise(1.0)
     full = evaluate_mc(model, pn, data, 0.3, chips=4, seed=9, batch_size=32)
     # Chip 2 alone, re-made from (seed, 2):
-    chip = pn.chip(model.eval(), 0.3, make_generator(chip_seed(9, 2)))
+    chip = pn.chip(model.eval(), 0.3, chip_seed(9, 2))
     x, y = data.batch(slice(0, 100))
     acc2 = (pn.forward_chip(model, chip, x).argmax(1) == y).float().mean().item()
     assert acc2 == pytest.approx(full.acc_per_chip[2])

@@ -15,6 +15,7 @@ import torch
 
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import load_device
+from cimsim.seeds import layer_seed
 from training.config import RunConfig
 from training.programming import (
     Policy,
@@ -22,7 +23,6 @@ from training.programming import (
     ProgrammingSetup,
     cell_mask,
     ideal_weights,
-    layer_seed,
     prepare_layers,
     program_layer,
     selection_masks,
