@@ -150,7 +150,7 @@ def test_crossbar_config_json_with_a_byte_order_mark(tmp_path):
 @pytest.mark.parametrize("args,words", [(["-o", "{tmp}"], "--out"), (["-o", "{tmp}/f/x.csv"], "--out"),
                                         (["--threads", "0"], "--threads")])
 def test_bench_checks_its_options_before_timing(tmp_path, capsys, args, words):
-    from cimsim.bench import main
+    from cimsim.bench.cli import main
 
     (tmp_path / "f").write_text("x")
     assert main([a.format(tmp=tmp_path) for a in args]) == 2

@@ -10,7 +10,7 @@ import pytest
 
 from training import report, results
 from training.evaluate import EVAL_OVERRIDES, evaluate_run, parse_overrides
-from training.config import ConfigError
+from training.run_config import ConfigError
 
 TINY = """
 name = "tiny"

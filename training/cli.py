@@ -1,5 +1,5 @@
 """What every ``python -m training.*`` command shares: the one-line usage error (exit 2), the
-argparse front end, one ``--field`` option per :class:`training.config.RunConfig` field, and the
+argparse front end, one ``--field`` option per :class:`training.run_config.RunConfig` field, and the
 torch device a ``torch_device`` setting names."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typing
 
 import torch
 
-from .config import FIELD_HELP, RunConfig
+from .run_config import FIELD_HELP, RunConfig
 
 EXIT_USAGE = 2
 
@@ -57,7 +57,7 @@ def add_config_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> N
         if f.name in skip:
             continue
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=field_type(f), default=None,
-                       help=f"{FIELD_HELP.get(f.name, 'see training.config.RunConfig')} (default {f.default!r})")
+                       help=f"{FIELD_HELP.get(f.name, 'see training.run_config.RunConfig')} (default {f.default!r})")
 
 
 def config_from_args(ns: argparse.Namespace, skip: tuple[str, ...] = ()) -> RunConfig:

@@ -120,7 +120,7 @@ def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tenso
 # ------------------------------------------------------------------------ digits
 
 def load_splits(cfg) -> tuple[ImageSet, ImageSet, ImageSet]:
-    """Train, validation and test sets as a :class:`training.config.RunConfig` says (the validation
+    """Train, validation and test sets as a :class:`training.run_config.RunConfig` says (the validation
     split carved from the training set by ``val_fraction`` and ``seed``, never from the test set)."""
     full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.resize)
     if cfg.train_limit:

@@ -287,7 +287,7 @@ def eval_config(cfg, overrides: dict | None):
 
     A bfloat16 run moved onto the crossbar (``noise = "crossbar"`` without a ``precision``
     override) is evaluated in float32, the only precision the simulator has."""
-    from .config import ConfigError
+    from .run_config import ConfigError
 
     if not overrides:
         return cfg
@@ -338,7 +338,7 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     ranges) on training images as training does (``calibrate=False`` skips that: a check that the
     run loads); the returned config is the overridden one.
     """
-    from .config import RunConfig
+    from .run_config import RunConfig
     from .data import load_dataset
     from .models import build_model
     from .variation import make_variation
@@ -385,7 +385,7 @@ def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | N
     ``chunk_size`` default ``ceil(chips / 8)``; ``threads``: torch threads per chunk (default 1);
     ``overrides``: evaluate under other chip settings (:func:`load_run`).
     """
-    from .config import RunConfig
+    from .run_config import RunConfig
     from .engines import InlineEngine, Task
 
     cfg = eval_config(RunConfig.load(Path(run_dir) / "config.json"), overrides)
@@ -406,7 +406,7 @@ def parse_overrides(items: Sequence[str]) -> dict:
     file's are (a ``ConfigError`` names a malformed item or a field evaluation may not change)."""
     import dataclasses
 
-    from .config import ConfigError, RunConfig
+    from .run_config import ConfigError, RunConfig
 
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     out = {}
@@ -436,7 +436,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.evaluate --run DIR [--chips N] [--engine local|ray] ...`` (see :func:`evaluate_run`)."""
-    from .config import ConfigError
+    from .run_config import ConfigError
     from .data import DataError
     from .engines import EngineError, make_engine
     from .runfolder import RunFolderError, check_output_file

@@ -4,7 +4,7 @@
 run in bfloat16 under :func:`torch.autocast` (CPU AMX / AVX-512-BF16 units, GPU tensor cores);
 weights, optimiser state, noise draws, losses and softmax stay float32, as torch's autocast
 policy keeps them. On the 2-core Xeon of the results suites a VGG-8 training step at batch 128 is
-about 3x faster this way (``python -m training.bench --skip-lenet --skip-vgg`` prints the measured
+about 3x faster this way (``python -m training.bench_training --skip-lenet --skip-vgg`` prints the measured
 ratio). bfloat16 keeps 8 significant bits, a relative rounding of 0.4 %, far below the paper-noise
 variation the runs study (sigma 0.05-0.4) but about the step of 8-bit weights near their largest
 value, so float32 stays the choice where quantisation-level effects matter (small device spreads,
@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from .config import PRECISIONS
+from .run_config import PRECISIONS
 
 __all__ = ["PRECISIONS", "autocast"]
 

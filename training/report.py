@@ -494,7 +494,7 @@ class Report:
         self.add(f"### {st.get('title') or name}\n")
         opts = cfgj.get("options", {})
         self.add(f"Runs of `{st.get('source')}` at sigma {st.get('sigma')}, seed {st.get('seed', 0)}; "
-                 f"`python -m training.writeverify {' '.join(st.get('args', []))}`"
+                 f"`python -m training.writeverify_budget {' '.join(st.get('args', []))}`"
                  + (f" ({opts.get('chips')} chips per setting)" if opts.get("chips") else "") + ".\n")
         rows = []
         for _, r in b.iterrows():

@@ -11,7 +11,7 @@ each writing into ``<out>/<stage name>/``:
 ``kind = "sweep"``
     a grid of training runs (:func:`training.sweep.sweep`): ``methods`` x ``sigmas`` x ``seeds``,
     every run configured by the suite's ``[defaults]`` updated by the stage's ``[stages.config]``
-    (:class:`training.config.RunConfig` fields). Results: ``results.csv`` / ``summary.csv``.
+    (:class:`training.run_config.RunConfig` fields). Results: ``results.csv`` / ``summary.csv``.
     An optional ``source`` names an earlier sweep stage whose methods the report compares this
     stage's against at the same sigma (e.g. a baseline given more epochs, for equal compute).
 ``kind = "evaluate"``
@@ -20,7 +20,7 @@ each writing into ``<out>/<stage name>/``:
     :func:`training.evaluate.load_run` may override: another noise backend, ADC bits, read time
     ...), ``chips`` Monte Carlo chips each. One row per (run, variant) in ``results.csv``.
 ``kind = "writeverify"``
-    :mod:`training.writeverify` on the runs of ``source`` at ``sigma`` and ``seed`` (one run per
+    :mod:`training.writeverify_budget` on the runs of ``source`` at ``sigma`` and ``seed`` (one run per
     method) with the stage's ``args`` (its command-line options): ``budget.csv``, ``writeverify.csv``.
 
 Stages run in order; each one resumes: sweep cells and evaluation rows already in a CSV are
@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DATASETS, ConfigError, RunConfig
+from .run_config import DATASETS, ConfigError, RunConfig
 from .sweep import EVAL_LEDGER
 
 SUITES_DIR = Path(__file__).with_name("suites")
@@ -336,7 +336,7 @@ def run_evaluate(stage: Stage, out: Path, workers: int) -> int:
 
 
 def run_writeverify(stage: Stage, out: Path) -> int:
-    from . import writeverify
+    from . import writeverify_budget
 
     folder = out / stage.name
     if (folder / "budget.csv").exists():
@@ -347,8 +347,8 @@ def run_writeverify(stage: Stage, out: Path) -> int:
         _log(f"{stage.name}: no finished runs of {stage.source} at sigma {stage.sigma} seed {stage.seed}")
         return 1
     argv = [a for r in runs for a in ("--run", r["run_dir"])] + list(stage.args) + ["--out", str(folder)]
-    _log(f"{stage.name}: python -m training.writeverify {' '.join(argv)}")
-    return writeverify.main(argv)
+    _log(f"{stage.name}: python -m training.writeverify_budget {' '.join(argv)}")
+    return writeverify_budget.main(argv)
 
 
 def _append(path: Path, row: dict, fields: list[str]) -> None:
@@ -390,7 +390,7 @@ def check_suite_run(suite: Suite, out: Path, only: list[str] | None = None,
     evaluate or write-verify stage whose results are in ``out`` was not changed since (compared
     with ``<out>/suite.toml``): its rows would otherwise be kept as if made by the new definition.
     """
-    from .config import ConfigError
+    from .run_config import ConfigError
     from .runfolder import RunFolderError, check_output_dir
     from .sweep import EVAL_LEDGER, check_out, scan_ledger
     from .cli import UsageError

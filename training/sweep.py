@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 
 from .threads import set_threads
-from .config import ConfigError, RunConfig
+from .run_config import ConfigError, RunConfig
 from .cli import EXIT_USAGE
 from .engines import ENGINES, Engine, EngineError, InlineEngine, LocalEngine, Task, make_engine, one_line
 

@@ -42,13 +42,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cimsim.device.model import DeviceModelError
 
 from .cli import EXIT_USAGE, Parser, UsageError, add_config_args, config_from_args, resolve_torch_device
-from .config import ConfigError, RunConfig
+from .run_config import ConfigError, RunConfig
 from .data import DataError, check_available, load_splits
 from .engines import one_line
 from cimsim.seeds import SHUFFLE, TRAIN_NOISE, VALIDATION, chip_seed, run_stream_seed

@@ -283,7 +283,7 @@ _MASK64 = (1 << 64) - 1
 
 
 def crossbar_config(cfg) -> CrossbarConfig:
-    """The ``CrossbarConfig`` of a run (a :class:`training.config.RunConfig`).
+    """The ``CrossbarConfig`` of a run (a :class:`training.run_config.RunConfig`).
 
     Base: the file ``cfg.crossbar_config`` (TOML or JSON, as ``CrossbarConfig.save`` writes it),
     else ``CrossbarConfig()`` (256x256 tiles, multi-bit DAC, 8-bit inputs, 8-bit calibrated ADC).
@@ -540,7 +540,7 @@ BACKENDS: dict[str, Callable[..., Variation]] = {"paper": _paper, "device": _dev
 
 
 def make_variation(cfg) -> Variation:
-    """Build the backend named by ``cfg.noise`` (a :class:`training.config.RunConfig`).
+    """Build the backend named by ``cfg.noise`` (a :class:`training.run_config.RunConfig`).
 
     Raises :class:`VariationError` (or ``cimsim.device.model.DeviceModelError``) with a one-line message.
     """

@@ -25,10 +25,15 @@ The torch twins import torch when first called, so the numpy and Numba samplers 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numba import njit, prange
 
-from cimsim.kernels import _normal, _student_t, _uniform, _mix64, _GOLDEN
+from cimsim.kernels import _GOLDEN, _mix64, _normal, _student_t, _uniform
+
+if TYPE_CHECKING:  # annotations only; the torch twins import torch when called
+    import torch
 
 _UNIT_S = 1e-6  # read-noise polynomials take and give microsiemens
 

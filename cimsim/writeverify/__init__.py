@@ -2,7 +2,7 @@
 per-cell loop as a Numba kernel with its Python reference (:mod:`.kernel`), the array-level API
 (:mod:`.verify`) and the calibration against measured pulse counts (:mod:`.calibration`,
 ``python -m cimsim.writeverify.calibration``). numpy only until a kernel runs; never imports
-``training`` (the budget of trained runs is ``python -m training.writeverify``)."""
+``training`` (the budget of trained runs is ``python -m training.writeverify_budget``)."""
 from cimsim.writeverify.kernel import NO_LIMIT_PULSES, KernelInputs, build_inputs, run_kernel, run_reference
 from cimsim.writeverify.pulse import (ALGORITHMS, PULSE_PRESETS, PulseModel, WriteVerifyError, default_pulse_model,
                                       pulse_preset)

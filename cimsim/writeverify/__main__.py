@@ -2,5 +2,5 @@
 import sys
 
 print("python -m cimsim.writeverify: the write-verify budget of trained runs is "
-      "`python -m training.writeverify` (same options)", file=sys.stderr)
+      "`python -m training.writeverify_budget` (same options)", file=sys.stderr)
 sys.exit(2)

@@ -12,7 +12,7 @@ from torch import nn
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.crossbar.mapping import quantize_weights
 from cimsim.nn import CIMConv2d, CIMLinear, cim_layers
-from training.config import ConfigError, RunConfig
+from training.run_config import ConfigError, RunConfig
 from training.data import load_dataset
 from training.evaluate import evaluate_mc
 from training.methods import MethodSpec, batch_loss

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import ConfigError, RunConfig, default_beta
+from training.run_config import ConfigError, RunConfig, default_beta
 from training.data import (
     DataError,
     check_available,

@@ -86,7 +86,7 @@ def test_orthogonality_penalty_by_hand():
 def test_orthogonality_penalty_reaches_crossbar_layers():
     """CorrectNet on the crossbar backend: the penalty sees the converted layers' float weights
     (it once saw none, which made CorrectNet train exactly as NIT there)."""
-    from training.config import RunConfig
+    from training.run_config import RunConfig
     from training.models import build_model, noisy_weight_names
     from training.variation import make_variation
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from training.config import ConfigError, RunConfig
+from training.run_config import ConfigError, RunConfig
 from training.evaluate import evaluate_run
 from training.precision import autocast
 from training.train import main as train_main

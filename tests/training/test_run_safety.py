@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import ConfigError, RunConfig
+from training.run_config import ConfigError, RunConfig
 from training.runfolder import MARKER, RunFolderError, RunLock, check_output_dir, check_output_file, locked_by_other
 from training.train import UsageError, partial_dir, run
 
@@ -223,5 +223,5 @@ def test_output_checks(tmp_path):
                                         (["--steps", "-1"], "--steps"), (["--vgg-reps", "0"], "--vgg-reps"),
                                         (["--device", "tpu"], "--device")])
 def test_training_bench_options_are_checked_first(tmp_path, args, words):
-    err = _one_line_error(_cli("training.bench", args, tmp_path))
+    err = _one_line_error(_cli("training.bench_training", args, tmp_path))
     assert words in err

@@ -12,7 +12,7 @@ from training.evaluate import evaluate_chips, load_run
 from training.programming import Policy, ProgrammingSetup, prepare_layers, program_chip
 from training.sweep import main as sweep_main
 from training.variation import crossbar_config
-from training.writeverify import RunSpec, load_model, run_device
+from training.writeverify_budget import RunSpec, load_model, run_device
 
 
 def test_training_streams_keep_the_shipped_values():

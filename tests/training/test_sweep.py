@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from training.config import ConfigError
+from training.run_config import ConfigError
 from training.engines import LocalEngine, Task
 from training.sweep import (
     FAULT_ENV,
@@ -167,7 +167,7 @@ def test_ledger_keeps_an_older_header_and_drops_failed_rows(tmp_path):
 
 def test_cell_restarts_when_a_checkpoint_was_cut_short(tmp_path):
     """A worker killed while saving leaves a truncated checkpoint: the cell starts afresh, not fails."""
-    from training.config import RunConfig
+    from training.run_config import RunConfig
 
     cfg = RunConfig(model="mlp", dataset="digits", epochs=1, batch_size=64, lr=5e-3, train_limit=256,
                     test_limit=128, eval_chips=2, val_chips=1, threads=1, seed=3)

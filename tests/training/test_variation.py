@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 from cimsim.device.model import load_device, neft_stylized
-from training.config import RunConfig
+from training.run_config import RunConfig
 from training.models import build_model
 from training.variation import (
     PAPER_C,

@@ -1,5 +1,5 @@
 """Write-verify budgets of trained models: training.programming and the CLI
-(``python -m training.writeverify``)."""
+(``python -m training.writeverify_budget``)."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +16,7 @@ import torch
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import load_device
 from cimsim.seeds import layer_seed
-from training.config import RunConfig
+from training.run_config import RunConfig
 from training.programming import (
     Policy,
     ProgrammingError,
@@ -28,7 +28,7 @@ from training.programming import (
     selection_masks,
 )
 from training.train import run
-from training.writeverify import NOT_REACHED, main
+from training.writeverify_budget import NOT_REACHED, main
 
 # rram1 (the NeFT stylized RRAM, 4 levels on 0..40 uS) at sigma_scale 1: one-shot programming
 # ruins the MLP, write-verify restores it, so the budget has something to decide.
@@ -55,10 +55,10 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli(runs, tmp_path_factory):
-    """One CLI run through ``python -m training.writeverify`` over both runs; returns (out, process)."""
+    """One CLI run through ``python -m training.writeverify_budget`` over both runs; returns (out, process)."""
     out = tmp_path_factory.mktemp("wv_out") / "res"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "training.writeverify", "--run", str(runs["plain"]), "--run", str(runs["nit"]),
+    args = [sys.executable, "-m", "training.writeverify_budget", "--run", str(runs["plain"]), "--run", str(runs["nit"]),
             "--policies", "none,full,selective", "--tolerances", "2", "--fractions", "0.1,1", "--chips", "2",
             "--sigma", SIGMA, "--sensitivity", "second", "--out", str(out)]
     proc = subprocess.run(args, check=False, capture_output=True, text=True, env=env, timeout=300)

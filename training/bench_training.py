@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``python -m training.bench``.
+"""Benchmarks (not tests): ``python -m training.bench_training``.
 
 1. Epoch time of LeNet-5 on Fashion-MNIST (54,000 training images after the validation split,
    batch 128) per method and noise backend. ``--steps N`` times N steps and extrapolates to the
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from .config import METHODS, NOISES, RunConfig
+from .run_config import METHODS, NOISES, RunConfig
 from .data import DataError, load_dataset
 from .methods import MethodSpec, batch_loss
 from .models import build_model
@@ -175,7 +175,7 @@ def bench_vgg_cost(dev: torch.device, reps: int) -> dict[str, tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.bench_training", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=50, help="LeNet steps to time (0: whole epochs)")
     p.add_argument("--methods", default="plain,nit,ovf,irs,correctnet")
     p.add_argument("--noises", default="paper,device,crossbar")

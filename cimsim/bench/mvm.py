@@ -1,4 +1,4 @@
-"""``python -m cimsim.bench``: the simulator's speed, measured in one run, as ratios.
+"""Crossbar forward and programming speed (``python -m cimsim.bench mvm``), measured in one run, as ratios.
 
 For each layer shape, batch and config: the simulated forward time, the ideal float32 ``torch``
 matmul of the same shape (same threads, same run), their ratio, and the floor of that ratio (the
@@ -12,12 +12,10 @@ least 20 million cells per second.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -167,97 +165,3 @@ def summarize(rows: list[dict], log=print) -> bool:
         log(f"target {name}: {val:.2f} ({lim}) {'ok' if good else 'MISSED'}")
         ok &= good
     return ok
-
-
-def bench_writeverify(n_cells: int = 2_000_000, repeats: int = 3, threads: Sequence[int | None] = (None,),
-                      target_pulses: float = 10.0, quiet: bool = False) -> dict[str, float]:
-    """Kernel throughput in cells/second at about ``target_pulses`` pulses per cell; prints one
-    line per thread setting and returns ``{"cells_per_s": best, "pulses_per_cell": ..., ...}``.
-
-    Workload: ISPP on a 1..260 uS range, targets uniform over the middle of the range, window
-    +-2 % of the range, cells starting erased; the tolerance is tuned once so the mean pulse count
-    is near ``target_pulses``.
-    """
-    import numba
-
-    from cimsim.device.model import DeviceModel
-    from cimsim.writeverify import build_inputs, default_pulse_model, run_kernel
-
-    dev = DeviceModel(name="bench", gmin_S=1e-6, gmax_S=260e-6, times_s=(0.0,), sigma_poly_uS=((0.0,),))
-    pm = default_pulse_model("ispp")
-    gen = np.random.default_rng(0)
-    tg = gen.uniform(60e-6, 200e-6, n_cells)
-    g0 = np.full(n_cells, dev.gmin_S)
-    st = np.zeros(n_cells, np.int8)
-    kernel_t0 = time.perf_counter()
-    tol = 0.02 * (dev.gmax_S - dev.gmin_S)
-    for _ in range(6):  # tune the window on a slice so the workload is ~target_pulses per cell
-        k = min(n_cells, 50_000)
-        inp = build_inputs(tg[:k] - tol, tg[:k] + tol, g0[:k], st[:k], dev, pm, "ispp", 1, 200)
-        mean_p = run_kernel(inp)[1][:, :2].sum(1).mean()
-        tol *= (mean_p / target_pulses) ** 1.5
-    compile_s = time.perf_counter() - kernel_t0
-    inp = build_inputs(tg - tol, tg + tol, g0, st, dev, pm, "ispp", 1, 200)
-    best: dict[str, float] = {}
-    for nt in threads:
-        times = []
-        for r in range(repeats):
-            t0 = time.perf_counter()
-            out_f, out_i = run_kernel(inp, n_threads=nt)
-            times.append(time.perf_counter() - t0)
-        rate = n_cells / min(times)
-        ppc = float(out_i[:, :2].sum(1).mean())
-        label = numba.get_num_threads() if nt is None else nt
-        if not quiet:
-            print(f"writeverify kernel: {rate / 1e6:6.2f} M cells/s  ({ppc:.1f} pulses/cell, {rate * ppc / 1e6:.0f} M pulses/s,"
-                  f" threads={label}, layer={numba.threading_layer()}, n={n_cells})")
-        if rate > best.get("cells_per_s", 0):
-            best = {"cells_per_s": rate, "pulses_per_cell": ppc, "threads": float(label)}
-    best["setup_s"] = compile_s
-    return best
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cimsim.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "train", "writeverify", "all"),
-                    help="mvm: crossbar forward and programming (default); train: one LeNet-5 training step "
-                         "simulated vs plain torch; writeverify: the write-verify kernel")
-    ap.add_argument("--quick", action="store_true", help="the target shape and batch only, 8-bit ADC")
-    ap.add_argument("-o", "--out", type=Path, default=Path("results/bench_mvm.csv"), help="CSV of the table")
-    ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
-    a = ap.parse_args(argv)
-    if a.threads is not None and a.threads < 1:
-        print(f"{ap.prog}: error: --threads must be >= 1, got {a.threads}", file=sys.stderr)
-        return 2
-    if a.what in ("mvm", "all"):
-        from cimsim.io import OutputError, check_outputs
-
-        try:
-            check_outputs([a.out])  # before minutes of timing, not after
-        except OutputError as e:
-            print(f"{ap.prog}: error: --out {e}", file=sys.stderr)
-            return 2
-    if a.threads:
-        import numba
-        import torch
-
-        torch.set_num_threads(a.threads)
-        numba.set_num_threads(a.threads)
-    ok = True
-    if a.what in ("mvm", "all"):
-        shapes, batches = ((TARGET[0],), (TARGET[1],)) if a.quick else (SHAPES, BATCHES)
-        rows = run(shapes, batches, quick=a.quick, out=a.out)
-        print(f"wrote {a.out}")
-        ok &= summarize(rows)
-    if a.what in ("train", "all"):
-        from cimsim.bench_torch import TARGET_RATIO, bench_training_step
-
-        res = bench_training_step()
-        ok &= max(res["chip_ratio"], res["fresh_ratio"]) <= TARGET_RATIO
-    if a.what in ("writeverify", "all"):
-        bench_writeverify()
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
-"""Write-verify budgets of trained models: ``python -m training.writeverify``.
+"""Write-verify budgets of trained models: ``python -m training.writeverify_budget``.
 
 Example::
 
-    python -m training.writeverify --run runs/lenet_plain --run runs/lenet_nit --policies none,full,selective \\
+    python -m training.writeverify_budget --run runs/lenet_plain --run runs/lenet_nit --policies none,full,selective \\
         --tolerances 0.5,1,2 --fractions 0.01,0.05,0.1,0.25,0.5 --chips 20 --sensitivity second \\
         --algorithm ispp --out results/wv_lenet
 
@@ -78,7 +78,7 @@ from cimsim.writeverify import (
     default_pulse_model,
 )
 
-from .config import ConfigError, RunConfig
+from .run_config import ConfigError, RunConfig
 from .data import DataError, check_available
 from .models import build_model
 from .programming import (
@@ -531,7 +531,7 @@ def plot_png(outcomes: list[RunOutcome], key: str, xlabel: str) -> bytes:
 def config_record(opts: Options, outcomes: list[RunOutcome], argv: list[str]) -> dict:
     """``config.json``: options, per-run settings, mapping, cost and pulse models, seed rule."""
     return {
-        "command": "python -m training.writeverify " + " ".join(argv),
+        "command": "python -m training.writeverify_budget " + " ".join(argv),
         "policies": list(opts.policies), "tolerances": list(opts.tolerances),
         "tolerance_unit": "fraction of target" if opts.relative else "S",
         "fractions": list(opts.fractions), "chips": opts.chips, "sensitivity": list(opts.sensitivity),
@@ -566,9 +566,9 @@ def build_outputs(opts: Options, outcomes: list[RunOutcome], argv: list[str]) ->
 
 
 # ------------------------------------------------------------------------------ CLI
-def make_parser(prog: str = "python -m training.writeverify") -> argparse.ArgumentParser:
+def make_parser(prog: str = "python -m training.writeverify_budget") -> argparse.ArgumentParser:
     p = Parser(prog=prog, description="Accuracy against write-verify energy and latency of trained models "
-                                       "(one-shot, full and selective write-verify; see training/writeverify.py).")
+                                       "(one-shot, full and selective write-verify; see training/writeverify_budget.py).")
     p.add_argument("--run", action="append", required=True, help="run folder (repeat for several runs)")
     p.add_argument("--policies", default="none,full,selective", help="comma list of none, full, selective")
     p.add_argument("--tolerances", default="0.5,1,2", help="acceptance half-widths in uS (fractions with --relative)")
@@ -604,7 +604,7 @@ USAGE_ERRORS = (UsageError, ConfigError, CrossbarConfigError, DataError, DeviceM
                 CostError, ProgrammingError)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m training.writeverify") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m training.writeverify_budget") -> int:
     """Run the CLI; returns the exit code (0, or 2 for bad input with nothing written)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     p = make_parser(prog)

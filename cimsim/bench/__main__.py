@@ -1,0 +1,5 @@
+import sys
+
+from cimsim.bench.cli import main
+
+sys.exit(main())
