@@ -44,7 +44,7 @@ UNITS = {
     "time": "s (seconds)",
     "polynomials": "numpy.polyval order (highest power first); argument G in uS, value in uS",
 }
-FAMILIES = ("normal", "student-t")
+FAMILIES = ("normal", "student-t", "quantile")
 _T_EPS_S = 1e-3  # time offset of the log-time interpolation axis, seconds
 _UNIT_S = 1e-6  # one microsiemens in siemens
 
@@ -59,9 +59,13 @@ class LevelFit:
 
     ``G - target_S`` follows ``mean_shift_S + scale_S * X`` with ``X`` standard normal
     (``family == "normal"``, ``df is None``) or standard Student-t with ``df`` degrees of
-    freedom (``family == "student-t"``). ``sigma_S`` is the standard deviation of the
-    fitted distribution, ``robust_sigma_S`` the data's IQR / 1.349 (equal to ``sigma_S`` for a
-    normal), ``ks`` the Kolmogorov-Smirnov statistic of the chosen family against the data.
+    freedom (``family == "student-t"``); or (``family == "quantile"``) its quantile function:
+    ``quantiles_S`` at the model's probit nodes ``DeviceModel.quantile_z`` (linear in z between
+    them) and generalized-Pareto tails beyond the end nodes, ``tail_lo`` / ``tail_hi`` =
+    ``(xi, beta_S)`` (:func:`cimsim.device.sampling.quantile_error_numpy`). ``sigma_S`` is the
+    standard deviation of the fitted distribution, ``robust_sigma_S`` the data's IQR / 1.349
+    (equal to ``sigma_S`` for a normal), ``ks`` the Kolmogorov-Smirnov statistic of the chosen
+    family against the data.
     """
 
     level: int
@@ -75,13 +79,34 @@ class LevelFit:
     scale_S: float = float("nan")
     df: float | None = None
     ks: float = float("nan")
+    quantiles_S: tuple[float, ...] | None = None
+    tail_lo: tuple[float, float] | None = None
+    tail_hi: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise DeviceModelError(f"level {self.level}: unknown family {self.family!r} (choose from {FAMILIES})")
         if self.family == "student-t" and (self.df is None or not self.df > 0):
             raise DeviceModelError(f"level {self.level}: a student-t level needs df > 0")
-        if self.family == "normal" and math.isnan(self.scale_S):
+        if self.family == "quantile":
+            q, tails = self.quantiles_S, (self.tail_lo, self.tail_hi)
+            if q is None or len(q) < 2 or any(t is None or len(t) != 2 for t in tails):
+                raise DeviceModelError(f"level {self.level}: a quantile level needs quantiles_S (>= 2) and "
+                                       "tail_lo, tail_hi = (xi, beta_S)")
+            object.__setattr__(self, "quantiles_S", tuple(float(v) for v in q))
+            object.__setattr__(self, "tail_lo", tuple(float(v) for v in self.tail_lo))
+            object.__setattr__(self, "tail_hi", tuple(float(v) for v in self.tail_hi))
+            qs = self.quantiles_S
+            if not all(math.isfinite(v) for v in qs) or any(b < a for a, b in zip(qs, qs[1:])):
+                raise DeviceModelError(f"level {self.level} at t = {self.t_s} s: quantiles_S must be finite and "
+                                       "non-decreasing")
+            for name, (xi, beta) in (("tail_lo", self.tail_lo), ("tail_hi", self.tail_hi)):
+                if not (math.isfinite(xi) and math.isfinite(beta) and beta >= 0 and xi < 1):
+                    raise DeviceModelError(f"level {self.level} at t = {self.t_s} s: {name} needs a finite "
+                                           f"xi < 1 and beta_S >= 0, got {(xi, beta)}")
+        elif self.quantiles_S is not None or self.tail_lo is not None or self.tail_hi is not None:
+            raise DeviceModelError(f"level {self.level}: quantiles_S and tails belong to the quantile family only")
+        if self.family in ("normal", "quantile") and math.isnan(self.scale_S):
             object.__setattr__(self, "scale_S", float(self.sigma_S))
         if not self.sigma_S >= 0 or not self.scale_S >= 0:
             raise DeviceModelError(f"level {self.level}: spread must be >= 0")
@@ -101,7 +126,12 @@ class LevelFit:
         return hash(self._key())
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
+        d = {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
+        for k in ("quantiles_S", "tail_lo", "tail_hi"):
+            d[k] = None if d[k] is None else list(d[k])
+            if d[k] is None:
+                del d[k]  # the parametric families' JSON stays as it was
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "", key: str = "level_fit") -> "LevelFit":
@@ -111,7 +141,9 @@ class LevelFit:
         kw = dict(level=f.get("level", "int"), t_s=f.get("t_s", "num"), target_S=f.get("target_S", "num"),
                   n=f.get("n", "int"), mean_shift_S=f.get("mean_shift_S", "num"), sigma_S=f.get("sigma_S", "num"),
                   robust_sigma_S=f.get("robust_sigma_S", "num"), family=f.get("family", "str", "normal"),
-                  scale_S=f.get("scale_S", "num?", None), df=f.get("df", "num?", None), ks=f.get("ks", "num?", None))
+                  scale_S=f.get("scale_S", "num?", None), df=f.get("df", "num?", None), ks=f.get("ks", "num?", None),
+                  quantiles_S=f.get("quantiles_S", "nums?", None), tail_lo=f.get("tail_lo", "nums?", None),
+                  tail_hi=f.get("tail_hi", "nums?", None))
         for k in ("scale_S", "ks"):
             if kw[k] is None:
                 kw[k] = float("nan")
@@ -189,6 +221,7 @@ class DeviceModel:
     drift: PowerLawDrift | None = None
     sigma_scale: float = 1.0
     g_floor_S: float | None = 0.0
+    quantile_z: tuple[float, ...] | None = None
     technology: str = ""
     citation: str = ""
     provenance: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -205,6 +238,8 @@ class DeviceModel:
         if self.read_noise_poly_uS is not None:
             f("read_noise_poly_uS", tuple(float(c) for c in self.read_noise_poly_uS))
         f("level_fits", tuple(self.level_fits))
+        if self.quantile_z is not None:
+            f("quantile_z", tuple(float(z) for z in self.quantile_z))
         if not (0 <= self.gmin_S < self.gmax_S):
             raise DeviceModelError(f"{self.name}: need 0 <= gmin_S < gmax_S, got {self.gmin_S}, {self.gmax_S}")
         if not self.times_s or any(b <= a for a, b in zip(self.times_s, self.times_s[1:])) or self.times_s[0] < 0:
@@ -237,6 +272,18 @@ class DeviceModel:
                 for k in range(len(self.levels_S)):
                     if (k, t) not in have:
                         raise DeviceModelError(f"{self.name}: no level fit for level {k} at t = {t} s")
+            n_q = sum(lf.family == "quantile" for lf in self.level_fits)
+            if n_q and n_q != len(self.level_fits):
+                raise DeviceModelError(f"{self.name}: either every level fit is of the quantile family or none is")
+            if n_q:
+                z = self.quantile_z
+                if z is None or len(z) < 2 or any(b <= a for a, b in zip(z, z[1:])) or \
+                        not all(math.isfinite(v) for v in z):
+                    raise DeviceModelError(f"{self.name}: quantile levels need quantile_z, >= 2 increasing probit nodes")
+                for lf in self.level_fits:
+                    if len(lf.quantiles_S) != len(z):
+                        raise DeviceModelError(f"{self.name}: level {lf.level} at t = {lf.t_s} s has "
+                                               f"{len(lf.quantiles_S)} quantiles for {len(z)} quantile_z nodes")
         object.__setattr__(self, "_tables", self._build_tables())
 
     def _build_tables(self) -> dict[str, np.ndarray] | None:
@@ -245,6 +292,9 @@ class DeviceModel:
             return None
         nt, nl = len(self.times_s), len(self.levels_S)
         tab = {k: np.zeros((nt, nl)) for k in ("shift", "scale", "df")}
+        if self.quantile_z is not None and self.level_fits[0].family == "quantile":
+            tab["q"] = np.zeros((nt, nl, len(self.quantile_z)))
+            tab["tails"] = np.zeros((nt, nl, 4))
         tix = {t: i for i, t in enumerate(self.times_s)}
         for lf in self.level_fits:
             if lf.t_s not in tix or not 0 <= lf.level < nl:
@@ -253,7 +303,45 @@ class DeviceModel:
             tab["shift"][i, lf.level] = lf.mean_shift_S
             tab["scale"][i, lf.level] = lf.scale_S
             tab["df"][i, lf.level] = np.inf if lf.df is None else lf.df
+            if "q" in tab:
+                tab["q"][i, lf.level] = lf.quantiles_S
+                tab["tails"][i, lf.level] = (*lf.tail_lo, *lf.tail_hi)
         return tab
+
+    @property
+    def is_quantile(self) -> bool:
+        """True when the levels follow fitted quantile functions (``family == "quantile"``)."""
+        return self._tables is not None and "q" in self._tables
+
+    def quantile_params(self, targets_S: np.ndarray, t_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-target error quantile function at read time ``t_s`` of a quantile model.
+
+        Returns ``(q_S, tails)``: ``q_S`` (n, J) the error ``G - target`` (S) at the nodes
+        ``quantile_z`` and ``tails`` (n, 4) = ``xi_lo, beta_lo_S, xi_hi, beta_hi_S``, for the
+        flattened targets. Quantile functions are interpolated node by node: in log time between
+        read times (as every quantity, see the module doc) and linearly in the target between
+        adjacent levels (targets beyond the end levels take the end level's). ``sigma_scale``
+        scales every error's distance from the level's median error (tails' ``beta`` with it).
+        """
+        if not self.is_quantile:
+            raise DeviceModelError(f"{self.name}: not a quantile-family device model")
+        tg = np.asarray(targets_S, dtype=np.float64).reshape(-1)
+        i, j, w = self._time_weights(t_s)
+        tab = self._tables
+        q = (1 - w) * tab["q"][i] + w * tab["q"][j]  # (L, J)
+        tails = (1 - w) * tab["tails"][i] + w * tab["tails"][j]  # (L, 4)
+        lv = np.asarray(self.levels_S)
+        pos = np.interp(tg, lv, np.arange(lv.size, dtype=np.float64))
+        k = np.minimum(np.floor(pos).astype(np.int64), lv.size - 2)
+        a = (pos - k)[:, None]
+        qt = (1 - a) * q[k] + a * q[k + 1]
+        tt = (1 - a) * tails[k] + a * tails[k + 1]
+        if self.sigma_scale != 1.0:
+            z = np.asarray(self.quantile_z)
+            med = np.array([np.interp(0.0, z, row) for row in qt])[:, None]
+            qt = med + self.sigma_scale * (qt - med)
+            tt = tt * np.array([1.0, self.sigma_scale, 1.0, self.sigma_scale])
+        return qt, tt
 
     # ------------------------------------------------------------- properties
     @property
@@ -446,6 +534,7 @@ class DeviceModel:
             "times_s": list(self.times_s),
             "sigma_scale": self.sigma_scale,
             "g_floor_S": self.g_floor_S,
+            **({} if self.quantile_z is None else {"quantile_z": list(self.quantile_z)}),
             "sigma_poly_uS": [list(p) for p in self.sigma_poly_uS],
             "shift_poly_uS": [list(p) for p in self.shift_poly_uS],
             "level_fits": [lf.to_dict() for lf in self.level_fits],
@@ -483,6 +572,7 @@ class DeviceModel:
             times_s=f.get("times_s", "nums"),
             sigma_scale=float(f.get("sigma_scale", "num", 1.0)),
             g_floor_S=f.get("g_floor_S", "num?", 0.0),
+            quantile_z=f.get("quantile_z", "nums?", None),
             sigma_poly_uS=f.get("sigma_poly_uS", "polys"),
             shift_poly_uS=f.get("shift_poly_uS", "polys?", None) or (),
             level_fits=fits,

@@ -4,6 +4,7 @@
 idea                        numpy (reference)        Numba (host, fast)          torch (any torch device)
 ==========================  =======================  ==========================  ==========================
 programmed cell at a level  :func:`sample_targets`   :func:`sample_levels_numba` :func:`sample_levels_torch`
+quantile-family error       :func:`quantile_error_numpy` :func:`quantile_error_one`  :func:`quantile_error_torch`
 drift to the read time      :func:`drift_numpy`      (host: ``drift_numpy``)     :func:`drift_torch`
 read-noise sigma (S)        :func:`read_sigma_S`     :func:`read_sigma_one_S`    :func:`read_sigma_torch`
 ==========================  =======================  ==========================  ==========================
@@ -19,11 +20,15 @@ A programmed cell: ``G = level + shift + scale * Z`` with ``(shift, scale, df)``
 programming error at the read time (``DeviceModel.programming_params``; ``Z`` normal, or
 Student-t where ``df`` is finite); then power-law drift (PCM), stuck-at-gmin/gmax cells, and the
 conductance floor, in that order. Conductances in siemens, float64 unless a dtype is given.
+A quantile-family level (``DeviceModel.is_quantile``) maps the same normal ``Z`` through its error
+quantile function instead (inverse-CDF sampling in probit space): linear in ``Z`` between the
+nodes ``quantile_z``, generalized-Pareto tails beyond them.
 The torch twins import torch when first called, so the numpy and Numba samplers (and
 ``cimsim.writeverify``) load without it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,10 +50,14 @@ def sample_targets(dm: "DeviceModel", targets_S: np.ndarray, t_s: float, rng: np
     tg = np.asarray(targets_S, dtype=np.float64)
     shift, scale, df = dm.programming_params(tg, t_s)
     z = rng.standard_normal(tg.shape)
-    heavy = np.isfinite(df)
-    if heavy.any():
-        z[heavy] = rng.standard_t(df[heavy])
-    g = tg + shift + scale * z
+    if dm.is_quantile:
+        q, tails = dm.quantile_params(tg, t_s)
+        g = tg + quantile_error_numpy(z.reshape(-1), np.asarray(dm.quantile_z), q, tails).reshape(tg.shape)
+    else:
+        heavy = np.isfinite(df)
+        if heavy.any():
+            z[heavy] = rng.standard_t(df[heavy])
+        g = tg + shift + scale * z
     if drift and dm.drift is not None:
         g = drift_numpy(dm, g, t_s, rng)
     if dm.stuck_at_gmin or dm.stuck_at_gmax:
@@ -58,6 +67,41 @@ def sample_targets(dm: "DeviceModel", targets_S: np.ndarray, t_s: float, rng: np
     if dm.g_floor_S is not None:
         g = np.maximum(g, dm.g_floor_S)
     return g
+
+
+def quantile_error_numpy(z: np.ndarray, qz: np.ndarray, q_S: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """Programming error (S) of cells with standard normals ``z`` (n,) through their quantile
+    functions: ``q_S`` (n, J) at the probit nodes ``qz`` (J,), linear in z between nodes;
+    beyond the end nodes the generalized-Pareto tails ``tails`` (n, 4) = ``xi_lo, beta_lo_S,
+    xi_hi, beta_hi_S``: with ``p0`` the tail probability at the end node and ``p`` the cell's
+    (``Phi(z)`` below, ``Phi(-z)`` above), the error moves past the end quantile by
+    ``beta / xi * ((p0 / p)^xi - 1)`` (``beta * log(p0 / p)`` at ``xi = 0``).
+    """
+    from scipy.special import log_ndtr
+
+    z = np.asarray(z, dtype=np.float64)
+    qz = np.asarray(qz, dtype=np.float64)
+    n, nj = q_S.shape
+    j = np.clip(np.searchsorted(qz, z, side="right") - 1, 0, nj - 2)
+    rows = np.arange(n)
+    lo_q, hi_q = q_S[rows, j], q_S[rows, j + 1]
+    frac = (np.clip(z, qz[0], qz[-1]) - qz[j]) / (qz[j + 1] - qz[j])
+    out = lo_q + frac * (hi_q - lo_q)
+    below, above = z < qz[0], z > qz[-1]
+    if below.any():
+        log_e = log_ndtr(qz[0]) - log_ndtr(z[below])
+        out[below] = q_S[below, 0] - _gpd_excess(log_e, tails[below, 0], tails[below, 1])
+    if above.any():
+        log_e = log_ndtr(-qz[-1]) - log_ndtr(-z[above])
+        out[above] = q_S[above, -1] + _gpd_excess(log_e, tails[above, 2], tails[above, 3])
+    return out
+
+
+def _gpd_excess(log_e: np.ndarray, xi: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Generalized-Pareto quantile at exceedance ratio ``e = p0 / p >= 1``, from ``log(e)``."""
+    small = np.abs(xi) < 1e-9
+    safe = np.where(small, 1.0, xi)
+    return np.where(small, beta * log_e, beta / safe * np.expm1(safe * log_e))
 
 
 def drift_numpy(dm: "DeviceModel", g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -80,9 +124,43 @@ def read_sigma_S(poly_uS, g_S: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ Numba
+@njit(cache=True, inline="always")
+def _gpd_excess_one(log_e, xi, beta):  # pragma: no cover - compiled
+    if abs(xi) < 1e-9:
+        return beta * log_e
+    return beta / xi * math.expm1(xi * log_e)
+
+
+@njit(cache=True)
+def _log_ndtr(z):  # pragma: no cover - compiled
+    """log Phi(z) for the tails the sampler reaches (|z| < 38): erfc keeps full relative precision."""
+    return math.log(0.5 * math.erfc(-z / math.sqrt(2.0)))
+
+
+@njit(cache=True)
+def quantile_error_one(z, qz, q, tails):  # pragma: no cover - compiled
+    """:func:`quantile_error_numpy` of one cell: ``q`` (J,) its quantiles, ``tails`` (4,)."""
+    nj = qz.shape[0]
+    if z < qz[0]:
+        return q[0] - _gpd_excess_one(_log_ndtr(qz[0]) - _log_ndtr(z), tails[0], tails[1])
+    if z > qz[nj - 1]:
+        return q[nj - 1] + _gpd_excess_one(_log_ndtr(-qz[nj - 1]) - _log_ndtr(-z), tails[2], tails[3])
+    lo, hi = 0, nj - 1  # qz[lo] <= z <= qz[hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if qz[mid] <= z:
+            lo = mid
+        else:
+            hi = mid
+    frac = (z - qz[lo]) / (qz[hi] - qz[lo])
+    return q[lo] + frac * (q[hi] - q[lo])
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo, g_hi, floor, out):  # pragma: no cover
-    """idx: (N,) level index per cell; target, shift, scale, df: (L,) per level (df = inf: normal).
+def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo, g_hi, floor, qz, qtab, tails,
+                          out):  # pragma: no cover
+    """idx: (N,) level index per cell; target, shift, scale, df: (L,) per level (df = inf: normal);
+    qz (J,), qtab (L, J), tails (L, 4): the quantile family (J = 0: parametric levels).
     Cell i uses stream ``mix(seed, i)``: draws 0-1 decide stuck cells, draws 2.. the error."""
     key0 = _mix64(np.uint64(seed))
     for i in prange(idx.shape[0]):
@@ -96,11 +174,12 @@ def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo,
             if u < p_lo + p_hi:
                 out[i] = g_hi
                 continue
-        if np.isfinite(df[k]):
-            z = _student_t(key, np.uint64(2), df[k])
+        if qz.shape[0] > 0:
+            g = target[k] + quantile_error_one(_normal(key, np.uint64(2)), qz, qtab[k], tails[k])
+        elif np.isfinite(df[k]):
+            g = target[k] + shift[k] + scale[k] * _student_t(key, np.uint64(2), df[k])
         else:
-            z = _normal(key, np.uint64(2))
-        g = target[k] + shift[k] + scale[k] * z
+            g = target[k] + shift[k] + scale[k] * _normal(key, np.uint64(2))
         out[i] = g if g > floor else floor
 
 
@@ -113,8 +192,14 @@ def sample_levels_numba(dm: "DeviceModel", levels_S: np.ndarray, index: np.ndarr
     shift, scale, df = dm.programming_params(lv, t_s)
     floor = -np.inf if dm.g_floor_S is None else float(dm.g_floor_S)
     out = np.empty(idx.size, dtype=np.float64)
+    if dm.is_quantile:
+        qtab, tails = dm.quantile_params(lv, t_s)
+        qz = np.asarray(dm.quantile_z, dtype=np.float64)
+    else:
+        qz, qtab, tails = np.zeros(0), np.zeros((lv.size, 0)), np.zeros((lv.size, 4))
     _sample_levels_kernel(np.ascontiguousarray(idx.reshape(-1)), int(seed), lv, shift, scale, df,
-                          float(dm.stuck_at_gmin), float(dm.stuck_at_gmax), dm.gmin_S, dm.gmax_S, floor, out)
+                          float(dm.stuck_at_gmin), float(dm.stuck_at_gmax), dm.gmin_S, dm.gmax_S, floor, qz,
+                          np.ascontiguousarray(qtab), np.ascontiguousarray(tails), out)
     return out.reshape(idx.shape)
 
 
@@ -156,7 +241,8 @@ class LevelTable:
     """Per-level programming parameters of one (device model, levels, read time) on a torch device.
 
     levels, shift, scale: (L,) siemens in ``dtype``; df: (L,) float64 (inf = normal); heavy: whether
-    any level is Student-t.
+    any level is Student-t; qz (J,), q (L, J), tails (L, 4): a quantile-family model's nodes, error
+    quantiles and tails (``None`` otherwise).
     """
 
     levels: torch.Tensor
@@ -164,6 +250,9 @@ class LevelTable:
     scale: torch.Tensor
     df: torch.Tensor
     heavy: bool
+    qz: "torch.Tensor | None" = None
+    q: "torch.Tensor | None" = None
+    tails: "torch.Tensor | None" = None
 
     @classmethod
     def make(cls, dm: "DeviceModel", levels_S: np.ndarray, t_s: float, device: torch.device | str,
@@ -177,7 +266,10 @@ class LevelTable:
         def t(a, dt=dtype):
             return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dt, device=device)
 
-        return cls(t(lv), t(shift), t(scale), t(df, torch.float64), bool(np.isfinite(df).any()))
+        if not dm.is_quantile:
+            return cls(t(lv), t(shift), t(scale), t(df, torch.float64), bool(np.isfinite(df).any()))
+        q, tails = dm.quantile_params(lv, t_s)
+        return cls(t(lv), t(shift), t(scale), t(df, torch.float64), False, t(dm.quantile_z), t(q), t(tails))
 
 
 def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel", generator: torch.Generator,
@@ -197,7 +289,12 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel
         hv = torch.isfinite(dfk)
         if hv.any():
             z[hv] = student_t_torch(dfk[hv], generator).to(dtype)
-    g = table.levels[index] + table.shift[index] + table.scale[index] * spread * z
+    if table.q is not None:
+        med = _median_error(table)
+        err = quantile_error_torch(z.reshape(-1), table.qz, table.q[index.reshape(-1)], table.tails[index.reshape(-1)])
+        g = table.levels[index] + (med[index] + spread * (err.view(index.shape) - med[index]))
+    else:
+        g = table.levels[index] + table.shift[index] + table.scale[index] * spread * z
     g = drift_torch(dm, g, t_s, generator)
     if dm.stuck_at_gmin or dm.stuck_at_gmax:
         u = torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
@@ -207,6 +304,45 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel
     if dm.g_floor_S is not None:
         g = torch.clamp(g, min=dm.g_floor_S)
     return g
+
+
+def _median_error(table: LevelTable) -> "torch.Tensor":
+    """(L,) the error quantile function at z = 0 (the centre ``spread`` scales about)."""
+    import torch
+
+    j = int(torch.searchsorted(table.qz, torch.zeros((), dtype=table.qz.dtype, device=table.qz.device), right=True))
+    j = min(max(j - 1, 0), table.qz.numel() - 2)
+    a = (0 - table.qz[j]) / (table.qz[j + 1] - table.qz[j])
+    return table.q[:, j] + a.clamp(0, 1) * (table.q[:, j + 1] - table.q[:, j])
+
+
+def quantile_error_torch(z: "torch.Tensor", qz: "torch.Tensor", q: "torch.Tensor",
+                         tails: "torch.Tensor") -> "torch.Tensor":
+    """:func:`quantile_error_numpy` in torch: ``z`` (n,), ``qz`` (J,), ``q`` (n, J), ``tails`` (n, 4)."""
+    import torch
+
+    nj = qz.numel()
+    j = (torch.searchsorted(qz, z.contiguous(), right=True) - 1).clamp(0, nj - 2)
+    lo_q = q.gather(1, j[:, None])[:, 0]
+    hi_q = q.gather(1, (j + 1)[:, None])[:, 0]
+    frac = (z.clamp(qz[0], qz[-1]) - qz[j]) / (qz[j + 1] - qz[j])
+    out = lo_q + frac * (hi_q - lo_q)
+    below, above = z < qz[0], z > qz[-1]
+    if bool(below.any()):
+        log_e = torch.special.log_ndtr(qz[0]) - torch.special.log_ndtr(z[below])
+        out[below] = q[below, 0] - _gpd_excess_torch(log_e, tails[below, 0], tails[below, 1])
+    if bool(above.any()):
+        log_e = torch.special.log_ndtr(-qz[-1]) - torch.special.log_ndtr(-z[above])
+        out[above] = q[above, -1] + _gpd_excess_torch(log_e, tails[above, 2], tails[above, 3])
+    return out
+
+
+def _gpd_excess_torch(log_e, xi, beta):
+    import torch
+
+    small = xi.abs() < 1e-9
+    safe = torch.where(small, torch.ones_like(xi), xi)
+    return torch.where(small, beta * log_e, beta / safe * torch.expm1(safe * log_e))
 
 
 def drift_torch(dm: "DeviceModel", g: torch.Tensor, t_s: float, generator: torch.Generator) -> torch.Tensor:
@@ -234,5 +370,6 @@ def read_sigma_torch(poly_uS, g_S: torch.Tensor) -> torch.Tensor:
     return acc.clamp_min(0) * _UNIT_S
 
 
-__all__ = ["sample_targets", "drift_numpy", "read_sigma_S", "sample_levels_numba", "read_sigma_one_S",
-           "student_t_torch", "LevelTable", "sample_levels_torch", "drift_torch", "read_sigma_torch"]
+__all__ = ["sample_targets", "quantile_error_numpy", "drift_numpy", "read_sigma_S", "sample_levels_numba",
+           "quantile_error_one", "read_sigma_one_S", "student_t_torch", "LevelTable", "sample_levels_torch",
+           "quantile_error_torch", "drift_torch", "read_sigma_torch"]
