@@ -1,33 +1,21 @@
 """Energy and latency of programming (write-verify) and of inference, in joules and seconds.
 
-One frozen, JSON-serializable :class:`CostConfig` holds every constant, each with its source
-(``shared/reference/README.md`` s.2-3):
+One frozen, JSON-serializable :class:`CostConfig` holds every constant (SI units), each with its
+source (``shared/reference/README.md`` s.2-3; NeuroSim, RADAR, ISAAC, EMBER):
 
-* cell write energy per pulse ``E = V^2 * G * t_pulse`` (the NeuroSim form: Chen, Peng & Yu,
-  "NeuroSim", IEEE TCAD 37(12), 2018; ~10 pJ at 1 V, 100 uS, 100 ns), with the pulse amplitude
-  ``V`` of each pulse and the cell conductance ``G`` before it (the write-verify kernel sums
-  ``V^2 G`` per cell); pulse width 100 ns (RADAR, Levy et al., IEEE TED 2021: 100-200 ns;
-  NeuRRAM, Wan et al., Nature 2022, uses 1 us);
-* verify read: cell energy ``V_read^2 * G * t_read`` plus one sense conversion (an ADC
-  conversion of ``verify_adc_bits`` from the ISAAC table);
-* inference: ADC energy per conversion by resolution -- ISAAC, 32 nm (Shafiee et al., ISCA
-  2016): 4..10 bit = 0.79/0.99/1.20/1.42/1.67/1.97/2.38 pJ -- and a 1-bit DAC (wordline) drive
-  of 0.417 pJ (ISAAC);
-* optional periphery terms that the cell formula leaves out (default 0): a fixed energy per
-  pulse (drivers, charge pumps) and a static power during programming.
+* write pulse: ``E = V^2 * G * t_pulse`` per cell, with ``V`` the pulse amplitude and ``G`` the
+  cell conductance before it (the write-verify kernel sums ``V^2 G`` per cell);
+* verify read: ``V_read^2 * G * t_read`` plus one sense conversion of ``verify_adc_bits``;
+* inference: ADC energy per conversion by resolution, and a 1-bit DAC (wordline) drive;
+* optional periphery terms (default 0): a fixed energy per pulse and a static programming power.
 
-Programming latency (:func:`programming_latency_s`): the cells of one row share the row's
-drivers, so a row programs up to ``drivers_per_row`` cells at once. A row's cells are taken in
-groups of ``drivers_per_row`` consecutive columns; each cell advances through its own
-pulse/verify sequence, and a group is done when its slowest cell is
-(``max_i(pulses_i * t_pulse + reads_i * t_verify_read)``); groups of a row follow each other;
-``rows_parallel`` rows are programmed at the same time (a batch lasts as long as its slowest row)
-and batches follow each other. The default of 8 drivers per row is an assumption: EMBER's
-1-12 Mbit/s programming bandwidth (Levy et al.) at ~10 pulses of 100 ns + 100 ns verify per
-cell means 2-24 cells in flight.
+Latency (:func:`programming_latency_s`; ``pulses`` / ``reads`` per cell of shape ``(..., cols)``,
+one row per leading index): a row programs groups of ``drivers_per_row`` consecutive columns one
+after another, a group lasting as long as its slowest cell; ``rows_parallel`` rows run at once.
+:class:`Cost` adds (layers are programmed one after another: energy and latency both sum);
+:func:`model_cost` returns per-layer costs and their total.
 
-Layers and models: :class:`Cost` adds (energy and latency both sum: layers are programmed
-one after another); :func:`model_cost` returns per-layer costs and their total.
+Constants, sources and the latency model: docs/design.md, section 'Cost model (cimsim/cost.py)'.
 """
 from __future__ import annotations
 

@@ -1,35 +1,20 @@
 """Where sweep cells and Monte Carlo chunks run: in this process, in local worker processes, or on Ray.
 
-All engines share one small interface: :meth:`Engine.run` takes a list of :class:`Task` (a
-module-level function and its picklable arguments) and yields one :class:`Outcome` per task as it
-finishes, in completion order. An outcome holds the function's return value or a one-line error
-(the function raised, or its worker died more often than the retry limit allows). Engines never
-write files; the caller (the driver process) records outcomes.
+:meth:`Engine.run` takes a list of :class:`Task` (a module-level function and its picklable
+arguments) and yields one :class:`Outcome` per task in completion order: the function's return
+value or a one-line error (it raised, or its worker died more often than ``retries`` allows).
+Engines never write files; the caller (the driver process) records outcomes.
 
-* :class:`InlineEngine` runs tasks one after the other in this process (``--workers 0``: no
-  isolation, for debugging and profiling).
-* :class:`LocalEngine` runs tasks in a ``concurrent.futures.ProcessPoolExecutor`` of spawned
-  workers on this machine, no server. At most ``workers`` tasks are in flight, so every submitted
-  task is running. A worker that dies (segfault, out-of-memory kill, ``os._exit``) breaks the pool
-  (``BrokenProcessPool``): the pool is rebuilt and the tasks that were in flight are resubmitted,
-  each charged one attempt (the pool cannot tell which worker died, so a crash costs every task
-  running at that moment one attempt), up to ``retries`` retries per task.
-* :class:`RayEngine` submits every task as a Ray task with ``num_cpus`` / ``num_gpus`` (fractions
-  allowed) and ``max_retries = retries`` (Ray retries a task whose worker died; exceptions raised by
-  the function are not retried). It connects to a running cluster at ``address`` or, when none is
-  given and no Ray session is open in this process, starts a local one for the run (and stops it
-  afterwards). Ray is imported only here, only when a :class:`RayEngine` is used.
+* :class:`InlineEngine` - one task after the other in this process (``--workers 0``);
+* :class:`LocalEngine` - a process pool of at most ``workers`` spawned workers; a dead worker
+  rebuilds the pool and costs every task in flight one attempt;
+* :class:`RayEngine` - Ray tasks with ``num_cpus`` / ``num_gpus`` and ``max_retries = retries``, on
+  the cluster at ``address`` or a local Ray started for the run; Ray is imported only here.
 
-Ctrl-C: the engines cancel what is queued and stop their workers (local pool processes are
-terminated; Ray tasks are cancelled with ``force=True``), then re-raise ``KeyboardInterrupt``.
+Ctrl-C cancels what is queued, stops the workers and re-raises ``KeyboardInterrupt``. Workers die
+with the driver, even when it is killed outright (:func:`die_with_parent`).
 
-A driver killed outright (``kill -9``, out of memory): local workers die with it
-(:func:`die_with_parent`: SIGKILL from the kernel on Linux, else within half a second), so none
-goes on writing into a run folder that a rerun uses. Ray ties a task to the driver that submitted
-it: when the driver dies its job ends and Ray kills the job's running tasks (seen with Ray 2.60:
-within about a second on a cluster; with a local Ray started by the driver, whose Ray processes
-die with it, within a few seconds; that local Ray leaves its dashboard and runtime-env agent
-processes behind, about 80 MB each, which touch no run folder).
+Fault handling and measured Ray behaviour: docs/design.md, section 'Engines (training/engines.py)'.
 """
 from __future__ import annotations
 

@@ -1,33 +1,23 @@
 """Monte Carlo evaluation over programmed chips, and the metrics the field reports.
 
-A chip is one frozen draw of every noisy weight (:meth:`training.variation.Variation.chip`),
-held for the whole test set; BatchNorm in eval mode; side heads dropped. Chip ``i`` of a run with
-seed ``s`` is the chip with seed :func:`cimsim.seeds.chip_seed` ``(s, i)`` =
-``SeedSequence(s).spawn(i + 1)[i]`` (64-bit state), so any one chip can be re-made alone; the
-weight-noise backends draw it from a torch generator with that seed (CPU and CUDA generators give
-different streams), the crossbar backend programs its layers from :func:`cimsim.seeds.layer_seed`
-(the same chips on every torch device, and the chips write-verify programs).
+A chip is one frozen draw of every noisy weight (:meth:`training.variation.Variation.chip`), held
+for the whole test set (BatchNorm in eval mode, side heads dropped). Chip ``i`` of a run with seed
+``s`` has the seed :func:`cimsim.seeds.chip_seed` ``(s, i)``, so any one chip can be re-made alone.
 
-Metrics over ``T`` chips (``p_t [N, C]`` softmax of chip t, ``p_mean`` their average):
+Metrics over ``T`` chips (``p_t [N, C]`` softmax of chip ``t``): accuracy per chip (a fraction)
+and its ``acc_mean``, ``acc_std``, ``acc_ci95``, ``acc_min``, ``acc_p05``; ``ekl`` (nats);
+``confidence``; the convergence probability over seeds (:func:`convergence_probability`).
 
-* accuracy per chip; ``acc_mean``, ``acc_std`` (ddof 1), ``acc_ci95`` = mean -+ t(0.975, T-1) * std / sqrt(T)
-  (the 95 % confidence interval of the mean over chips), ``acc_min``, ``acc_p05`` (5th percentile);
-* ``ekl``: mean over inputs of ``(1/T) sum_t KL(p_t || p_mean)`` = ``H(p_mean) - mean_t H(p_t)``
-  (the mutual information between prediction and chip; 0 when all chips agree), in nats;
-* ``confidence``: mean over chips and inputs of ``max_c p_t``;
-* convergence probability (over seeds, :func:`convergence_probability`): the share of runs that
-  did not diverge and whose best clean validation accuracy is at least
-  ``chance + converge_frac * (1 - chance)`` (``chance = 1 / classes``; converge_frac default 0.5).
+Command line (:func:`evaluate_run`)::
 
-Efficiency: each chip's realised weights are drawn once, then the test set runs through in
-batches of ``batch_size`` with the data already on the device; the per-input statistics are
-accumulated on the device in float64 (memory ``O(N * C)``, independent of T).
+    python -m training.evaluate --run runs/X --chips 200 [--engine local|ray] [--out metrics.json]
 
-Fan-out (:func:`evaluate_run`, ``python -m training.evaluate --run runs/X --chips 200 --engine ray``):
-the chips of a finished run are split into chunks of consecutive chip indices, each chunk a task
-of a :mod:`training.engines` engine (in this process, local worker processes, or Ray) that loads
-the run's ``best.pt`` and test set itself; chunk sums are merged in chip order, so the per-chip
-accuracies (and every metric) are the same whichever engine ran them.
+The chips are split into chunks run by a :mod:`training.engines` engine; every metric is the same
+whichever engine ran them. Exit status: 0 done; 1 a chunk failed; 2 bad options or run folder
+(one line on stderr); 130 on Ctrl-C.
+
+Metric definitions, chip seeds and fan-out: docs/design.md,
+section 'Monte Carlo evaluation (training/evaluate.py)'.
 """
 from __future__ import annotations
 

@@ -1,49 +1,24 @@
 """Programming a trained model onto simulated crossbars under a write-verify policy.
 
-One *chip* is one seeded programming of every conv/linear weight of a model's backbone (IRS side
-heads are dropped at inference and never programmed; biases and BatchNorm stay digital):
+One *chip* programs every backbone conv/linear weight (IRS side heads, biases and BatchNorm are
+not programmed). Per layer: ``W`` (``[out, ...]``) is flattened to ``(out, in)`` and mapped to
+conductance targets ``(2, S, in, out)`` (index 0 = G+, 1 = G-; siemens); cells are write-verified
+(:func:`cimsim.writeverify.write_verify`) where the policy's mask says so and one-shot elsewhere,
+relaxed to ``t_read_s`` and decoded to effective weights of ``W``'s shape. Energy (J) and latency
+(s) per layer: :func:`cimsim.cost.write_verify_cost`; per model: :func:`cimsim.cost.model_cost`.
 
-1. the weight tensor ``W`` (``[out, ...]``) is flattened to a matrix ``(out, in)`` and mapped by
-   :func:`cimsim.crossbar.mapping.map_weights` (``weight_bits``-bit sign-magnitude integers, slices of
-   ``bits_per_cell`` bits, differential pair), giving conductance targets ``(2, S, in, out)``
-   (index 0 = G+, 1 = G-; siemens) on the levels ``DeviceModel.level_conductances(2^bits_per_cell)``;
-2. every cell is programmed by :func:`cimsim.writeverify.write_verify` (pulse-level simulation
-   of ISPP or FPPV) where the policy's mask says so, and one-shot (``DeviceModel.sample``)
-   elsewhere, then relaxed to the read time ``t_read_s``;
-3. the conductances read at ``t_read_s`` are decoded by :func:`cimsim.crossbar.mapping.unmap` into the
-   effective weights ``(out, in)`` and reshaped to the tensor's shape;
-4. energy (J) and latency (s) per layer come from :func:`cimsim.cost.write_verify_cost`, the
-   model's from :func:`cimsim.cost.model_cost` (layers are programmed one after another).
+Policies (:class:`Policy`): ``none`` one-shot; ``full`` verify every cell to ``target +- tolerance``;
+``selective`` (SWIM, Yan et al., DAC 2022, arXiv 2202.08395) verify all ``2 * S`` cells of the top
+``fraction`` of weights (``scope`` ``"global"`` or ``"layer"``) by a sensitivity computed on the
+run's training split (:func:`sensitivities`): ``first`` = ``|w * g|``, ``second`` =
+``|w^2 * F| / 2`` with ``F`` the empirical Fisher diagonal.
 
-Policies (:class:`Policy`):
+Seeds: chip ``i`` of a run with seed ``s`` programs layer ``l`` from :func:`cimsim.seeds.layer_seed`
+``(cimsim.seeds.chip_seed(s, i), l)`` whatever the policy, so every policy sees the same chips and
+``selective`` at fraction 1 reproduces ``full`` number for number.
 
-* ``none`` - one-shot programming, no verify;
-* ``full`` - write-verify every cell to ``target +- tolerance``;
-* ``selective`` - write-verify only the cells of the top ``fraction`` of weights by a sensitivity
-  measure, the rest one-shot (SWIM: Yan et al., "SWIM: Selective Write-Verify for Computing-in-
-  Memory Neural Accelerators", DAC 2022, arXiv 2202.08395). A selected weight has all its
-  ``2 * S`` cells verified. Sensitivities (:func:`sensitivities`), from the loss on a few
-  batches of the run's *training* split (never the test set):
-
-  - ``first``: ``|w * g|`` with ``g`` the mean over batches of the batch-mean-loss gradient
-    (first-order Taylor term; :func:`training.selective.sensitivity_first_order`);
-  - ``second``: ``|w^2 * F| / 2`` with ``F`` the empirical Fisher diagonal, the mean over batches
-    of the squared batch gradient, as the diagonal-Hessian estimate of SWIM's second-order
-    criterion (:func:`training.selective.fisher_diag`, :func:`sensitivity_second_order`). Squared
-    *batch* gradients are ``1 / batch_size`` of the per-sample Fisher in expectation plus the
-    squared mean gradient; the same factor for every weight, so the ranking is unaffected.
-
-  The top fraction is taken over the whole model (``scope="global"``, as SWIM ranks all weights)
-  or per layer (``scope="layer"``).
-
-Seeds: chip ``i`` of a run with seed ``s`` programs layer ``l`` (backbone order) from the 63-bit
-seed :func:`cimsim.seeds.layer_seed` ``(cimsim.seeds.chip_seed(s, i), l)``, whatever the policy, so every
-policy sees the same chips (common random numbers) and ``selective`` at fraction 1 reproduces
-``full`` number for number.
-
-Latency layout: a layer's cells are laid out as rows = inputs and columns = ``(side, slice,
-output)``, i.e. arrays of shape ``(in, 2 * S * out)`` handed to
-:func:`cimsim.cost.programming_latency_s` (cells of one row share its drivers).
+Steps, sensitivities and latency layout: docs/design.md,
+section 'Programming policies (training/programming.py)'.
 """
 from __future__ import annotations
 

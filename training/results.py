@@ -1,49 +1,25 @@
 """The published experiments: ``python -m training.results run`` then ``python -m training.results report``.
 
-Example (the suite this repository's ``docs/results.md`` was made with, on a 2-core CPU)::
+Example::
 
     python -m training.results run --suite cpu --out results          # trains, evaluates (hours)
     python -m training.results report --out results --docs docs        # docs/results.md + CSV + PNG
 
 A *suite* (a TOML file; ``--suite NAME`` reads ``training/suites/NAME.toml``) is a list of stages,
-each writing into ``<out>/<stage name>/``:
+each writing into ``<out>/<stage name>/``: ``kind = "sweep"`` (:func:`training.sweep.sweep` over
+``methods`` x ``sigmas`` x ``seeds``), ``"evaluate"`` (the runs of stage ``source`` under each
+``[[stages.variants]]``, ``chips`` chips each) or ``"writeverify"`` (:mod:`training.writeverify_budget`
+on the runs of ``source`` at ``sigma`` and ``seed``, options ``args``). Stages run in order and
+resume; ``--stages a,b`` runs only those; the suite is copied to ``<out>/suite.toml``.
+``report`` writes ``<docs>/results.md``, the CSVs it cites under ``<docs>/results/`` and the PNG
+figures beside them, replacing only what it wrote itself.
 
-``kind = "sweep"``
-    a grid of training runs (:func:`training.sweep.sweep`): ``methods`` x ``sigmas`` x ``seeds``,
-    every run configured by the suite's ``[defaults]`` updated by the stage's ``[stages.config]``
-    (:class:`training.run_config.RunConfig` fields). Results: ``results.csv`` / ``summary.csv``.
-    An optional ``source`` names an earlier sweep stage whose methods the report compares this
-    stage's against at the same sigma (e.g. a baseline given more epochs, for equal compute).
-``kind = "evaluate"``
-    finished runs of the stage ``source`` (filtered by ``methods`` / ``sigmas`` / ``seeds``) are
-    evaluated again under each ``[[stages.variants]]`` (a ``label`` plus RunConfig fields that
-    :func:`training.evaluate.load_run` may override: another noise backend, ADC bits, read time
-    ...), ``chips`` Monte Carlo chips each. One row per (run, variant) in ``results.csv``.
-``kind = "writeverify"``
-    :mod:`training.writeverify_budget` on the runs of ``source`` at ``sigma`` and ``seed`` (one run per
-    method) with the stage's ``args`` (its command-line options): ``budget.csv``, ``writeverify.csv``.
+Exit status: 0 done; 1 some cells or evaluations failed (rerun to retry); 2 bad options, suite
+file, ``--out`` or ``--docs`` (one line on stderr, nothing run or written); 130 on Ctrl-C (rerun
+resumes).
 
-Stages run in order; each one resumes: sweep cells and evaluation rows already in a CSV are
-skipped, a write-verify stage whose ``budget.csv`` exists is skipped. ``--stages a,b`` runs only
-those. The suite file is copied to ``<out>/suite.toml`` (the config of record next to the results).
-Before any stage runs (:func:`check_suite_run`): ``--out`` can be written; every sweep stage's
-options work and match the sweep already in its folder; and an evaluate or write-verify stage
-with results in ``--out`` is the one recorded in ``<out>/suite.toml`` (an evaluate stage may gain
-variants, not change one), since its rows would otherwise be kept as if the new definition had
-made them. Stage ledgers are validated like the sweep's (:func:`training.sweep.repair_ledger`):
-damaged rows are moved aside, reported once, and run again.
-
-``report`` reads whatever stages have results and writes ``<docs>/results.md`` (tables, the
-checks of the paper's claims, the scale of each stage and its compute time), the CSVs it cites
-under ``<docs>/results/`` and the figures (PNG) beside them. It replaces only a ``results/``
-folder it wrote itself (its ``.cimsim-report`` marker) and a ``results.md`` it generated; anything
-else there is the user's and is refused (exit 2), never deleted. Nothing in it is typed by hand: rerun
-``report`` after ``run`` and the document follows the numbers.
-
-Exit status: 0 done; 1 some cells or evaluations failed (rows say which; rerun to retry the
-evaluations, ``python -m training.sweep --out <out>/<stage> --retry-failed ...`` for cells);
-2 bad options, suite file, ``--out`` or ``--docs`` (one line on stderr, nothing run or written);
-130 on Ctrl-C (rerun resumes).
+Stage fields, checks before a run, and the report: docs/design.md,
+section 'Experiment suites (training/results.py)'.
 """
 from __future__ import annotations
 

@@ -4,60 +4,20 @@ Example::
 
     python -m training.sweep --model lenet --dataset fashion-mnist --methods plain,nit,ovf,irs \\
         --sigmas 0:0.4:0.05 --seeds 3 --noise paper --epochs 5 --out results/lenet_fm --workers 2
-    python -m training.sweep ... --out /shared/results/lenet_fm --engine ray --address auto \\
-        --cpus-per-cell 4 --gpus-per-cell 0.25
 
-Cells are (method, sigma, seed) with seeds ``0 .. seeds-1`` (or ``--seeds 0,4,7``) and sigmas
+Cells are (method, sigma, seed): seeds ``0 .. seeds-1`` (or ``--seeds 0,4,7``), sigmas
 ``start:stop:step`` (stop included) or a comma list. Each cell is one :func:`training.train.run`
-into ``<out>/runs/<method>_sigma<sigma>_seed<seed>`` (written as ``<name>.partial`` and renamed
-when complete).
+into ``<out>/runs/<method>_sigma<sigma>_seed<seed>``, run by a :mod:`training.engines` engine
+(``--engine local``, the default, with ``--workers`` processes, or ``--engine ray``).
 
-Engines (:mod:`training.engines`): ``--engine local`` (default) runs cells in ``--workers``
-spawned worker processes on this machine (``--workers 0``: in this process), each with
-``--cpus-per-cell`` torch threads (default ``max(1, cores // workers)``; a config's ``--threads``
-overrides). ``--engine ray`` submits each cell as a Ray task with ``--cpus-per-cell`` CPUs
-(default 1) and ``--gpus-per-cell`` GPUs (fractions share a GPU) to the cluster at ``--address``
-(``auto``: the cluster this node belongs to), or to a local Ray started for the run. Ray is an
-optional dependency, imported only for ``--engine ray``.
+Writes in ``--out``: ``results.csv`` (the ledger: one row per cell, appended by the driver only,
+validated when read; a rerun skips cells with a valid row), ``summary.csv``, ``accuracy.png``,
+``ekl.png`` and ``sweep_config.json``; it holds the lock ``<out>/.lock`` while it runs.
+Exit status: 0 every cell ``ok`` or ``diverged``; 1 some ``failed``; 2 bad options, a bad ``--out``
+or a file it cannot read or write (one line on stderr); 130 on Ctrl-C (rerun resumes).
+``CIMSIM_TEST_FAULTS`` injects faults for tests; never set it in real runs.
 
-The ledger: ``<out>/results.csv`` gets one whole row per cell, appended and synced by this
-(driver) process only, as cells finish, in completion order. Rerunning (``--resume`` says so
-explicitly; it is the default) skips cells that have a valid row; a finished folder without a row
-(interrupted between the two) is read back, an unfinished ``.partial`` folder is resumed from its
-last epoch (or restarted when a checkpoint in it was cut short by a killed worker). A cell is
-idempotent (it reads back its finished folder, or resumes its ``.partial``), so a retried cell
-never doubles a row. Rows are validated when read (:data:`SWEEP_LEDGER`: every field present and
-parseable as its column says): a damaged row (a file cut short by a crash, an edit gone wrong) is
-moved to ``results.csv.damaged`` when the sweep starts, reported once on stderr (one line: file,
-line, why), and its cell runs again; the summary comes from valid rows only. A row is never
-appended onto a line that lacks its newline. A ``results.csv`` that is not a sweep ledger at all
-is refused (exit 2, untouched).
-
-Before any work: ``--out`` must be a folder that can be written (or created), and a sweep already
-in it must have been made with the same options (``sweep_config.json``; only the grid, threads,
-``--data-dir`` and ``--torch-device`` may differ): continuing it with other options would call
-its cells done. Both are one line on stderr and exit 2. While it runs the sweep holds the lock of
-``--out`` (``<out>/.lock``): a second sweep into the same folder is refused. A cell whose
-``.partial`` folder another process is still writing (its lock, see :mod:`training.runfolder`)
-gets a ``failed`` row saying so, the folder untouched.
-
-Faults: a worker process that dies mid-cell is retried up to ``--retries`` times (Ray:
-``max_retries``; local: the pool is rebuilt, see :class:`training.engines.LocalEngine`). Workers
-die with the driver, even when it is killed outright (see :mod:`training.engines`). A cell
-that raises gets a row with status ``failed`` and the one-line ``error``; the others go on;
-``--retry-failed`` reruns failed cells (their rows are replaced). Exit status: 0 when every cell
-of the grid has an ``ok`` or ``diverged`` row, 1 when some are ``failed`` (the count is printed),
-2 for bad options, a bad ``--out`` or a file it cannot read or write (or ``--engine ray`` without
-Ray installed), 130 on Ctrl-C (the CSV stays valid; rerun with ``--resume``).
-
-At the end: ``summary.csv`` (per method and sigma: mean over seeds, pooled chip std, convergence
-probability), ``accuracy.png`` (accuracy vs sigma, error bars = pooled std over all chips of all
-seeds) and ``ekl.png``. ``--bench`` measures the engines instead (:func:`bench_engines`).
-
-Testing hook: the environment variable ``CIMSIM_TEST_FAULTS`` (read by the driver, passed to the
-cells) injects faults by cell name, e.g. ``crash_once=plain_sigma0.1000_seed1;raise=nit_sigma0.1000_seed0``:
-``crash_once`` kills the cell's worker (``os._exit(70)``) on its first attempt (a marker file
-``<run>.crashed-once`` remembers it), ``raise`` makes the cell raise. Never set it in real runs.
+Ledger, resume, locks, faults and engines: docs/design.md, section 'Sweeps (training/sweep.py)'.
 """
 from __future__ import annotations
 

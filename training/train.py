@@ -4,32 +4,19 @@ Example::
 
     python -m training.train --model lenet --dataset fashion-mnist --method ovf --noise device \\
         --device-model device_models/rram1.json --sigma 0.2 --epochs 5 --out runs/lenet_ovf
-    python -m training.train --model lenet --dataset digits --method nit --noise crossbar \\
-        --device-model rram --sigma 1.0 --adc-bits 8 --epochs 2 --out runs/lenet_xbar
 
-A run works in ``<out>.partial/`` and renames it to ``<out>`` when complete, which then holds:
-``config.json`` / ``config.toml`` (the config used), ``metrics.csv`` (one row per epoch), ``best.pt``
-(model state of the epoch with the best validation score), ``last.pt`` (full training state, for
-``--resume``), ``eval.json`` (final Monte Carlo evaluation of ``best.pt`` on the test set),
-``chips.csv`` (accuracy of every chip) and ``acc_hist.png``.
+A run works in ``<out>.partial/`` and renames it to ``<out>`` when complete: ``config.json`` /
+``config.toml``, ``metrics.csv`` (one row per epoch), ``best.pt`` (best validation epoch),
+``last.pt`` (full state, for ``--resume``), ``eval.json`` (Monte Carlo test evaluation of
+``best.pt``), ``chips.csv`` (accuracy per chip) and ``acc_hist.png``. The checkpoint is chosen on
+a validation split of the training set, never the test set.
 
-The checkpoint is chosen on a validation split carved from the training set (never the test set):
-the score is the mean accuracy over ``val_chips`` fixed chips at the evaluation sigma (the clean
-accuracy when the backend is noise-free there). A NaN/inf loss stops the run with one line naming
-epoch and step; the folder is then completed with ``diverged.json`` (exit code 3).
-Bad options or missing files: one line on stderr, exit code 2, no folder created.
+Exit status: 0 done; 2 bad options or missing files (one line on stderr, no folder created);
+3 diverged (NaN/inf loss; the folder is completed with ``diverged.json``). The run is seeded at
+its top and checkpoints its generator states, so ``--resume`` continues the exact same run.
 
-Backends that change the model (``--noise crossbar``: every conv/linear layer becomes a simulated
-crossbar layer, ``training.variation.CrossbarNoise``) do it right after the model is built
-(``Variation.prepare``); their data-dependent settings (crossbar: input clips and ADC ranges) are
-calibrated on training images before the first epoch and again after every epoch, before
-validation and checkpointing, so ``best.pt`` holds weights and matching calibration. Checkpoints
-leave out the conductances of the last evaluated chip (:func:`training.variation.checkpoint_state`);
-a crossbar ``best.pt`` loads into ``make_variation(cfg).prepare(build_model(...))``.
-
-Determinism: the whole run is seeded at its top (``torch.manual_seed(seed)``, used by weight
-initialisation), data order and noise come from explicit generators whose states are checkpointed,
-so ``--resume`` continues the exact same run.
+Validation score, crossbar calibration and checkpoints: docs/design.md,
+section 'Training runs (training/train.py)'.
 """
 from __future__ import annotations
 

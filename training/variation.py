@@ -3,42 +3,20 @@
 A :class:`Variation` runs a model forward "on a chip":
 
 * ``forward(model, x, sigma, generator, heads=False)`` - training: a fresh draw of every noisy
-  weight for this one forward (gradients reach the clean weights straight through,
-  ``d(W + n)/dW = 1``); BatchNorm behaves as the model's mode says.
-* ``chip(model, sigma, chip_seed, heads=False)`` - test: one frozen draw of every noisy weight
-  (one programmed chip, from its seed: :func:`cimsim.seeds.chip_seed`), a ``dict name -> tensor`` (weight-noise backends: the realised weights;
-  ``crossbar``: the chip's seed and spread, see :class:`CrossbarNoise`); ``forward_chip(model,
-  chip, x)`` runs inputs through that same chip (use it for the whole test set). An empty chip
-  means "the clean model" (callers may then reuse outputs across chips).
+  weight for this one forward (straight-through gradients to the clean weights);
+* ``chip(model, sigma, chip_seed, heads=False)`` - test: one frozen draw from the chip's seed
+  (:func:`cimsim.seeds.chip_seed`), a ``dict name -> tensor``; ``forward_chip(model, chip, x)``
+  runs inputs through it. An empty chip means "the clean model".
 
-Backends (``make_variation``):
+Backends (``make_variation``): ``paper`` (:class:`PaperNoise`, the NeFT authors' Gaussian weight
+noise, Qin et al., arXiv 2305.14561), ``device`` (:class:`DeviceNoise`, weight noise from a fitted
+``DeviceModel`` through the weight -> conductance mapping) and ``crossbar`` (:class:`CrossbarNoise`,
+the full simulated array). A backend that changes the model does it in :meth:`Variation.prepare`
+(right after the model is built) and keeps it fitted in :meth:`Variation.calibrate`;
+:func:`checkpoint_state` and :func:`float_state` give the state dicts to save and to load into
+the plain model.
 
-``paper``  :class:`PaperNoise` - the NeFT authors' Gaussian weight noise (Qin et al., arXiv
-    2305.14561; README s.1): per conv/linear weight tensor ``W`` (never biases or BN)
-    ``n = N(0, 1) * 0.77763 * max|W| * sigma / sqrt(0.4 s^2 + 0.6)``, times ``s`` where
-    ``0.25 < |W|/max|W| < 0.75`` (strict); ``max|W|`` detached. IRS head weights always use the
-    RRAM1 factor (s = 1: ``0.77763 * max|W| * sigma``, no mask), as in the authors' code.
-``device`` :class:`DeviceNoise` - weight noise derived from a fitted ``cimsim.device.model.DeviceModel``
-    through the weight -> conductance mapping (quantize, bit-slice, differential pair, per-level
-    time-dependent possibly heavy-tailed programming error, drift, stuck cells, floor), decoded back
-    to the weight actually realised. With a NeFT stylized preset (rram1...) and
-    ``sigma_mode="replace"`` its per-weight spread equals the paper formula's (test-checked for s=1).
-``crossbar`` :class:`CrossbarNoise` - the full simulated array: every eligible conv/linear layer
-    becomes a ``cimsim.nn`` crossbar layer (bit slicing, DAC, tiles, ADC, device programming
-    variation, drift, read noise; :func:`crossbar_config` says which ``CrossbarConfig``), and
-    training runs directly against simulated programming draws (see the class docstring for sigma,
-    chips, side heads and calibration).
-
-Backends that change the model itself (only ``crossbar``) do it in :meth:`Variation.prepare`, which
-a training run calls right after building the model (before loading any checkpoint), and keep it
-fitted to the data in :meth:`Variation.calibrate` (before training and after every epoch).
-:func:`checkpoint_state` is the model's state dict without transient frozen-chip tensors;
-:func:`float_state` turns a crossbar checkpoint into the plain model's state dict.
-
-Weight-noise backends (:class:`WeightNoise`) perturb parameters functionally with
-:func:`torch.func.functional_call`: the module keeps its clean weights, noise is drawn with torch on
-the weights' device from an explicit :class:`torch.Generator` (no host copies), one random call for
-all tensors of a forward where the backend allows.
+Backend formulas and design: docs/design.md, section 'Variation backends (training/variation.py)'.
 """
 from __future__ import annotations
 

@@ -6,48 +6,20 @@ Example::
         --tolerances 0.5,1,2 --fractions 0.01,0.05,0.1,0.25,0.5 --chips 20 --sensitivity second \\
         --algorithm ispp --out results/wv_lenet
 
-Every run folder (from :mod:`training.train`: ``config.json`` + ``best.pt``) is evaluated under every
-policy of the sweep (:func:`training.programming.policies_grid`): ``none`` (one-shot programming),
-``full`` (write-verify every cell, one row per tolerance) and ``selective`` (SWIM, Yan et al.,
-arXiv 2202.08395: verify the top fraction of weights by sensitivity; one row per sensitivity x
-tolerance x fraction). A row is ``--chips`` Monte Carlo chips; chip ``i`` of a run with seed ``s``
-is seeded from ``cimsim.seeds.chip_seed(s, i)`` for every policy (common random numbers).
-Each chip programs every backbone conv/linear weight through the crossbar mapping and the
-pulse-level write-verify simulation of :mod:`cimsim.writeverify`, relaxes the cells to the read
-time, decodes the effective weights and measures test accuracy (:mod:`training.programming`).
+Every run folder (``config.json`` + ``best.pt``) is programmed (:mod:`training.programming`) under
+every policy of :func:`training.programming.policies_grid`, ``--chips`` Monte Carlo chips per row;
+chip ``i`` of a run with seed ``s`` is seeded from ``cimsim.seeds.chip_seed(s, i)`` for every policy.
+Units: ``--tolerances`` in uS (``--relative``: a fraction of the target), ``--t-read`` in s,
+accuracies as fractions, energy in J, latency in s. Device: ``--device-model``, default each run's
+own with ``sigma_scale`` = its eval sigma (times it for ``sigma_mode = multiply``); ``--sigma`` sets it.
 
-Options and their defaults
-    ``--tolerances``: half-width of the acceptance window in microsiemens, or, with
-    ``--relative``, as a fraction of the target conductance (e.g. 0.05; cells whose target is
-    0 S then have an empty window and always fail, see :func:`cimsim.writeverify.write_verify`). ``--device-model``:
-    preset name or JSON path; default each run's own ``device_model`` with the run's evaluation
-    sigma applied as its noise backend does (``sigma_scale = eval_sigma``, or times it for
-    ``sigma_mode = multiply``). ``--sigma`` sets ``sigma_scale`` explicitly. ``--t-read``: read
-    time after programming in seconds (default each run's ``read_time_s``). Mapping: 8-bit
-    weights on 2-bit cells, layer-wise scale, unless ``--crossbar-config`` (a CrossbarConfig
-    TOML/JSON: ``weight_bits``, ``bits_per_cell``, ``weight_scale``) or ``--weight-bits`` /
-    ``--bits-per-cell`` say otherwise. ``--cost-config``: a :class:`cimsim.cost.CostConfig` JSON
-    (default the cost model's defaults).
+Writes in ``--out``, all or nothing (:func:`cimsim.io.write_outputs`): ``writeverify.csv`` (one row
+per run and policy), ``layers.csv``, ``budget.csv`` (per run: the least energy and latency whose
+mean accuracy reaches ``--target-acc`` or ``--target-drop``), two PNG plots and ``config.json``.
+Exit status: 0 done; 2 bad input (one line on stderr, nothing written). Progress goes to stderr.
 
-Target accuracy of the budget table: ``--target-acc`` (a fraction, e.g. 0.95) or ``--target-drop``
-(percentage points below the run's clean float accuracy; default 1 point).
-
-Outputs in ``--out`` (written together at the end, all or nothing, :func:`cimsim.io.write_outputs`):
-
-* ``writeverify.csv`` - one row per run and policy: run, method, policy, sensitivity, tolerance
-  (+ unit), fraction of weights verified, chips, accuracy mean/std/95 % CI/min (fractions),
-  energy_J, latency_s, pulses, reads, failed_cells, cells, verified_cells (means over chips of
-  the model totals);
-* ``layers.csv`` - the same costs per layer;
-* ``budget.csv`` - per run: clean accuracy, quantized (ideal programming) accuracy, accuracy with
-  no write-verify, the target, and the least energy and the least latency of a setting whose
-  mean accuracy reaches the target, with that setting (or ``not reached``); also printed;
-* ``acc_vs_energy.png``, ``acc_vs_latency.png`` - accuracy against programming energy and
-  latency, one colour per run (points: all settings; line: the Pareto front);
-* ``config.json`` - everything used (options, per-run device, mapping, cost and pulse models).
-
-Bad input (missing run folder or ``best.pt``, unknown policy, fraction outside (0, 1], bad
-tolerance, ...): one line on stderr, exit code 2, nothing written. Progress lines go to stderr.
+Policies, options, defaults and output columns: docs/design.md,
+section 'Write-verify budgets (training/writeverify_budget.py)'.
 """
 from __future__ import annotations
 

@@ -7,51 +7,18 @@ Command line (``python -m cimsim.fit --help``)::
         [--col-level level --col-target g_target_uS --col-time t_nominal_s --col-g g_uS
          --col-lo g_lo_uS --col-hi g_hi_uS] [--units auto|uS|S]
 
-What is fitted, per nominal read time ``t`` and level ``k`` (all conductances in uS internally,
-siemens in the model):
+Per nominal read time and level (conductances in uS internally, siemens in the model): the mean
+shift from the target; the spread ``sigma_S`` = sample std (ddof 1), every cell kept; the family,
+normal or a Student-t constrained to that std (``--family auto``: AIC and KS decide); polynomials
+in G (uS) for sigma and shift; read noise (``--read-noise``); stuck-at-gmin/gmax fractions from
+the ``t = 0`` read (cells outside their window, near gmin/gmax); gmin/gmax from the lowest/highest
+window edges.
 
-* **mean shift**: sample mean minus the window centre (target).
-* **spread**: ``sigma_S`` is the sample standard deviation (ddof = 1) and the fitted distribution
-  is constrained to have exactly that standard deviation. The measured programming errors are
-  heavy-tailed (a few cells relax by several windows), so the standard deviation is well above the
-  robust IQR / 1.349; a free maximum-likelihood Student-t fit would describe the core and leave the
-  variance to chance (infinite for df <= 2). Constraining ``scale * sqrt(df / (df - 2)) = std``
-  keeps the model's variance equal to the data's - what a simulation of accumulated errors needs
-  - and fits the shape (df) alone. Every cell is kept: cells that relaxed one or more windows away
-  are part of the measured distribution, not outliers to drop.
-* **family**: the normal (mean, std) and the std-constrained Student-t (mean, std, df > 2) are
-  fitted; with ``--family auto`` the Student-t is chosen when it lowers AIC by more than 2 and does
-  not raise the Kolmogorov-Smirnov statistic, otherwise the normal.
-
-  - from per-cell data, df maximises the likelihood and the KS statistic is the usual one;
-  - from a per-level summary (quantiles only), df minimises the squared error between the model's
-    quantile function and the stored quantiles, compared through the half-widths of the central
-    98/90/80/50 % intervals (``(q_{1-p} - q_p) / 2``: location- and skew-free), as log ratios so
-    that every interval counts alike (``loc`` = mean and ``std`` = stored std, so moments fix
-    location and spread and the quantiles the shape). The family is chosen on the grouped-data
-    likelihood (cells counted between the stored quantiles, :func:`grouped_loglik`), and "KS" is
-    the largest ``|F(q_p) - p|`` over the stored quantiles (a lower bound of the full statistic).
-* **smooth model**: per read time, polynomials (default cubic) in the target conductance G (uS)
-  fitted by least squares to the per-level sigma and mean shift (``sigma_poly_uS``,
-  ``shift_poly_uS``); their R^2 goes into the provenance.
-* **read noise** (``--read-noise``): see :func:`read_noise_sigma_S`; a polynomial (default linear)
-  in G (uS) through the per-series estimates is ``read_noise_poly_uS``.
-* **stuck cells**: right after write-verify (the ``t = 0`` read), cells outside their acceptance
-  window (beyond 1 % of its width) and within one window width of gmin (gmax) are stuck at gmin
-  (gmax); the fractions are over all cells read at ``t = 0``. Without a ``t = 0`` read or window
-  columns the fractions are not measured: they stay 0 and the provenance says so.
-* **range**: gmin is the lowest window's lower edge, gmax the highest window's upper edge (tech C:
-  0 and 40 uS); the levels are the window centres.
-
-Bad input (missing file or column, non-numeric or NaN cell, negative conductance, a level with
-fewer than ``--min-cells`` cells, an empty file) ends with one line on stderr naming the file and
-the line (1-based line of the file; the header is line 1 when there are no ``#`` comment lines)
-or column, exit status 2, and no output written. Options are checked first, and so are the output
-paths: an output that is an input (or the other output), a directory, or in a folder that cannot be
-made is refused before any work. The JSON and the PNG are written only after everything succeeded,
-all or nothing (:func:`cimsim.io.write_outputs`).
+Writes the JSON (``-o``) and the PNG (``--plot``) all or nothing (:func:`cimsim.io.write_outputs`).
+Bad input: one line on stderr naming the file and line or column, exit status 2, nothing written.
 
 Data: Akash Levy, github.com/akashlevy/RRAM-Relaxation-Master-Model (commit ca0cfff6, MIT).
+Rules and rationale: docs/design.md, section 'Device-model fit (cimsim/device/fit.py)'.
 """
 from __future__ import annotations
 

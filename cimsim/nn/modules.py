@@ -1,32 +1,22 @@
 """Crossbar layers for any PyTorch model: :class:`CIMLinear`, :class:`CIMConv2d`, :func:`convert`.
 
-A converted layer keeps its float (master) weights as ordinary parameters and runs in one of
-three modes (:func:`set_mode`):
+A converted layer keeps its float (master) weights as parameters and runs in one of three modes
+(:func:`set_mode`): ``ideal`` (the plain float layer); ``chip`` (one frozen programmed chip,
+re-programmed from the same seed only when the weights change); ``fresh`` (alias
+``train_variation``: a new programming draw on every forward, draw ``n`` seeded
+``cimsim.seeds.fresh_seed(layer.seed, n)``).
 
-``ideal``  the plain float layer (``F.linear`` / ``F.conv2d`` with the float weights);
-``chip``   one frozen programmed chip: the layer's weights programmed once from its chip seed
-           and reused for every forward (re-programmed, from the same seed, only when the
-           weights change - e.g. after an optimizer step);
-``fresh``  (alias ``train_variation``) a new programming draw on every forward: training
-           against device variation; draw ``n`` of a layer uses seed
-           ``cimsim.seeds.fresh_seed(layer.seed, n)``.
-
-Seeds: a chip is a seed. :func:`program` ``(model, seed)`` gives CIM layer number ``i`` (in
+Seeds: a chip is a seed. :func:`program` ``(model, seed)`` gives CIM layer ``i`` (in
 ``model.named_modules()`` order) the seed ``cimsim.seeds.layer_seed(seed, i)``; :func:`reprogram`
-draws the next chip of every layer from its own stream. Nothing uses a global RNG.
+draws every layer's next chip from its own stream. Nothing uses a global RNG.
 
-Calibration (:func:`calibrate`) records every layer's inputs over a few batches (model run in
-``ideal`` mode) and sets the layer's input clipping range and ADC ranges from them: the
-``config.adc_percentile`` percentile of ``|x|`` and of the nominal (target-conductance) partial
-sums, as :meth:`cimsim.crossbar.program.ProgrammedArray.calibrate` defines them. The values live in the
-module's buffers ``input_clip`` (scalar) and ``adc_range`` (n_groups, 1 | out) and are applied to
-every chip the layer programs, frozen or fresh. A layer used uncalibrated calibrates itself
-from its first simulated batch.
+Calibration (:func:`calibrate`) sets each layer's buffers ``input_clip`` (scalar) and ``adc_range``
+``(n_groups, 1 | out)`` from a few batches run in ``ideal`` mode; an uncalibrated layer calibrates
+itself on its first simulated batch. The state dict also holds the config, mode and seeds, and a
+frozen chip's conductances (``chip_g_pos_S``, ``chip_g_neg_S``, siemens), so a saved model reloads
+the very same chip.
 
-State dict: weights, bias and calibration buffers as usual; the config, mode and seeds as JSON
-in the extra state; a frozen chip's conductances (``chip_g_pos_S``, ``chip_g_neg_S``), integer
-weights, scales and drift factor as extra entries, so a saved model reloads the very same chip.
-Loading a checkpoint of another shape or config fails with a message naming the layer and field.
+Modes, calibration and state dict: docs/design.md, section 'Crossbar layers (cimsim/nn/modules.py)'.
 """
 from __future__ import annotations
 

@@ -1,35 +1,21 @@
 """Calibrate the write-verify pulse model against measured pulse-count statistics.
 
-Data: ``shared/reference/write_verify_pulse_stats.csv`` -- pulses per cell measured on 1T1R
-RRAM arrays (RADAR, Levy et al., IEEE TED 2021, doi:10.1109/TED.2021.3097975) per algorithm
-(FPPV, ISPP), bits per cell and level: success rate, mean and quantiles p10..p99 of the pulse
-count, resistance window ``[r_lo, r_hi]`` (ohm).
+Data: ``shared/reference/write_verify_pulse_stats.csv`` -- pulses per cell on 1T1R RRAM arrays
+(RADAR, Levy et al., IEEE TED 2021, doi:10.1109/TED.2021.3097975) per algorithm, bits per cell and
+level; resistance windows in ohm, conductances in siemens. :func:`simulate_row` simulates one row
+(cells start at gmin; pulse limit: the row's p99 when fewer than 99 % of its cells succeeded, else
+2000; noiseless verify reads). :func:`calibrate` fits one parameter set per experiment (presets
+``radar_fppv``, ``radar_fppv_3bpc``, ``radar_ispp``; :data:`EXPERIMENT_PRESET`) on the
+intermediate levels only.
 
-How a measured row is simulated (:func:`simulate_row`): the window becomes the conductance
-window ``[1/r_hi, 1/r_lo]`` clipped to the chip range ``RADAR_GMIN_S..RADAR_GMAX_S`` (1..260 uS:
-the highest level's cells end at 241 uS, the HRS level below 12.5 uS); cells start erased (at
-gmin); the pulse limit is the row's p99 when fewer than 99 % of its cells succeeded (the tail
-then sits at the limit: 11 pulses for FPPV HRS, 50 for ISPP HRS, 2001 for 3 bits/cell), else
-2000; verify reads are noiseless.
-
-Calibrated levels: the intermediate levels (two-sided windows, where verify matters: 2 bits/cell
-levels 1-2, 3 bits/cell levels 1-6). The extreme levels have one-sided windows reached by a
-single strong pulse in the real chip (an abrupt SET / a RESET with a different pulse scheme);
-the soft-bound model is not fitted to them and the table shows them for reference only.
-
-Fit (:func:`calibrate`): one parameter set per measured experiment (presets ``radar_fppv``,
-``radar_fppv_3bpc``, ``radar_ispp``; :data:`EXPERIMENT_PRESET`); multi-start Nelder-Mead on the
-log parameters (:data:`FIT_PARAMS`), minimizing the squared error of ``log(1 + x)`` for x in
-(p25, median, p75, p90, mean, SET mean, RESET mean) summed over the calibrated levels, with common
-random numbers (one seed) so the objective is deterministic. The SET/RESET split keeps the fit
-away from degenerate solutions (e.g. a RESET that always falls back to gmin and starts over).
-p99 and the success rate are not fitted; the table shows how close they come.
-
-CLI::
+CLI (exit status 0, or 2 for bad options or data)::
 
     python -m cimsim.writeverify.calibration              # side-by-side table for the presets
     python -m cimsim.writeverify.calibration --fit        # re-fit, print the fitted parameters and the table
     python -m cimsim.writeverify.calibration --ember      # also the EMBER energy-per-bit cross-check
+
+Row simulation, calibrated levels and the objective: docs/design.md,
+section 'Pulse-model calibration (cimsim/writeverify/calibration.py)'.
 """
 from __future__ import annotations
 
