@@ -2,14 +2,16 @@
 
 Command line (``python -m cimsim.fit --help``)::
 
-    python -m cimsim.fit data/measured/rram.csv [--time SECONDS] [--family auto|normal|student-t]
+    python -m cimsim.fit data/measured/rram.csv [--time SECONDS] [--family auto|normal|student-t|quantile]
         [-o device_models/rram.json] [--plot fit.png] [--read-noise FILE] [--min-cells 20]
         [--col-level level --col-target g_target_uS --col-time t_nominal_s --col-g g_uS
          --col-lo g_lo_uS --col-hi g_hi_uS] [--units auto|uS|S]
 
 Per nominal read time and level (conductances in uS internally, siemens in the model): the mean
 shift from the target; the spread ``sigma_S`` = sample std (ddof 1), every cell kept; the family,
-normal or a Student-t constrained to that std (``--family auto``: AIC and KS decide); polynomials
+normal or a Student-t constrained to that std (``--family auto``: AIC and KS decide), or
+(``--family quantile``) the level's quantile function at probit nodes with generalized-Pareto tails
+(the lower one ending at the conductance floor); polynomials
 in G (uS) for sigma and shift; read noise (``--read-noise``); stuck-at-gmin/gmax fractions from
 the ``t = 0`` read (cells outside their window, near gmin/gmax); gmin/gmax from the lowest/highest
 window edges.
@@ -23,6 +25,7 @@ Rules and rationale: docs/design.md, section 'Device-model fit (cimsim/device/fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import math
 import numbers
@@ -88,6 +91,11 @@ class LevelResult:
     df_t: float
     quantiles_uS: np.ndarray
     samples_uS: np.ndarray | None = None
+    #: the quantile family (``family == "quantile"``): error quantiles (uS) at the model's probit
+    #: nodes, and the generalized-Pareto tails ``(xi, beta_uS)`` below and above them
+    error_quantiles_uS: np.ndarray | None = None
+    tail_lo: tuple[float, float] | None = None
+    tail_hi: tuple[float, float] | None = None
 
     @property
     def shift_uS(self) -> float:
@@ -99,7 +107,11 @@ class LevelResult:
         return LevelFit(level=self.level, t_s=self.t_s, target_S=_to_S(self.target_uS), n=self.n,
                         mean_shift_S=_to_S(self.shift_uS), sigma_S=_to_S(self.sigma_uS),
                         robust_sigma_S=_to_S(self.robust_uS), family=self.family, scale_S=_to_S(self.scale_uS),
-                        df=self.df, ks=self.ks)
+                        df=self.df, ks=self.ks,
+                        **({} if self.family != "quantile" else dict(
+                            quantiles_S=tuple(_to_S(v) for v in self.error_quantiles_uS),
+                            tail_lo=(self.tail_lo[0], _to_S(self.tail_lo[1])),
+                            tail_hi=(self.tail_hi[0], _to_S(self.tail_hi[1])))))
 
 
 @dataclass
@@ -113,6 +125,9 @@ class FitResult:
     data_kind: str
     source: Path
     fitted: list[tuple[float, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+FIT_FAMILIES = ("auto", "normal", "student-t", "quantile")
 
 
 @dataclass(frozen=True)
@@ -137,8 +152,8 @@ class FitOptions:
         def whole(v: Any) -> bool:
             return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-        if self.family not in ("auto", "normal", "student-t"):
-            raise MeasuredDataError(f"--family: unknown family {self.family!r} (choose auto, normal or student-t)")
+        if self.family not in FIT_FAMILIES:
+            raise MeasuredDataError(f"--family: unknown family {self.family!r} (choose {', '.join(FIT_FAMILIES)})")
         if self.fmt not in ("auto", "tidy", "summary"):
             raise MeasuredDataError(f"--format: unknown format {self.fmt!r} (choose auto, tidy or summary)")
         if self.units not in ("auto", "uS", "S"):
@@ -345,6 +360,134 @@ def fit_level_quantiles(q_uS: np.ndarray, mean_uS: float, std_uS: float, n: int,
     return _result(level, label, t_s, target_uS, n, mean_uS, std_uS, q, family, aic_n, aic_t, ks_n, ks_t, df_t, None)
 
 
+# ========================================================================= quantile family
+#: tail probability where the generalized-Pareto tails take over from the quantile nodes
+QUANTILE_TAIL_P = 0.05
+#: probit nodes of a model fitted from per-cell data: uniform in z between the tail thresholds
+CELL_NODES_Z = tuple(np.linspace(special.ndtri(QUANTILE_TAIL_P), -special.ndtri(QUANTILE_TAIL_P), 33))
+
+
+_OUTSIDE = 1e300  # a finite "impossible" value: the optimizers' interpolation steps stay defined
+
+
+def gpd_nll(y: np.ndarray, xi: float, beta: float) -> float:
+    """Negative log-likelihood of exceedances ``y >= 0`` under GPD(xi, beta); huge outside its support."""
+    if not beta > 0:
+        return _OUTSIDE
+    if abs(xi) < 1e-9:
+        return y.size * math.log(beta) + float(y.sum()) / beta
+    arg = 1.0 + xi * y / beta
+    if np.any(arg <= 0):
+        return _OUTSIDE
+    return y.size * math.log(beta) + (1.0 + 1.0 / xi) * float(np.log(arg).sum())
+
+
+def fit_gpd(y: np.ndarray, bound: float = math.inf, xi_range: tuple[float, float] = (-0.9, 0.9)) -> tuple[float, float]:
+    """Maximum-likelihood generalized-Pareto ``(xi, beta)`` of exceedances ``y`` (>= 0, same units
+    as ``beta``), with the law's endpoint ``-beta / xi`` at most ``bound`` (a physical limit such as
+    the conductance floor: the tail then ends there instead of being clipped, so no probability
+    mass piles up at the limit). Fewer than 5 exceedances: an exponential tail (xi = 0) with the
+    mean excess, or the bounded law through it.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    bound = max(bound, float(y.max(initial=0.0)) * (1 + 1e-9) + 1e-30)
+    mean = float(y.mean()) if y.size else 0.0
+    if mean <= 0:
+        return 0.0, 0.0
+    if y.size >= 5:
+        best = optimize.minimize(lambda v: gpd_nll(y, v[0], math.exp(v[1])), x0=[0.1, math.log(mean)],
+                                 method="Nelder-Mead", options=dict(xatol=1e-6, fatol=1e-9, maxiter=2000))
+        xi, beta = float(np.clip(best.x[0], *xi_range)), math.exp(best.x[1])
+        if xi != best.x[0]:  # at the edge of the range: the best scale for that shape
+            beta = math.exp(optimize.minimize_scalar(lambda lb: gpd_nll(y, xi, math.exp(lb)),
+                                                     bounds=(math.log(mean) - 5, math.log(mean) + 5),
+                                                     method="bounded").x)
+    else:
+        xi, beta = 0.0, mean
+    if xi < 0 and -beta / xi <= bound:
+        return xi, beta
+    if not math.isfinite(bound):
+        return xi, beta
+    # the endpoint sits on the bound: beta = -xi * bound, one shape parameter left
+    res = optimize.minimize_scalar(lambda x: gpd_nll(y, x, -x * bound), bounds=(xi_range[0], -1e-6), method="bounded")
+    return float(res.x), float(-res.x * bound)
+
+
+def fit_level_quantile_samples(x_uS: np.ndarray, target_uS: float, floor_uS: float | None = 0.0,
+                               nodes_z: Sequence[float] = CELL_NODES_Z) -> tuple[np.ndarray, tuple, tuple]:
+    """Quantile-family fit of one level from per-cell reads ``x_uS`` (n,): the error quantiles
+    (uS) at ``nodes_z`` (J,), and GPD tails ``(xi, beta_uS)`` fitted to the cells beyond the end
+    nodes, the lower one ending at the conductance floor ``floor_uS`` (``None``: unbounded)."""
+    err = np.sort(np.asarray(x_uS, dtype=np.float64)) - target_uS
+    q = np.quantile(err, special.ndtr(np.asarray(nodes_z)))
+    lo = q[0] - err[err < q[0]]
+    hi = err[err > q[-1]] - q[-1]
+    bound = math.inf if floor_uS is None else q[0] - (floor_uS - target_uS)
+    return q, fit_gpd(lo, bound), fit_gpd(hi)
+
+
+def summary_nodes() -> tuple[np.ndarray, np.ndarray]:
+    """(indices into QUANTILES, probit nodes) of a summary's quantiles inside the tail thresholds."""
+    p = np.asarray(QUANTILES)
+    inside = np.flatnonzero((p >= QUANTILE_TAIL_P - 1e-12) & (p <= 1 - QUANTILE_TAIL_P + 1e-12))
+    return inside, special.ndtri(p[inside])
+
+
+def tail_through(y_end: float, log_ratio: float, bound: float) -> tuple[float, float]:
+    """GPD ``(xi, beta)`` with excess ``y_end`` at exceedance ratio ``exp(log_ratio)``: exponential
+    (xi = 0) when unbounded, else the bounded law ending at ``bound`` (``xi`` from
+    ``y_end = bound * (1 - e^xi)``); ``bound`` is raised to ``y_end`` if the data pass it."""
+    if y_end <= 0:
+        return 0.0, 0.0
+    if not math.isfinite(bound):
+        return 0.0, y_end / log_ratio
+    bound = max(bound, y_end * (1 + 1e-6))
+    xi = max(math.log1p(-y_end / bound) / log_ratio, -0.9)
+    return xi, -xi * bound
+
+
+def fit_level_quantile_summary(q_uS: np.ndarray, target_uS: float, floor_uS: float | None = 0.0
+                               ) -> tuple[np.ndarray, tuple, tuple]:
+    """Quantile-family fit of one level from its summary quantiles ``q_uS`` at :data:`QUANTILES`:
+    the stored quantiles inside the tail thresholds are the nodes (:func:`summary_nodes`); the
+    tails are the GPD through the outermost stored quantiles (:func:`tail_through`)."""
+    q = np.asarray(q_uS, dtype=np.float64) - target_uS
+    p = np.asarray(QUANTILES)
+    inside, _ = summary_nodes()
+    i0, i1 = inside[0], inside[-1]
+    lo = hi = (0.0, 0.0)
+    if i0 > 0:
+        bound = math.inf if floor_uS is None else q[i0] - (floor_uS - target_uS)
+        lo = tail_through(q[i0] - q[0], math.log(p[i0] / p[0]), bound)
+    if i1 < p.size - 1:
+        hi = tail_through(q[-1] - q[i1], math.log((1 - p[i1]) / (1 - p[-1])), math.inf)
+    return q[inside], lo, hi
+
+
+def quantile_cdf(err_uS: np.ndarray, nodes_z, q_uS, tail_lo, tail_hi) -> np.ndarray:
+    """CDF of a fitted quantile law at errors ``err_uS`` (the law's quantile function inverted on a
+    fine probit grid, |z| <= 8.5)."""
+    from cimsim.device.sampling import quantile_error_numpy
+
+    z = np.linspace(-8.5, 8.5, 40001)
+    n = z.size
+    e = quantile_error_numpy(z, np.asarray(nodes_z), np.broadcast_to(q_uS, (n, len(q_uS))),
+                             np.broadcast_to(np.array([*tail_lo, *tail_hi]), (n, 4)))
+    return np.interp(err_uS, e, special.ndtr(z))
+
+
+def quantile_ks(x_uS: np.ndarray, target_uS: float, nodes_z, q_uS, tail_lo, tail_hi) -> float:
+    """Kolmogorov-Smirnov distance between cells ``x_uS`` and a fitted quantile law (uS)."""
+    x = np.sort(np.asarray(x_uS, dtype=np.float64)) - target_uS
+    return ks_statistic(x, quantile_cdf(x, nodes_z, q_uS, tail_lo, tail_hi))
+
+
+def quantile_ks_summary(q_data_uS: np.ndarray, target_uS: float, nodes_z, q_uS, tail_lo, tail_hi) -> float:
+    """``max |F(q_p) - p|`` of a fitted quantile law over a summary's stored quantiles."""
+    f = quantile_cdf(np.asarray(q_data_uS) - target_uS, nodes_z, q_uS, tail_lo, tail_hi)
+    return float(np.max(np.abs(f - np.asarray(QUANTILES))))
+
+
 # ============================================================================ smooth fits
 def fit_poly(g_uS: np.ndarray, y_uS: np.ndarray, deg: int) -> tuple[np.ndarray, float]:
     """Least-squares polynomial (numpy.polyval order) of ``y`` vs ``g`` (both uS, shape (L,)) and its R^2.
@@ -467,19 +610,39 @@ def fit_levels(data: CellTable | SummaryTable, times: Sequence[int], family: str
     for j, ti in enumerate(times):
         t = float(data.times_s[ti])
         for li, lab in enumerate(data.levels):
-            args = dict(family=family, level=li, label=int(lab), t_s=t)
+            args = dict(family="normal" if family == "quantile" else family, level=li, label=int(lab), t_s=t)
+            target = float(data.target_uS[li])
             if isinstance(data, CellTable):
-                out.append(fit_level_samples(data.g_uS[(ti, li)], float(data.target_uS[li]), **args))
+                res = fit_level_samples(data.g_uS[(ti, li)], target, **args)
             else:
                 r = data.rows[(ti, li)]
                 q = np.array([r[c] for c in QUANTILE_COLUMNS])
-                out.append(fit_level_quantiles(q, r["mean_uS"], r["std_uS"], int(r["n"]), float(data.target_uS[li]),
-                                               **args))
+                res = fit_level_quantiles(q, r["mean_uS"], r["std_uS"], int(r["n"]), target, **args)
+            out.append(res if family != "quantile" else as_quantile_level(res, data))
         if progress:
             n_t = sum(1 for r in out[-data.levels.size:] if r.family == "student-t")
             print(f"cimsim.fit: t = {t:g} s ({j + 1}/{len(times)}): {data.levels.size} levels fitted, "
                   f"{n_t} student-t", file=sys.stderr, flush=True)
     return out
+
+
+def as_quantile_level(res: LevelResult, data: CellTable | SummaryTable, floor_uS: float = 0.0) -> LevelResult:
+    """``res`` (a normal fit, for the mean, std and the smooth polynomials) turned into a
+    quantile-family level: its quantile function and tails, and the KS of that law (per-cell data:
+    against every cell; summary: ``max |F(q_p) - p|`` over the stored quantiles)."""
+    if res.samples_uS is not None:
+        q, lo, hi = fit_level_quantile_samples(res.samples_uS, res.target_uS, floor_uS)
+        ks = quantile_ks(res.samples_uS, res.target_uS, CELL_NODES_Z, q, lo, hi)
+    else:
+        q, lo, hi = fit_level_quantile_summary(res.quantiles_uS, res.target_uS, floor_uS)
+        ks = quantile_ks_summary(res.quantiles_uS, res.target_uS, summary_nodes()[1], q, lo, hi)
+    return dataclasses.replace(res, family="quantile", scale_uS=res.sigma_uS, df=None, ks=ks, error_quantiles_uS=q,
+                               tail_lo=lo, tail_hi=hi)
+
+
+def quantile_nodes(data: CellTable | SummaryTable) -> tuple[float, ...]:
+    """The probit nodes of a quantile-family model fitted from ``data``."""
+    return tuple(float(z) for z in (CELL_NODES_Z if isinstance(data, CellTable) else summary_nodes()[1]))
 
 
 def stuck_fractions(data: CellTable | SummaryTable) -> tuple[float, float, dict[str, Any]]:
@@ -545,6 +708,7 @@ def fit_device(path: str | os.PathLike, options: FitOptions = FitOptions(), read
         times_s=tuple(float(data.times_s[ti]) for ti in times),
         sigma_poly_uS=tuple(sig_polys), shift_poly_uS=tuple(shift_polys),
         level_fits=tuple(r.level_fit() for r in levels),
+        quantile_z=quantile_nodes(data) if options.family == "quantile" else None,
         read_noise_poly_uS=None if rn is None else tuple(rn["poly_uS"]),
         stuck_at_gmin=s_lo, stuck_at_gmax=s_hi, g_floor_S=0.0,
         provenance=_provenance(data, options, levels, r2s, r2m, rn, stuck_info),
@@ -757,8 +921,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "per-level summary (auto-detected from the columns).")
     p.add_argument("data", help="CSV (optionally .gz): tidy per-cell reads or the per-level summary format")
     p.add_argument("--time", type=float, default=None, help="fit only this nominal read time (seconds)")
-    p.add_argument("--family", choices=("auto", "normal", "student-t"), default="auto",
-                   help="distribution of the programming error (auto: AIC + KS per level)")
+    p.add_argument("--family", choices=FIT_FAMILIES, default="auto",
+                   help="distribution of the programming error: auto (normal or Student-t per level, by AIC + KS), "
+                        "normal, student-t, or quantile (the measured quantile function with generalized-Pareto "
+                        "tails, bounded below by the conductance floor)")
     p.add_argument("-o", "--output", default=None, help="device model JSON to write (default: print only)")
     p.add_argument("--plot", default=None, help="PNG figure to write")
     p.add_argument("--read-noise", default=None, help="read-noise time series (TSV, level, 0, samples in S)")
