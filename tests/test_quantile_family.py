@@ -211,3 +211,38 @@ def test_fit_command_writes_a_quantile_model(tmp_path):
     assert dm.is_quantile and len(dm.quantile_z) == 7 and dm.level_fits[0].family == "quantile"
     arr = program(np.random.default_rng(0).normal(size=(16, 64)), CrossbarConfig(device=str(out)), 0)
     assert arr.g_pos_S.min() >= 0.0
+
+
+# ------------------------------------------------------------------------ empirical device
+@pytest.mark.skipif(not (MEASURED / "rram_techC_cells.csv").exists(), reason="needs ../shared/measured")
+def test_empirical_device_replays_measured_cells_in_every_sampler(tmp_path):
+    from cimsim.device.fit import main
+    from cimsim.device.measured import read_measured
+    from cimsim.device.fit import FitOptions
+    from training.variation import DeviceNoise, make_generator
+
+    out = tmp_path / "emp.json"
+    assert main([str(MEASURED / "rram_techC_cells.csv"), "--family", "empirical", "-o", str(out)]) == 0
+    dm = DeviceModel.load(out)
+    assert dm.is_empirical
+    data = read_measured(MEASURED / "rram_techC_cells.csv", "auto", FitOptions().columns, "auto", 0.01)
+    ti = int(np.flatnonzero(data.times_s == 1.0)[0])
+    lv = np.array(dm.levels_S)
+    idx = np.repeat([0, 13, 31], 3000)
+    host = sample_levels_numba(dm, lv, idx, 1.0, seed=1)
+    ref = dm.sample(lv[idx], 1.0, np.random.default_rng(2))
+    tt = sample_levels_torch(torch.from_numpy(idx), LevelTable.make(dm, lv, 1.0, "cpu"), dm,
+                             torch.Generator().manual_seed(3), 1.0).numpy()
+    for k in (0, 13, 31):
+        measured = set(np.round(data.g_uS[(ti, k)], 9))
+        for cells in (host, ref, tt):
+            assert set(np.round(cells[idx == k] * 1e6, 9)) <= measured  # every cell is a measured one
+        assert stats.ks_2samp(host[idx == k], ref[idx == k]).pvalue > 1e-3
+        assert stats.ks_2samp(tt[idx == k], ref[idx == k]).pvalue > 1e-3
+    dn = DeviceNoise(dm, "multiply", bits_per_cell=5, read_time_s=1.0)
+    g, k, _ = dn.conductances(torch.randn(20, 30, dtype=torch.float64), 1.0, make_generator(0))
+    assert set(np.round(g.numpy()[k.numpy() == 0] * 1e6, 9)) <= set(np.round(data.g_uS[(ti, 0)], 9))
+    with pytest.raises(DeviceModelError, match="not one of them"):
+        dm.sample(lv[:2], 2.0, np.random.default_rng(0))
+    assert main(["data/measured/rram.csv", "--family", "empirical", "-o", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()

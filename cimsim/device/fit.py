@@ -108,6 +108,8 @@ class LevelResult:
                         mean_shift_S=_to_S(self.shift_uS), sigma_S=_to_S(self.sigma_uS),
                         robust_sigma_S=_to_S(self.robust_uS), family=self.family, scale_S=_to_S(self.scale_uS),
                         df=self.df, ks=self.ks,
+                        **({} if self.family != "empirical" else dict(
+                            quantiles_S=tuple(_to_S(v) for v in self.error_quantiles_uS))),
                         **({} if self.family != "quantile" else dict(
                             quantiles_S=tuple(_to_S(v) for v in self.error_quantiles_uS),
                             tail_lo=(self.tail_lo[0], _to_S(self.tail_lo[1])),
@@ -127,7 +129,7 @@ class FitResult:
     fitted: list[tuple[float, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
-FIT_FAMILIES = ("auto", "normal", "student-t", "quantile")
+FIT_FAMILIES = ("auto", "normal", "student-t", "quantile", "empirical")
 
 
 @dataclass(frozen=True)
@@ -610,7 +612,8 @@ def fit_levels(data: CellTable | SummaryTable, times: Sequence[int], family: str
     for j, ti in enumerate(times):
         t = float(data.times_s[ti])
         for li, lab in enumerate(data.levels):
-            args = dict(family="normal" if family == "quantile" else family, level=li, label=int(lab), t_s=t)
+            args = dict(family="normal" if family in ("quantile", "empirical") else family, level=li, label=int(lab),
+                        t_s=t)
             target = float(data.target_uS[li])
             if isinstance(data, CellTable):
                 res = fit_level_samples(data.g_uS[(ti, li)], target, **args)
@@ -618,7 +621,12 @@ def fit_levels(data: CellTable | SummaryTable, times: Sequence[int], family: str
                 r = data.rows[(ti, li)]
                 q = np.array([r[c] for c in QUANTILE_COLUMNS])
                 res = fit_level_quantiles(q, r["mean_uS"], r["std_uS"], int(r["n"]), target, **args)
-            out.append(res if family != "quantile" else as_quantile_level(res, data))
+            if family == "quantile":
+                res = as_quantile_level(res, data)
+            elif family == "empirical":  # the cells themselves (fit_device checked they are per-cell data)
+                res = dataclasses.replace(res, family="empirical", scale_uS=res.sigma_uS, df=None, ks=0.0,
+                                          error_quantiles_uS=np.sort(res.samples_uS) - res.target_uS)
+            out.append(res)
         if progress:
             n_t = sum(1 for r in out[-data.levels.size:] if r.family == "student-t")
             print(f"cimsim.fit: t = {t:g} s ({j + 1}/{len(times)}): {data.levels.size} levels fitted, "
@@ -684,6 +692,9 @@ def fit_device(path: str | os.PathLike, options: FitOptions = FitOptions(), read
     data = read_measured(path, options.fmt, options.columns, options.units, options.neg_tol_frac)
     times = _time_indices(data, options.time_s)
     check_cells(data, times, options.min_cells)
+    if options.family == "empirical" and not isinstance(data, CellTable):
+        raise MeasuredDataError(f"{path}: --family empirical replays measured cells and needs per-cell data, "
+                                "not a per-level summary")
     rn = fit_read_noise(Path(read_noise), options.read_noise_deg) if read_noise is not None else None
     levels = fit_levels(data, times, options.family, progress)
     g = data.target_uS
@@ -924,7 +935,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=FIT_FAMILIES, default="auto",
                    help="distribution of the programming error: auto (normal or Student-t per level, by AIC + KS), "
                         "normal, student-t, or quantile (the measured quantile function with generalized-Pareto "
-                        "tails, bounded below by the conductance floor)")
+                        "tails, bounded below by the conductance floor), or empirical (per-cell data only: every "
+                        "programmed cell replays a measured cell of its level at a measured read time)")
     p.add_argument("-o", "--output", default=None, help="device model JSON to write (default: print only)")
     p.add_argument("--plot", default=None, help="PNG figure to write")
     p.add_argument("--read-noise", default=None, help="read-noise time series (TSV, level, 0, samples in S)")

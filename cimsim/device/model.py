@@ -44,7 +44,7 @@ UNITS = {
     "time": "s (seconds)",
     "polynomials": "numpy.polyval order (highest power first); argument G in uS, value in uS",
 }
-FAMILIES = ("normal", "student-t", "quantile")
+FAMILIES = ("normal", "student-t", "quantile", "empirical")
 _T_EPS_S = 1e-3  # time offset of the log-time interpolation axis, seconds
 _UNIT_S = 1e-6  # one microsiemens in siemens
 
@@ -65,7 +65,9 @@ class LevelFit:
     ``(xi, beta_S)`` (:func:`cimsim.device.sampling.quantile_error_numpy`). ``sigma_S`` is the
     standard deviation of the fitted distribution, ``robust_sigma_S`` the data's IQR / 1.349
     (equal to ``sigma_S`` for a normal), ``ks`` the Kolmogorov-Smirnov statistic of the chosen
-    family against the data.
+    family against the data. ``family == "empirical"`` replays measured cells: ``quantiles_S``
+    holds every measured cell's error, sorted, and a programmed cell is one of them drawn at
+    random (no tails, no interpolation in time; the device answers only at its ``times_s``).
     """
 
     level: int
@@ -104,9 +106,19 @@ class LevelFit:
                 if not (math.isfinite(xi) and math.isfinite(beta) and beta >= 0 and xi < 1):
                     raise DeviceModelError(f"level {self.level} at t = {self.t_s} s: {name} needs a finite "
                                            f"xi < 1 and beta_S >= 0, got {(xi, beta)}")
+        elif self.family == "empirical":
+            q = self.quantiles_S
+            if q is None or len(q) < 1 or self.tail_lo is not None or self.tail_hi is not None:
+                raise DeviceModelError(f"level {self.level}: an empirical level needs quantiles_S (the sorted "
+                                       "errors of its measured cells) and no tails")
+            object.__setattr__(self, "quantiles_S", tuple(float(v) for v in q))
+            qs = self.quantiles_S
+            if not all(math.isfinite(v) for v in qs) or any(b < a for a, b in zip(qs, qs[1:])):
+                raise DeviceModelError(f"level {self.level} at t = {self.t_s} s: quantiles_S must be finite and "
+                                       "sorted")
         elif self.quantiles_S is not None or self.tail_lo is not None or self.tail_hi is not None:
             raise DeviceModelError(f"level {self.level}: quantiles_S and tails belong to the quantile family only")
-        if self.family in ("normal", "quantile") and math.isnan(self.scale_S):
+        if self.family in ("normal", "quantile", "empirical") and math.isnan(self.scale_S):
             object.__setattr__(self, "scale_S", float(self.sigma_S))
         if not self.sigma_S >= 0 or not self.scale_S >= 0:
             raise DeviceModelError(f"level {self.level}: spread must be >= 0")
@@ -272,9 +284,11 @@ class DeviceModel:
                 for k in range(len(self.levels_S)):
                     if (k, t) not in have:
                         raise DeviceModelError(f"{self.name}: no level fit for level {k} at t = {t} s")
+            for fam in ("quantile", "empirical"):
+                n_f = sum(lf.family == fam for lf in self.level_fits)
+                if n_f and n_f != len(self.level_fits):
+                    raise DeviceModelError(f"{self.name}: either every level fit is of the {fam} family or none is")
             n_q = sum(lf.family == "quantile" for lf in self.level_fits)
-            if n_q and n_q != len(self.level_fits):
-                raise DeviceModelError(f"{self.name}: either every level fit is of the quantile family or none is")
             if n_q:
                 z = self.quantile_z
                 if z is None or len(z) < 2 or any(b <= a for a, b in zip(z, z[1:])) or \
@@ -306,7 +320,44 @@ class DeviceModel:
             if "q" in tab:
                 tab["q"][i, lf.level] = lf.quantiles_S
                 tab["tails"][i, lf.level] = (*lf.tail_lo, *lf.tail_hi)
+        if self.level_fits[0].family == "empirical":
+            n_max = max(len(lf.quantiles_S) for lf in self.level_fits)
+            tab["cells"] = np.zeros((nt, nl, n_max))
+            tab["count"] = np.zeros((nt, nl), dtype=np.int64)
+            for lf in self.level_fits:
+                i = tix[lf.t_s]
+                tab["cells"][i, lf.level, :len(lf.quantiles_S)] = lf.quantiles_S
+                tab["count"][i, lf.level] = len(lf.quantiles_S)
         return tab
+
+    @property
+    def is_empirical(self) -> bool:
+        """True when programming replays measured cells (``family == "empirical"``)."""
+        return self._tables is not None and "cells" in self._tables
+
+    def empirical_params(self, levels_S: np.ndarray, t_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(cells_S, count)`` of an empirical device for cells at ``levels_S`` (L,), read at ``t_s``:
+        ``cells_S`` (L, n_max) the sorted measured errors (S) of each level, zero-padded past its
+        ``count`` (L,). ``sigma_scale`` scales each error's distance from the level's median error.
+        Only the measured read times and levels exist: any other is a :class:`DeviceModelError`."""
+        if not self.is_empirical:
+            raise DeviceModelError(f"{self.name}: not an empirical device model")
+        if t_s not in self.times_s:
+            raise DeviceModelError(f"{self.name}: an empirical device replays cells measured at t = "
+                                   f"{list(self.times_s)} s; read time {t_s} s is not one of them")
+        lv = np.asarray(levels_S, dtype=np.float64).reshape(-1)
+        k = self.level_index(lv)
+        own = np.asarray(self.levels_S)[k]
+        off = np.abs(own - lv) > 1e-6 * (self.levels_S[-1] - self.levels_S[0]) / (len(self.levels_S) - 1)
+        if off.any():
+            raise DeviceModelError(f"{self.name}: an empirical device has cells only at its measured levels; "
+                                   f"{lv[off][0]} S is not one")
+        i = self.times_s.index(t_s)
+        cells, count = self._tables["cells"][i][k].copy(), self._tables["count"][i][k].copy()
+        if self.sigma_scale != 1.0:
+            med = np.array([np.median(c[:n]) for c, n in zip(cells, count)])[:, None]
+            cells = np.where(np.arange(cells.shape[1]) < count[:, None], med + self.sigma_scale * (cells - med), 0.0)
+        return cells, count
 
     @property
     def is_quantile(self) -> bool:

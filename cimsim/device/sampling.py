@@ -5,6 +5,7 @@ idea                        numpy (reference)        Numba (host, fast)         
 ==========================  =======================  ==========================  ==========================
 programmed cell at a level  :func:`sample_targets`   :func:`sample_levels_numba` :func:`sample_levels_torch`
 quantile-family error       :func:`quantile_error_numpy` :func:`quantile_error_one`  :func:`quantile_error_torch`
+a replayed measured cell    :func:`empirical_error_numpy` (in the kernel)          :func:`empirical_error_torch`
 drift to the read time      :func:`drift_numpy`      (host: ``drift_numpy``)     :func:`drift_torch`
 read-noise sigma (S)        :func:`read_sigma_S`     :func:`read_sigma_one_S`    :func:`read_sigma_torch`
 ==========================  =======================  ==========================  ==========================
@@ -22,7 +23,9 @@ Student-t where ``df`` is finite); then power-law drift (PCM), stuck-at-gmin/gma
 conductance floor, in that order. Conductances in siemens, float64 unless a dtype is given.
 A quantile-family level (``DeviceModel.is_quantile``) maps the same normal ``Z`` through its error
 quantile function instead (inverse-CDF sampling in probit space): linear in ``Z`` between the
-nodes ``quantile_z``, generalized-Pareto tails beyond them.
+nodes ``quantile_z``, generalized-Pareto tails beyond them. An empirical device
+(``DeviceModel.is_empirical``) maps a uniform ``U`` to one of the level's measured cells,
+``cells[floor(U * n)]``.
 The torch twins import torch when first called, so the numpy and Numba samplers (and
 ``cimsim.writeverify``) load without it.
 """
@@ -50,7 +53,13 @@ def sample_targets(dm: "DeviceModel", targets_S: np.ndarray, t_s: float, rng: np
     tg = np.asarray(targets_S, dtype=np.float64)
     shift, scale, df = dm.programming_params(tg, t_s)
     z = rng.standard_normal(tg.shape)
-    if dm.is_quantile:
+    if dm.is_empirical:
+        lv = np.asarray(dm.levels_S)
+        k = dm.level_index(tg).reshape(-1)
+        cells, count = dm.empirical_params(lv, t_s)
+        u = rng.random(tg.size)
+        g = tg + empirical_error_numpy(u, cells[k], count[k]).reshape(tg.shape)
+    elif dm.is_quantile:
         q, tails = dm.quantile_params(tg, t_s)
         g = tg + quantile_error_numpy(z.reshape(-1), np.asarray(dm.quantile_z), q, tails).reshape(tg.shape)
     else:
@@ -95,6 +104,13 @@ def quantile_error_numpy(z: np.ndarray, qz: np.ndarray, q_S: np.ndarray, tails: 
         log_e = log_ndtr(-qz[-1]) - log_ndtr(-z[above])
         out[above] = q_S[above, -1] + _gpd_excess(log_e, tails[above, 2], tails[above, 3])
     return out
+
+
+def empirical_error_numpy(u: np.ndarray, cells_S: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Measured errors (S) replayed by uniforms ``u`` (n,): cell ``floor(u * count)`` of each row
+    of ``cells_S`` (n, n_max), whose first ``count`` (n,) entries are the level's measured cells."""
+    i = np.minimum((np.asarray(u) * count).astype(np.int64), count - 1)
+    return cells_S[np.arange(cells_S.shape[0]), i]
 
 
 def _gpd_excess(log_e: np.ndarray, xi: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -158,9 +174,10 @@ def quantile_error_one(z, qz, q, tails):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True, nogil=True)
 def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo, g_hi, floor, qz, qtab, tails,
-                          out):  # pragma: no cover
+                          ecells, ecount, out):  # pragma: no cover
     """idx: (N,) level index per cell; target, shift, scale, df: (L,) per level (df = inf: normal);
-    qz (J,), qtab (L, J), tails (L, 4): the quantile family (J = 0: parametric levels).
+    qz (J,), qtab (L, J), tails (L, 4): the quantile family (J = 0: parametric levels); ecells
+    (L, n_max), ecount (L,): an empirical device's measured errors (n_max = 0: none).
     Cell i uses stream ``mix(seed, i)``: draws 0-1 decide stuck cells, draws 2.. the error."""
     key0 = _mix64(np.uint64(seed))
     for i in prange(idx.shape[0]):
@@ -174,7 +191,10 @@ def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo,
             if u < p_lo + p_hi:
                 out[i] = g_hi
                 continue
-        if qz.shape[0] > 0:
+        if ecells.shape[1] > 0:
+            n = ecount[k]
+            g = target[k] + ecells[k, min(np.int64(_uniform(key, np.uint64(2)) * n), n - 1)]
+        elif qz.shape[0] > 0:
             g = target[k] + quantile_error_one(_normal(key, np.uint64(2)), qz, qtab[k], tails[k])
         elif np.isfinite(df[k]):
             g = target[k] + shift[k] + scale[k] * _student_t(key, np.uint64(2), df[k])
@@ -197,9 +217,14 @@ def sample_levels_numba(dm: "DeviceModel", levels_S: np.ndarray, index: np.ndarr
         qz = np.asarray(dm.quantile_z, dtype=np.float64)
     else:
         qz, qtab, tails = np.zeros(0), np.zeros((lv.size, 0)), np.zeros((lv.size, 4))
+    if dm.is_empirical:
+        ecells, ecount = dm.empirical_params(lv, t_s)
+    else:
+        ecells, ecount = np.zeros((lv.size, 0)), np.zeros(lv.size, dtype=np.int64)
     _sample_levels_kernel(np.ascontiguousarray(idx.reshape(-1)), int(seed), lv, shift, scale, df,
                           float(dm.stuck_at_gmin), float(dm.stuck_at_gmax), dm.gmin_S, dm.gmax_S, floor, qz,
-                          np.ascontiguousarray(qtab), np.ascontiguousarray(tails), out)
+                          np.ascontiguousarray(qtab), np.ascontiguousarray(tails), np.ascontiguousarray(ecells),
+                          ecount, out)
     return out.reshape(idx.shape)
 
 
@@ -253,6 +278,8 @@ class LevelTable:
     qz: "torch.Tensor | None" = None
     q: "torch.Tensor | None" = None
     tails: "torch.Tensor | None" = None
+    cells: "torch.Tensor | None" = None
+    count: "torch.Tensor | None" = None
 
     @classmethod
     def make(cls, dm: "DeviceModel", levels_S: np.ndarray, t_s: float, device: torch.device | str,
@@ -266,6 +293,10 @@ class LevelTable:
         def t(a, dt=dtype):
             return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dt, device=device)
 
+        if dm.is_empirical:
+            cells, count = dm.empirical_params(lv, t_s)
+            return cls(t(lv), t(shift), t(scale), t(df, torch.float64), False, cells=t(cells),
+                       count=torch.as_tensor(count, device=device))
         if not dm.is_quantile:
             return cls(t(lv), t(shift), t(scale), t(df, torch.float64), bool(np.isfinite(df).any()))
         q, tails = dm.quantile_params(lv, t_s)
@@ -289,7 +320,10 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel
         hv = torch.isfinite(dfk)
         if hv.any():
             z[hv] = student_t_torch(dfk[hv], generator).to(dtype)
-    if table.q is not None:
+    if table.cells is not None:
+        u = torch.rand(index.shape, generator=generator, device=index.device, dtype=dtype)
+        g = table.levels[index] + empirical_error_torch(u, table.cells, table.count, index)
+    elif table.q is not None:
         med = _median_error(table)
         err = quantile_error_torch(z.reshape(-1), table.qz, table.q[index.reshape(-1)], table.tails[index.reshape(-1)])
         g = table.levels[index] + (med[index] + spread * (err.view(index.shape) - med[index]))
@@ -304,6 +338,17 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel
     if dm.g_floor_S is not None:
         g = torch.clamp(g, min=dm.g_floor_S)
     return g
+
+
+def empirical_error_torch(u: "torch.Tensor", cells: "torch.Tensor", count: "torch.Tensor",
+                          index: "torch.Tensor") -> "torch.Tensor":
+    """:func:`empirical_error_numpy` in torch: uniforms ``u`` and level indices ``index`` (same
+    shape), ``cells`` (L, n_max), ``count`` (L,)."""
+    import torch
+
+    n = count[index]
+    i = torch.minimum((u * n).long(), n - 1)
+    return cells[index, i]
 
 
 def _median_error(table: LevelTable) -> "torch.Tensor":
@@ -370,6 +415,6 @@ def read_sigma_torch(poly_uS, g_S: torch.Tensor) -> torch.Tensor:
     return acc.clamp_min(0) * _UNIT_S
 
 
-__all__ = ["sample_targets", "quantile_error_numpy", "drift_numpy", "read_sigma_S", "sample_levels_numba",
+__all__ = ["sample_targets", "quantile_error_numpy", "empirical_error_numpy", "empirical_error_torch", "drift_numpy", "read_sigma_S", "sample_levels_numba",
            "quantile_error_one", "read_sigma_one_S", "student_t_torch", "LevelTable", "sample_levels_torch",
            "quantile_error_torch", "drift_torch", "read_sigma_torch"]
