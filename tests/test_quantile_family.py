@@ -168,7 +168,9 @@ def test_fit_from_cells_follows_a_skewed_level_against_the_floor():
     assert g.min() >= -1e-12 and np.count_nonzero(g <= 1e-9) == 0
 
 
-MEASURED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "measured"
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+SUMMARY = str(REPO / "data" / "measured" / "rram.csv")
+MEASURED = REPO.parent / "shared" / "measured"
 
 
 @pytest.mark.skipif(not (MEASURED / "rram_techC_cells.csv").exists(), reason="needs ../shared/measured")
@@ -206,7 +208,7 @@ def test_fit_command_writes_a_quantile_model(tmp_path):
     from cimsim.device.fit import main
 
     out = tmp_path / "q.json"
-    assert main(["data/measured/rram.csv", "--family", "quantile", "-o", str(out)]) == 0
+    assert main([SUMMARY, "--family", "quantile", "-o", str(out)]) == 0
     dm = DeviceModel.load(out)
     assert dm.is_quantile and len(dm.quantile_z) == 7 and dm.level_fits[0].family == "quantile"
     arr = program(np.random.default_rng(0).normal(size=(16, 64)), CrossbarConfig(device=str(out)), 0)
@@ -244,5 +246,5 @@ def test_empirical_device_replays_measured_cells_in_every_sampler(tmp_path):
     assert set(np.round(g.numpy()[k.numpy() == 0] * 1e6, 9)) <= set(np.round(data.g_uS[(ti, 0)], 9))
     with pytest.raises(DeviceModelError, match="not one of them"):
         dm.sample(lv[:2], 2.0, np.random.default_rng(0))
-    assert main(["data/measured/rram.csv", "--family", "empirical", "-o", str(tmp_path / "x.json")]) == 2
+    assert main([SUMMARY, "--family", "empirical", "-o", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
