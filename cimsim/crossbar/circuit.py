@@ -1,0 +1,216 @@
+"""The circuit of one crossbar tile with interconnect parasitics (IR drop), and its specification.
+
+:class:`TileCircuit` holds the resistances (ohm): a wire segment between adjacent cells of a row
+(word line) and of a column (bit line), the driver's output resistance where each row is driven,
+the sense (ADC input) resistance where each column is read into a virtual ground, and an access
+transistor's on-resistance in series with every cell (1T1R; 0 for a passive cell).
+
+:func:`tile_currents_reference` is the specification: the full nodal system of the tile (a node per
+cell on its row wire and on its column wire) built as a sparse matrix and solved directly in
+float64, one input vector at a time. A zero resistance joins its two nodes. Shapes: conductances
+``g_S`` (rows, cols), drive voltages ``v_V`` (rows,), column currents (cols,) in amperes.
+Rationale and sources: docs/design.md, "IR drop".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+DRIVE_ENDS = ("first", "last")
+
+
+class CircuitError(ValueError):
+    """An impossible circuit value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TileCircuit:
+    """Parasitic resistances of a tile (ohm) and where its lines are driven and sensed.
+
+    r_row_segment_ohm: word-line wire between two adjacent cells of a row.
+    r_col_segment_ohm: bit-line wire between two adjacent cells of a column.
+    r_driver_ohm: output resistance of each row's driver (DAC), at the row's driven end.
+    r_sense_ohm: input resistance of each column's sense amplifier / ADC (a virtual ground behind it).
+    r_access_ohm: on-resistance of the access transistor in series with every cell (0: no transistor).
+    drive_end: rows driven at column ``first`` (index 0) or ``last``.
+    sense_end: columns sensed at row ``first`` (index 0) or ``last``.
+    """
+
+    r_row_segment_ohm: float = 0.0
+    r_col_segment_ohm: float = 0.0
+    r_driver_ohm: float = 0.0
+    r_sense_ohm: float = 0.0
+    r_access_ohm: float = 0.0
+    drive_end: str = "first"
+    sense_end: str = "last"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_ohm"):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                    raise CircuitError(f"TileCircuit.{f.name} = {v!r}: must be a finite number >= 0 (ohm)")
+            elif v not in DRIVE_ENDS:
+                raise CircuitError(f"TileCircuit.{f.name} = {v!r}: must be one of {', '.join(DRIVE_ENDS)}")
+
+    @property
+    def is_ideal(self) -> bool:
+        """True when every resistance is zero: the currents are exactly ``G^T v``."""
+        return all(getattr(self, f.name) == 0 for f in dataclasses.fields(self) if f.name.endswith("_ohm"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TileCircuit":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CircuitError(f"TileCircuit: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        return cls(**dict(d))
+
+
+def cell_conductance_S(g_S: np.ndarray, r_access_ohm: float) -> np.ndarray:
+    """Conductance (S) of a cell in series with its access transistor: ``1 / (1/G + R_access)``
+    (a cell at 0 S stays open)."""
+    g = np.asarray(g_S, dtype=np.float64)
+    if r_access_ohm == 0:
+        return g.copy()
+    return g / (1.0 + g * r_access_ohm)
+
+
+class _Nodes:
+    """Union-find over node numbers: zero resistances join nodes."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        while p[a] != a:
+            p[a] = p[p[a]]
+            a = p[a]
+        return int(a)
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def tile_network(g_S: np.ndarray, circuit: TileCircuit) -> tuple[int, list[tuple[int, int, float]], dict[str, Any]]:
+    """The tile as a resistor network: ``(n_nodes, edges, index)``.
+
+    Nodes: ``row(i, j) = i * cols + j`` on the row wires, ``col(i, j) = rows * cols + i * cols + j``
+    on the column wires, then one source node per row (``src(i)``) and the ground. Edges
+    ``(a, b, conductance_S)`` with ``inf`` for a zero resistance; a cell at 0 S has no edge.
+    ``index`` holds the numbering functions and the source and ground nodes.
+    """
+    g = cell_conductance_S(g_S, circuit.r_access_ohm)
+    rows, cols = g.shape
+    row = lambda i, j: i * cols + j  # noqa: E731
+    col = lambda i, j: rows * cols + i * cols + j  # noqa: E731
+    src = [2 * rows * cols + i for i in range(rows)]
+    ground = 2 * rows * cols + rows
+
+    def cond(r: float) -> float:
+        return math.inf if r == 0 else 1.0 / r
+
+    edges = []
+    jd = 0 if circuit.drive_end == "first" else cols - 1
+    isn = 0 if circuit.sense_end == "first" else rows - 1
+    for i in range(rows):
+        edges.append((src[i], row(i, jd), cond(circuit.r_driver_ohm)))
+        for j in range(cols - 1):
+            edges.append((row(i, j), row(i, j + 1), cond(circuit.r_row_segment_ohm)))
+    for j in range(cols):
+        for i in range(rows - 1):
+            edges.append((col(i, j), col(i + 1, j), cond(circuit.r_col_segment_ohm)))
+        edges.append((col(isn, j), ground, cond(circuit.r_sense_ohm)))
+    for i in range(rows):
+        for j in range(cols):
+            if g[i, j] > 0:
+                edges.append((row(i, j), col(i, j), float(g[i, j])))
+    return ground + 1, edges, {"row": row, "col": col, "src": src, "ground": ground, "g_cell_S": g}
+
+
+def solve_nodes(n_nodes: int, edges: list[tuple[int, int, float]], fixed: Mapping[int, float],
+                order: np.ndarray | None = None) -> np.ndarray:
+    """Node voltages (V) of a resistor network with the nodes in ``fixed`` held at their voltages.
+
+    Zero resistances (``inf`` conductance) join their nodes; every other node obeys Kirchhoff's
+    current law, solved as one sparse linear system (``scipy.sparse.linalg.spsolve``). ``order``:
+    the numbering of the unknowns (a permutation of the free node groups; tests check the answer
+    does not depend on it). Every node must have a path to a fixed node (in a tile: through its
+    row's driver or its column's sense end).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import spsolve
+
+    uf = _Nodes(n_nodes)
+    for a, b, c in edges:
+        if math.isinf(c):
+            uf.join(a, b)
+    rep = np.array([uf.find(a) for a in range(n_nodes)])
+    volt_of_group: dict[int, float] = {}
+    for node, v in fixed.items():
+        r = int(rep[node])
+        if r in volt_of_group and volt_of_group[r] != v:
+            raise ValueError(f"nodes held at {volt_of_group[r]} V and {v} V are joined by a zero resistance")
+        volt_of_group[r] = float(v)
+    groups = np.unique(rep)
+    free = np.array([r for r in groups if int(r) not in volt_of_group], dtype=np.int64)
+    if order is not None:
+        free = free[np.asarray(order)]
+    slot = {int(r): k for k, r in enumerate(free)}
+    n = free.size
+    ri, ci, vals = [], [], []
+    rhs = np.zeros(n)
+    for a, b, c in edges:
+        if math.isinf(c):
+            continue
+        ga, gb = int(rep[a]), int(rep[b])
+        if ga == gb:
+            continue
+        for p, q in ((ga, gb), (gb, ga)):
+            if p in slot:
+                k = slot[p]
+                ri.append(k)
+                ci.append(k)
+                vals.append(c)
+                if q in slot:
+                    ri.append(k)
+                    ci.append(slot[q])
+                    vals.append(-c)
+                else:
+                    rhs[k] += c * volt_of_group[q]
+    volts = dict(volt_of_group)
+    if n:
+        x = np.atleast_1d(spsolve(sp.csc_matrix((vals, (ri, ci)), shape=(n, n)), rhs))
+        for r, k in slot.items():
+            volts[r] = float(x[k])
+    return np.array([volts[int(rep[a])] for a in range(n_nodes)])
+
+
+def tile_currents_reference(g_S: np.ndarray, v_V: np.ndarray, circuit: TileCircuit,
+                            order: np.ndarray | None = None) -> np.ndarray:
+    """Column currents (A, shape (cols,)) of a tile with conductances ``g_S`` (rows, cols) when
+    its rows are driven at ``v_V`` (rows,): every node voltage from Kirchhoff's current law, then
+    each column's current as the sum of its cells' currents (all of which leave through the
+    column's sense end). With every resistance zero it is exactly ``g_S.T @ v_V``."""
+    g_S = np.asarray(g_S, dtype=np.float64)
+    v_V = np.asarray(v_V, dtype=np.float64)
+    if circuit.is_ideal:
+        return g_S.T @ v_V
+    rows, cols = g_S.shape
+    n, edges, ix = tile_network(g_S, circuit)
+    fixed = {ix["src"][i]: float(v_V[i]) for i in range(rows)}
+    fixed[ix["ground"]] = 0.0
+    volts = solve_nodes(n, edges, fixed, order)
+    vr = volts[: rows * cols].reshape(rows, cols)
+    vc = volts[rows * cols: 2 * rows * cols].reshape(rows, cols)
+    return (ix["g_cell_S"] * (vr - vc)).sum(axis=0)

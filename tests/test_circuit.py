@@ -1,0 +1,188 @@
+"""The IR-drop specification (cimsim.crossbar.circuit): the nodal solve of a tile checked against
+closed forms, Kirchhoff's current law, power balance, node numbering and monotonicity."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cimsim.crossbar.circuit import (
+    CircuitError, TileCircuit, cell_conductance_S, solve_nodes, tile_currents_reference, tile_network,
+)
+
+RESISTANCES = ("r_row_segment_ohm", "r_col_segment_ohm", "r_driver_ohm", "r_sense_ohm", "r_access_ohm")
+
+
+@st.composite
+def tiles(draw, max_side: int = 6):
+    rows = draw(st.integers(1, max_side))
+    cols = draw(st.integers(1, max_side))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    g = rng.uniform(0, 100e-6, (rows, cols)) * (rng.random((rows, cols)) > 0.2)  # some cells at 0 S
+    v = rng.uniform(0, 0.3, rows)
+    return g, v
+
+
+@st.composite
+def circuits(draw, zero_ok: bool = True):
+    vals = {}
+    for name in RESISTANCES:
+        r = draw(st.sampled_from([0.0, 0.5, 2.5, 20.0, 1000.0]) if zero_ok else st.sampled_from([0.5, 2.5, 20.0, 1000.0]))
+        vals[name] = r
+    return TileCircuit(**vals, drive_end=draw(st.sampled_from(["first", "last"])),
+                       sense_end=draw(st.sampled_from(["first", "last"])))
+
+
+def _solve(g, v, c, order=None):
+    n, edges, ix = tile_network(g, c)
+    fixed = {ix["src"][i]: float(v[i]) for i in range(g.shape[0])}
+    fixed[ix["ground"]] = 0.0
+    return solve_nodes(n, edges, fixed, order), edges, fixed
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiles())
+def test_zero_resistance_is_the_ideal_product_exactly(tile):
+    g, v = tile
+    assert np.array_equal(tile_currents_reference(g, v, TileCircuit()), g.T @ v)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(1e-7, 1e-3), st.floats(0.01, 1.0), circuits())
+def test_one_cell_is_the_closed_form_divider(g, v, c):
+    want = v / (c.r_driver_ohm + c.r_access_ohm + 1 / g + c.r_sense_ohm)
+    got = tile_currents_reference(np.array([[g]]), np.array([v]), c)[0]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_one_row_two_cells_is_the_ladder_by_hand():
+    g1, g2, r, v = 50e-6, 80e-6, 1e3, 0.2  # driver at cell 1, one wire segment to cell 2, sense 0
+    c = TileCircuit(r_row_segment_ohm=r)
+    # node a (cell 1) is held at v by the ideal driver; node b: (v - vb) / r = vb * g2
+    vb = v / (1 + r * g2)
+    i2 = vb * g2
+    i1 = v * g1
+    np.testing.assert_allclose(tile_currents_reference(np.array([[g1, g2]]), np.array([v]), c), [i1, i2], rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiles(), circuits())
+def test_kirchhoff_current_law_holds_at_every_node(tile, c):
+    g, v = tile
+    volts, edges, fixed = _solve(g, v, c)
+    net = np.zeros(volts.size)
+    scale = np.zeros(volts.size)
+    for a, b, cond in edges:
+        if math.isinf(cond):
+            assert volts[a] == volts[b]
+            continue
+        i = cond * (volts[a] - volts[b])
+        net[a] -= i
+        net[b] += i
+        scale[a] += abs(i)
+        scale[b] += abs(i)
+    # zero-resistance edges carry unknown currents: test KCL on each joined group
+    n, _, _ = tile_network(g, c)
+    from cimsim.crossbar.circuit import _Nodes
+
+    uf = _Nodes(n)
+    for a, b, cond in edges:
+        if math.isinf(cond):
+            uf.join(a, b)
+    groups: dict[int, list[int]] = {}
+    for node in range(n):
+        groups.setdefault(uf.find(node), []).append(node)
+    for members in groups.values():
+        if any(m in fixed for m in members):
+            continue
+        assert abs(net[members].sum()) <= 1e-9 * max(scale.max(), 1e-30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiles(), circuits())
+def test_power_delivered_equals_power_dissipated(tile, c):
+    g, v = tile
+    volts, edges, fixed = _solve(g, v, c)
+    dissipated = sum(cond * (volts[a] - volts[b]) ** 2 for a, b, cond in edges if not math.isinf(cond))
+    # each source's current: what leaves its (possibly joined) node group through resistive edges
+    n, _, ix = tile_network(g, c)
+    from cimsim.crossbar.circuit import _Nodes
+
+    uf = _Nodes(n)
+    for a, b, cond in edges:
+        if math.isinf(cond):
+            uf.join(a, b)
+    delivered = 0.0
+    for i, s in enumerate(ix["src"]):
+        grp = uf.find(s)
+        out = sum(cond * (volts[a] - volts[b]) for a, b, cond in edges
+                  if not math.isinf(cond) and uf.find(a) == grp and uf.find(b) != grp)
+        out -= sum(cond * (volts[a] - volts[b]) for a, b, cond in edges
+                   if not math.isinf(cond) and uf.find(b) == grp and uf.find(a) != grp)
+        delivered += v[i] * out
+    assert delivered == pytest.approx(dissipated, rel=1e-9, abs=1e-20)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tiles(), circuits(), st.integers(0, 2**32 - 1))
+def test_the_numbering_of_the_nodes_does_not_change_the_currents(tile, c, seed):
+    g, v = tile
+    ref = tile_currents_reference(g, v, c)
+    if c.is_ideal:
+        return
+    n, edges, ix = tile_network(g, c)
+    _, _, fixed = _solve(g, v, c)
+    # the number of free node groups, from one solve
+    from cimsim.crossbar.circuit import _Nodes
+
+    uf = _Nodes(n)
+    for a, b, cond in edges:
+        if math.isinf(cond):
+            uf.join(a, b)
+    fixed_groups = {uf.find(k) for k in fixed}
+    n_free = len({uf.find(k) for k in range(n)} - fixed_groups)
+    order = np.random.default_rng(seed).permutation(n_free)
+    np.testing.assert_allclose(tile_currents_reference(g, v, c, order=order), ref, rtol=1e-9, atol=1e-18)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiles(), circuits(zero_ok=False), st.sampled_from(RESISTANCES), st.floats(1.01, 10.0))
+def test_more_resistance_never_raises_the_tile_current_nor_a_column_above_ideal(tile, c, name, factor):
+    """For non-negative drives: raising any one kind of resistance never raises the tile's total
+    current, and no column ever carries more than its IR-free current ``G^T v``."""
+    g, v = tile
+    before = tile_currents_reference(g, v, c)
+    after = tile_currents_reference(g, v, c.__class__(**{**c.to_dict(), name: getattr(c, name) * factor}))
+    assert after.sum() <= before.sum() * (1 + 1e-12) + 1e-21
+    assert np.all(before <= (g.T @ v) * (1 + 1e-12) + 1e-21)
+
+
+def test_one_column_can_gain_when_a_wire_gets_worse():
+    """Not every column's current falls as a resistance grows (issue #20 asked for that; it is
+    false): with more row-wire resistance the far columns draw less, less current crosses the
+    driver's resistance, and the column next to the driver sees a higher voltage."""
+    g = np.array([[51.2e-6, 95.0e-6, 14.4e-6]])
+    v = np.array([0.25])
+    c = TileCircuit(r_row_segment_ohm=0.5, r_col_segment_ohm=0.5, r_driver_ohm=0.5, r_sense_ohm=0.5,
+                    r_access_ohm=0.5)
+    before = tile_currents_reference(g, v, c)
+    after = tile_currents_reference(g, v, TileCircuit(**{**c.to_dict(), "r_row_segment_ohm": 1.0}))
+    assert after[0] > before[0] and after[1] < before[1] and after.sum() < before.sum()
+
+
+def test_access_transistor_in_series_and_bad_values_named():
+    assert cell_conductance_S(np.array([0.0, 1e-4]), 1e3).tolist() == [0.0, pytest.approx(1 / (1e4 + 1e3))]
+    with pytest.raises(CircuitError, match="r_sense_ohm"):
+        TileCircuit(r_sense_ohm=-1.0)
+    with pytest.raises(CircuitError, match="r_row_segment_ohm"):
+        TileCircuit(r_row_segment_ohm=float("nan"))
+    with pytest.raises(CircuitError, match="drive_end"):
+        TileCircuit(drive_end="middle")
+    with pytest.raises(CircuitError, match="unknown"):
+        TileCircuit.from_dict({"r_wire": 1.0})
+    c = TileCircuit(r_row_segment_ohm=2.5, r_access_ohm=1e3, sense_end="first")
+    assert TileCircuit.from_dict(c.to_dict()) == c
