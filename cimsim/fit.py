@@ -1,7 +1,7 @@
-"""``python -m cimsim.fit``: the command of :mod:`cimsim.device.fit` (fit a device model to measured cells)."""
+"""``python -m cimsim.fit``: the command of :mod:`cimsim.device.fit_command` (fit a device model to measured cells, or validate fitted families against them)."""
 import sys
 
-from cimsim.device.fit import main
+from cimsim.device.fit_command import main
 
 if __name__ == "__main__":
     sys.exit(main())

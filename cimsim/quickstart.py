@@ -88,7 +88,7 @@ OUTPUTS = ("rram.json", "rram_fit.png", "crossbar_error.csv", "crossbar_error.pn
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns 0 on success, 2 on bad input (one line on stderr, nothing written)."""
     from cimsim.device.model import DeviceModelError
-    from cimsim.device.fit import _Parser, _UsageError
+    from cimsim.device.fit_command import _Parser, _UsageError
     from cimsim.io import OutputError
     from cimsim.device.measured import MeasuredDataError
 
@@ -123,7 +123,8 @@ def _run(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from cimsim.crossbar.config import ConfigError
-    from cimsim.device.fit import FitOptions, _UsageError, check_paths, fit_device, format_table, render_figure
+    from cimsim.device.fit import FitOptions, fit_device, format_table, render_figure
+    from cimsim.device.fit_command import _UsageError, check_paths
     from cimsim.io import write_outputs
 
     if a.chips < 2:

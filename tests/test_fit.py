@@ -12,8 +12,9 @@ import pytest
 
 from cimsim.device.model import DeviceModel
 from cimsim.device.fit import (
-    FitOptions, fit_device, fit_level_quantiles, fit_level_samples, fit_poly, main, read_noise_sigma_S,
+    FitOptions, fit_device, fit_level_quantiles, fit_level_samples, fit_poly, read_noise_sigma_S,
 )
+from cimsim.device.fit_command import main
 from cimsim.device.measured import QUANTILES, read_tidy, summarize, summary_to_csv
 
 REPO = Path(__file__).resolve().parents[1]

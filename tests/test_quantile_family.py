@@ -50,6 +50,11 @@ def test_error_law_twins_agree_value_for_value():
                               torch.from_numpy(tails)).numpy()
     np.testing.assert_allclose(one, ref, rtol=1e-12, atol=1e-20)
     np.testing.assert_allclose(tt, ref, rtol=1e-12, atol=1e-20)
+    # per-level tables gathered by level index: the same values as one row per cell
+    lq, lt = dm.quantile_params(np.array(LEVELS), 30.0)
+    by_level = quantile_error_torch(torch.from_numpy(z), torch.tensor(Z, dtype=torch.float64), torch.from_numpy(lq),
+                                    torch.from_numpy(lt), torch.arange(1000) % 4).numpy()
+    np.testing.assert_array_equal(by_level, tt)
     # continuous at the end nodes, monotone in z, the lower tail bounded by beta / |xi|
     zz = np.linspace(-8, 8, 4001)
     e = quantile_error_numpy(zz, np.array(Z), np.repeat(q[:1], zz.size, 0), np.repeat(tails[:1], zz.size, 0))
@@ -205,7 +210,7 @@ def test_quantile_family_passes_held_out_cells_where_the_parametric_fit_does_not
 
 
 def test_fit_command_writes_a_quantile_model(tmp_path):
-    from cimsim.device.fit import main
+    from cimsim.device.fit_command import main
 
     out = tmp_path / "q.json"
     assert main([SUMMARY, "--family", "quantile", "-o", str(out)]) == 0
@@ -218,7 +223,7 @@ def test_fit_command_writes_a_quantile_model(tmp_path):
 # ------------------------------------------------------------------------ empirical device
 @pytest.mark.skipif(not (MEASURED / "rram_techC_cells.csv").exists(), reason="needs ../shared/measured")
 def test_empirical_device_replays_measured_cells_in_every_sampler(tmp_path):
-    from cimsim.device.fit import main
+    from cimsim.device.fit_command import main
     from cimsim.device.measured import read_measured
     from cimsim.device.fit import FitOptions
     from training.variation import DeviceNoise, make_generator

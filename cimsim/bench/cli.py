@@ -2,7 +2,8 @@
 
 ``mvm`` (default): crossbar forward and programming (:mod:`cimsim.bench.mvm`); ``train``: one
 LeNet-5 training step simulated vs plain torch (:mod:`cimsim.bench.training_step`); ``writeverify``:
-the write-verify kernel (:mod:`cimsim.bench.writeverify`); ``all``: the three.
+the write-verify kernel (:mod:`cimsim.bench.writeverify`); ``sampling``: programmed cells per second
+of every device family (:mod:`cimsim.bench.sampling`); ``all``: the four.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from cimsim.bench.writeverify import bench_writeverify
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cimsim.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "train", "writeverify", "all"),
+    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "train", "writeverify", "sampling", "all"),
                     help="mvm: crossbar forward and programming (default); train: one LeNet-5 training step "
-                         "simulated vs plain torch; writeverify: the write-verify kernel")
+                         "simulated vs plain torch; writeverify: the write-verify kernel; sampling: cells per "
+                         "second of every device family")
     ap.add_argument("--quick", action="store_true", help="the target shape and batch only, 8-bit ADC")
     ap.add_argument("-o", "--out", type=Path, default=Path("results/bench_mvm.csv"), help="CSV of the table")
     ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
@@ -53,4 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= max(res["chip_ratio"], res["fresh_ratio"]) <= TARGET_RATIO
     if a.what in ("writeverify", "all"):
         bench_writeverify()
+    if a.what in ("sampling", "all"):
+        from cimsim.bench.sampling import TARGET_CELLS_PER_S, bench_sampling
+
+        ok &= bench_sampling()["quantile numba"] >= TARGET_CELLS_PER_S
     return 0 if ok else 1

@@ -16,15 +16,14 @@ in G (uS) for sigma and shift; read noise (``--read-noise``); stuck-at-gmin/gmax
 the ``t = 0`` read (cells outside their window, near gmin/gmax); gmin/gmax from the lowest/highest
 window edges.
 
-Writes the JSON (``-o``) and the PNG (``--plot``) all or nothing (:func:`cimsim.io.write_outputs`).
-Bad input: one line on stderr naming the file and line or column, exit status 2, nothing written.
+The command (:mod:`cimsim.device.fit_command`) writes the JSON (``-o``) and the PNG (``--plot``)
+all or nothing; bad input raises :class:`MeasuredDataError` naming the file and line or column.
 
 Data: Akash Levy, github.com/akashlevy/RRAM-Relaxation-Master-Model (commit ca0cfff6, MIT).
 Rules and rationale: docs/design.md, section 'Device-model fit (cimsim/device/fit.py)'.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import math
@@ -40,8 +39,7 @@ import numpy as np
 from scipy import optimize, special
 
 import cimsim
-from cimsim.device.model import LevelFit, DeviceModel, DeviceModelError
-from cimsim.io import OutputError, check_outputs, write_outputs
+from cimsim.device.model import LevelFit, DeviceModel
 from cimsim.device.measured import (
     QUANTILE_COLUMNS, QUANTILES, CellTable, MeasuredDataError, SummaryTable, TidyColumns, check_neg_tol,
     miss_near_edges, read_measured, read_read_noise, sha256_file,
@@ -419,13 +417,22 @@ def fit_level_quantile_samples(x_uS: np.ndarray, target_uS: float, floor_uS: flo
                                nodes_z: Sequence[float] = CELL_NODES_Z) -> tuple[np.ndarray, tuple, tuple]:
     """Quantile-family fit of one level from per-cell reads ``x_uS`` (n,): the error quantiles
     (uS) at ``nodes_z`` (J,), and GPD tails ``(xi, beta_uS)`` fitted to the cells beyond the end
-    nodes, the lower one ending at the conductance floor ``floor_uS`` (``None``: unbounded)."""
+    nodes. Each tail ends just past its furthest cell (:func:`tail_endpoint`), the lower one also
+    no lower than the conductance floor ``floor_uS`` (``None``: no floor)."""
     err = np.sort(np.asarray(x_uS, dtype=np.float64)) - target_uS
     q = np.quantile(err, special.ndtr(np.asarray(nodes_z)))
     lo = q[0] - err[err < q[0]]
     hi = err[err > q[-1]] - q[-1]
-    bound = math.inf if floor_uS is None else q[0] - (floor_uS - target_uS)
-    return q, fit_gpd(lo, bound), fit_gpd(hi)
+    floor = math.inf if floor_uS is None else q[0] - (floor_uS - target_uS)
+    return q, fit_gpd(lo, min(floor, tail_endpoint(lo))), fit_gpd(hi, tail_endpoint(hi))
+
+
+def tail_endpoint(y: np.ndarray) -> float:
+    """Where a fitted tail ends: the largest exceedance ``y`` times ``1 + 1/len(y)`` (the expected
+    gap to the next order statistic). Unbounded maximum-likelihood tails of ~10-25 exceedances put
+    cells at hundreds of uS (shape up to 0.9), and chips with a few such cells fail where the
+    measured cells never do (docs/design.md, "Device-model validation"); ``inf`` without data."""
+    return float(y.max()) * (1 + 1 / y.size) if y.size else math.inf
 
 
 def summary_nodes() -> tuple[np.ndarray, np.ndarray]:
@@ -697,6 +704,15 @@ def fit_device(path: str | os.PathLike, options: FitOptions = FitOptions(), read
                                 "not a per-level summary")
     rn = fit_read_noise(Path(read_noise), options.read_noise_deg) if read_noise is not None else None
     levels = fit_levels(data, times, options.family, progress)
+    return model_from_levels(data, times, levels, options, rn)
+
+
+def model_from_levels(data: CellTable | SummaryTable, times: Sequence[int], levels: list[LevelResult],
+                      options: FitOptions, rn: dict[str, Any] | None = None) -> FitResult:
+    """The device model of per-level fits ``levels`` (time-major, as :func:`fit_levels` returns
+    them for ``data`` at the time indices ``times``): smooth polynomials over the levels, stuck
+    fractions, provenance."""
+    path = Path(data.path)
     g = data.target_uS
     nl = data.levels.size
     sig_polys, shift_polys, r2s, r2m, fitted = [], [], [], [], []
@@ -916,114 +932,3 @@ def _read_noise_panel(ax, result: FitResult) -> None:
 
 
 # =================================================================================== CLI
-class _UsageError(Exception):
-    """A command-line usage error (reported as one line, exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        raise _UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m cimsim.fit",
-        description="Fit a cimsim device model (JSON) to measured conductances: per-cell (tidy) data or a "
-                    "per-level summary (auto-detected from the columns).")
-    p.add_argument("data", help="CSV (optionally .gz): tidy per-cell reads or the per-level summary format")
-    p.add_argument("--time", type=float, default=None, help="fit only this nominal read time (seconds)")
-    p.add_argument("--family", choices=FIT_FAMILIES, default="auto",
-                   help="distribution of the programming error: auto (normal or Student-t per level, by AIC + KS), "
-                        "normal, student-t, or quantile (the measured quantile function with generalized-Pareto "
-                        "tails, bounded below by the conductance floor), or empirical (per-cell data only: every "
-                        "programmed cell replays a measured cell of its level at a measured read time)")
-    p.add_argument("-o", "--output", default=None, help="device model JSON to write (default: print only)")
-    p.add_argument("--plot", default=None, help="PNG figure to write")
-    p.add_argument("--read-noise", default=None, help="read-noise time series (TSV, level, 0, samples in S)")
-    p.add_argument("--min-cells", type=int, default=20, help="fewest cells a level may have (default 20)")
-    p.add_argument("--poly-deg", type=int, default=3, help="degree of sigma(G) and shift(G) per time (default 3)")
-    p.add_argument("--read-noise-deg", type=int, default=1, help="degree of sigma_read(G) (default 1)")
-    p.add_argument("--format", dest="fmt", choices=("auto", "tidy", "summary"), default="auto")
-    p.add_argument("--units", choices=("auto", "uS", "S"), default="auto",
-                   help="unit of the tidy conductance columns (auto: from the _uS / _S suffix)")
-    d = TidyColumns()
-    for role in ("level", "target", "time", "g", "lo", "hi"):
-        p.add_argument(f"--col-{role}", default=getattr(d, role), help=f"tidy column for {role} (default {getattr(d, role)})")
-    p.add_argument("--neg-tol", type=float, default=0.01,
-                   help="reads down to -NEG_TOL * gmax are kept (read offset); lower ones are errors (default 0.01)")
-    p.add_argument("--name", default=None, help="model name (default: the input file's stem)")
-    p.add_argument("--technology", default=None, help="technology text (default: '# technology:' line of the file)")
-    p.add_argument("--citation", default=None, help="citation text (default: '# citation:' line of the file)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no table, no progress")
-    return p
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file: the same file on disk when both exist, else the same resolved path."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def check_paths(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str, Any]]) -> None:
-    """Refuse an output that is an input or another output, or that cannot be written
-    (:func:`cimsim.io.check_outputs`); raises before any work is done.
-
-    ``inputs``, ``outputs``: (option, path) pairs, the option naming the path in messages; a
-    ``None`` path was not given.
-    """
-    given = [(opt, p) for opt, p in outputs if p is not None]
-    for i, (opt, p) in enumerate(given):
-        if not str(p).strip():
-            raise _UsageError(f"{opt}: empty path")
-        for what, q in [*((w, q) for w, q in inputs if q), *given[:i]]:
-            if same_file(p, q):
-                raise _UsageError(f"{opt} {p}: the same file as {what} {q}; an output must not overwrite "
-                                  "an input or another output")
-    check_outputs(p for _, p in given)
-
-
-def _options(a: argparse.Namespace) -> FitOptions:
-    cols = TidyColumns(level=a.col_level, target=a.col_target, time=a.col_time, g=a.col_g, lo=a.col_lo, hi=a.col_hi)
-    return FitOptions(family=a.family, time_s=a.time, min_cells=a.min_cells, poly_deg=a.poly_deg,
-                      read_noise_deg=a.read_noise_deg, fmt=a.fmt, units=a.units, columns=cols, neg_tol_frac=a.neg_tol,
-                      name=a.name, technology=a.technology, citation=a.citation)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry; returns 0 on success, 2 on bad input (one line on stderr)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as e:
-        print(f"cimsim.fit: error: {e} (see python -m cimsim.fit --help)", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
-    try:
-        options = _options(args)
-        options.check()
-        check_paths([("the input data file", args.data), ("--read-noise", args.read_noise)],
-                    [("-o", args.output), ("--plot", args.plot)])
-        result = fit_device(args.data, options, args.read_noise, progress=not args.quiet)
-        files: dict[Path, bytes] = {}
-        if args.output is not None:
-            files[Path(args.output)] = (result.model.to_json() + "\n").encode()
-        if args.plot is not None:
-            files[Path(args.plot)] = render_figure(result)
-        write_outputs(files)
-    except (MeasuredDataError, DeviceModelError, OutputError, _UsageError) as e:
-        print(f"cimsim.fit: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"cimsim.fit: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        print(format_table(result))
-        for path in files:
-            print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

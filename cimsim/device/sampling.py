@@ -153,7 +153,7 @@ def _log_ndtr(z):  # pragma: no cover - compiled
     return math.log(0.5 * math.erfc(-z / math.sqrt(2.0)))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def quantile_error_one(z, qz, q, tails):  # pragma: no cover - compiled
     """:func:`quantile_error_numpy` of one cell: ``q`` (J,) its quantiles, ``tails`` (4,)."""
     nj = qz.shape[0]
@@ -161,13 +161,16 @@ def quantile_error_one(z, qz, q, tails):  # pragma: no cover - compiled
         return q[0] - _gpd_excess_one(_log_ndtr(qz[0]) - _log_ndtr(z), tails[0], tails[1])
     if z > qz[nj - 1]:
         return q[nj - 1] + _gpd_excess_one(_log_ndtr(-qz[nj - 1]) - _log_ndtr(-z), tails[2], tails[3])
-    lo, hi = 0, nj - 1  # qz[lo] <= z <= qz[hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if qz[mid] <= z:
-            lo = mid
-        else:
-            hi = mid
+    lo = min(max(np.int64((z - qz[0]) / (qz[1] - qz[0])), 0), nj - 2)  # the node, if evenly spaced
+    hi = lo + 1
+    if not (qz[lo] <= z <= qz[hi]):  # uneven nodes: bisect, qz[lo] <= z <= qz[hi]
+        lo, hi = 0, nj - 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if qz[mid] <= z:
+                lo = mid
+            else:
+                hi = mid
     frac = (z - qz[lo]) / (qz[hi] - qz[lo])
     return q[lo] + frac * (q[hi] - q[lo])
 
@@ -325,7 +328,7 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel
         g = table.levels[index] + empirical_error_torch(u, table.cells, table.count, index)
     elif table.q is not None:
         med = _median_error(table)
-        err = quantile_error_torch(z.reshape(-1), table.qz, table.q[index.reshape(-1)], table.tails[index.reshape(-1)])
+        err = quantile_error_torch(z.reshape(-1), table.qz, table.q, table.tails, index.reshape(-1))
         g = table.levels[index] + (med[index] + spread * (err.view(index.shape) - med[index]))
     else:
         g = table.levels[index] + table.shift[index] + table.scale[index] * spread * z
@@ -362,23 +365,28 @@ def _median_error(table: LevelTable) -> "torch.Tensor":
 
 
 def quantile_error_torch(z: "torch.Tensor", qz: "torch.Tensor", q: "torch.Tensor",
-                         tails: "torch.Tensor") -> "torch.Tensor":
-    """:func:`quantile_error_numpy` in torch: ``z`` (n,), ``qz`` (J,), ``q`` (n, J), ``tails`` (n, 4)."""
+                         tails: "torch.Tensor", rows: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """:func:`quantile_error_numpy` in torch: ``z`` (n,), ``qz`` (J,), ``q`` (n, J), ``tails`` (n, 4);
+    or, with ``rows`` (n,) level indices, ``q`` (L, J) and ``tails`` (L, 4) per level (no (n, J)
+    copy is made)."""
     import torch
 
     nj = qz.numel()
+    r = torch.arange(z.numel(), device=z.device) if rows is None else rows
     j = (torch.searchsorted(qz, z.contiguous(), right=True) - 1).clamp(0, nj - 2)
-    lo_q = q.gather(1, j[:, None])[:, 0]
-    hi_q = q.gather(1, (j + 1)[:, None])[:, 0]
+    lo_q = q[r, j]
+    hi_q = q[r, j + 1]
     frac = (z.clamp(qz[0], qz[-1]) - qz[j]) / (qz[j + 1] - qz[j])
     out = lo_q + frac * (hi_q - lo_q)
     below, above = z < qz[0], z > qz[-1]
     if bool(below.any()):
+        rb = r[below]
         log_e = torch.special.log_ndtr(qz[0]) - torch.special.log_ndtr(z[below])
-        out[below] = q[below, 0] - _gpd_excess_torch(log_e, tails[below, 0], tails[below, 1])
+        out[below] = q[rb, 0] - _gpd_excess_torch(log_e, tails[rb, 0], tails[rb, 1])
     if bool(above.any()):
+        ra = r[above]
         log_e = torch.special.log_ndtr(-qz[-1]) - torch.special.log_ndtr(-z[above])
-        out[above] = q[above, -1] + _gpd_excess_torch(log_e, tails[above, 2], tails[above, 3])
+        out[above] = q[ra, -1] + _gpd_excess_torch(log_e, tails[ra, 2], tails[ra, 3])
     return out
 
 
