@@ -15,6 +15,15 @@
 ``irs``         NeFT's Intermediate Representation Snapshot: one noisy forward with side heads; the
                 same loss form with the head logits as z_i, shallowest head first (weighted 1).
                 Head weights are noisy too (the paper backend uses s = 1 for them).
+``nit_temp``    control (issue #21): noise injection with a training temperature,
+                CE(f(x; W + n) / T, y); T = ``temperature``, by default N + 1 = 4, the divisor of
+                OVF's and IRS's combined logits. Inference uses the raw logits, as for OVF.
+``ovf_beta0``   control: OVF with beta = 0. The N extra forwards still run (compute and BatchNorm
+                statistics as OVF's) but carry no gradient: CE(z0 / (N + 1), y).
+``ovf_frozen_bn`` control: OVF whose N extra forwards leave the BatchNorm running statistics
+                alone (momentum 0 while they run; they still normalise by their batch statistics).
+``nit_multi``   control: noise injection at OVF's compute, N + 1 noisy forwards of the batch at
+                sigma, each with fresh noise; loss = the mean of their CEs.
 ``correctnet``  Eldebiky et al. (CorrectNet, arXiv 2211.14917), the regularisation half: noise
                 injection plus ``lambda * sum_W ||W_2d W_2d^T - I||_F^2`` over conv/linear weights
                 (W reshaped to ``[out, in*kh*kw]``, the Gram matrix taken on the smaller side), a
@@ -23,6 +32,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -44,10 +55,17 @@ class MethodSpec:
     ovf_deltas: tuple[float, ...] = (0.15, 0.10, 0.05)
     ovf_decay: float = 10.0
     correctnet_lambda: float = 1e-3
+    temperature: float | None = None
 
     @classmethod
     def from_config(cls, cfg) -> MethodSpec:
-        return cls(cfg.method, cfg.sigma, cfg.beta_value, tuple(cfg.ovf_deltas), cfg.ovf_decay, cfg.correctnet_lambda)
+        return cls(cfg.method, cfg.sigma, cfg.beta_value, tuple(cfg.ovf_deltas), cfg.ovf_decay, cfg.correctnet_lambda,
+                   cfg.temperature)
+
+    @property
+    def temperature_value(self) -> float:
+        """The training temperature of ``nit_temp``: ``temperature``, or N + 1."""
+        return float(len(self.ovf_deltas) + 1) if self.temperature is None else float(self.temperature)
 
 
 def negative_feedback_logits(z0: torch.Tensor, zs: Sequence[torch.Tensor], beta: float, decay: float = 10.0) -> torch.Tensor:
@@ -99,6 +117,43 @@ def _ovf(spec, model, x, y, variation, gen):
     return F.cross_entropy(negative_feedback_logits(z0, zs, spec.beta, spec.ovf_decay), y), z0
 
 
+def _nit_temp(spec, model, x, y, variation, gen):
+    z = variation.forward(model, x, spec.sigma, gen)
+    return F.cross_entropy(z.float() / spec.temperature_value, y), z
+
+
+def _ovf_beta0(spec, model, x, y, variation, gen):
+    return _ovf(dataclasses.replace(spec, beta=0.0), model, x, y, variation, gen)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(model: nn.Module):
+    """BatchNorm layers keep normalising by batch statistics but do not update their running ones."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (mom, n) in zip(bns, saved):
+            m.momentum = mom
+            if n is not None:
+                m.num_batches_tracked.copy_(n)
+
+
+def _ovf_frozen_bn(spec, model, x, y, variation, gen):
+    z0 = variation.forward(model, x, spec.sigma, gen)
+    with frozen_batchnorm_statistics(model):
+        zs = [variation.forward(model, x, spec.sigma + d, gen) for d in spec.ovf_deltas]
+    return F.cross_entropy(negative_feedback_logits(z0, zs, spec.beta, spec.ovf_decay), y), z0
+
+
+def _nit_multi(spec, model, x, y, variation, gen):
+    zs = [variation.forward(model, x, spec.sigma, gen) for _ in range(len(spec.ovf_deltas) + 1)]
+    return torch.stack([F.cross_entropy(z.float(), y) for z in zs]).mean(), zs[0]
+
+
 def _irs(spec, model, x, y, variation, gen):
     z0, hs = variation.forward(model, x, spec.sigma, gen, heads=True)
     return F.cross_entropy(negative_feedback_logits(z0, hs, spec.beta, spec.ovf_decay), y), z0
@@ -109,7 +164,9 @@ def _correctnet(spec, model, x, y, variation, gen):
     return F.cross_entropy(z, y) + spec.correctnet_lambda * orthogonality_penalty(model), z
 
 
-METHOD_LOSSES: dict[str, Callable] = {"plain": _plain, "nit": _nit, "ovf": _ovf, "irs": _irs, "correctnet": _correctnet}
+METHOD_LOSSES: dict[str, Callable] = {"plain": _plain, "nit": _nit, "ovf": _ovf, "irs": _irs, "correctnet": _correctnet,
+                                      "nit_temp": _nit_temp, "ovf_beta0": _ovf_beta0, "ovf_frozen_bn": _ovf_frozen_bn,
+                                      "nit_multi": _nit_multi}
 
 
 def batch_loss(spec: MethodSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 
 PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "neft_paper_accuracy.csv"
-METHOD_ORDER = ("plain", "nit", "ovf", "irs", "correctnet")
+METHOD_ORDER = ("plain", "nit", "ovf", "irs", "correctnet", "nit_temp", "ovf_beta0", "ovf_frozen_bn", "nit_multi")
 METHOD_NAMES = {"plain": "plain", "nit": "NIT (noise injection)", "ovf": "OVF (NeFT)", "irs": "IRS (NeFT)",
-                "correctnet": "CorrectNet (regulariser only)"}
+                "correctnet": "CorrectNet (regulariser only)", "nit_temp": "NIT + temperature (control)",
+                "ovf_beta0": "OVF, beta = 0 (control)", "ovf_frozen_bn": "OVF, BN statistics frozen (control)",
+                "nit_multi": "NIT at OVF's compute (control)"}
 PAPER_METHODS = {"W/O Noise": "plain", "W/ Noise": "nit", "OVF": "ovf", "IRS": "irs", "CorrectNet": "correctnet"}
 #: the file that marks a ``results/`` folder as this report's own (only such a folder is ever replaced)
 MARKER = ".cimsim-report"
@@ -43,7 +45,8 @@ class ReportError(ValueError):
     """The report cannot be written as asked (one line naming the option; exit status 2)."""
 
 
-COLORS = {"plain": "tab:gray", "nit": "tab:blue", "ovf": "tab:red", "irs": "tab:orange", "correctnet": "tab:green"}
+COLORS = {"plain": "tab:gray", "nit": "tab:blue", "ovf": "tab:red", "irs": "tab:orange", "correctnet": "tab:green",
+          "nit_temp": "tab:cyan", "ovf_beta0": "tab:pink", "ovf_frozen_bn": "tab:purple", "nit_multi": "tab:olive"}
 
 
 def _pd():

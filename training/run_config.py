@@ -22,7 +22,9 @@ from typing import Any
 
 MODELS = ("mlp", "lenet", "vgg8", "resnet18")
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
-METHODS = ("plain", "nit", "ovf", "irs", "correctnet")
+METHODS = ("plain", "nit", "ovf", "irs", "correctnet", "nit_temp", "ovf_beta0", "ovf_frozen_bn", "nit_multi")
+#: the controls of issue #21 (training/methods.py) and the method whose defaults each shares
+CONTROL_BASE = {"nit_temp": "nit", "ovf_beta0": "ovf", "ovf_frozen_bn": "ovf", "nit_multi": "nit"}
 NOISES = ("paper", "device", "crossbar")
 SIGMA_MODES = ("replace", "multiply")
 DACS = ("multibit", "bit_serial")
@@ -60,6 +62,7 @@ FIELD_HELP = {
     "ovf_deltas": "OVF: extra sigma of each extra forward, comma-separated",
     "ovf_decay": "OVF/IRS: z_i weighted decay^-i",
     "correctnet_lambda": "CorrectNet: weight of the orthogonality (Lipschitz) penalty",
+    "temperature": "nit_temp: training logit temperature T, loss CE(z / T, y) (default: len(ovf_deltas) + 1)",
     "epochs": "training epochs",
     "batch_size": "training batch size",
     "lr": "learning rate (default: the paper's for the model)",
@@ -89,6 +92,7 @@ def default_beta(model: str, method: str, dataset: str) -> float:
     LeNet-5 and MLP (not in the paper): the VGG-8 MNIST values, OVF 1e-3 and IRS 1e-2.
     Methods without negative feedback get 0.
     """
+    method = CONTROL_BASE.get(method, method)
     if method not in ("ovf", "irs"):
         return 0.0
     cifar = dataset.startswith("cifar")
@@ -139,7 +143,9 @@ class RunConfig:
         beta: negative-feedback strength (``None``: :func:`default_beta`).
         ovf_deltas: extra sigma of OVF's extra forwards, in order (their count is N).
         ovf_decay: z_i is weighted ``ovf_decay ** -i``. correctnet_lambda: weight of CorrectNet's
-            orthogonality (Lipschitz) penalty.
+            orthogonality (Lipschitz) penalty. temperature: ``nit_temp``'s training temperature
+            (``None``: N + 1). The controls ``nit_temp | ovf_beta0 | ovf_frozen_bn | nit_multi``
+            take the defaults (beta) of ``nit`` / ``ovf``.
     Optimisation
         epochs, batch_size, lr (``None``: :func:`default_lr`), optimizer ``adam | sgd``, momentum
         (sgd), weight_decay, scheduler ``cosine | none``, seed, torch_device (``auto | cpu | cuda``),
@@ -178,6 +184,7 @@ class RunConfig:
     ovf_deltas: tuple[float, ...] = (0.15, 0.10, 0.05)
     ovf_decay: float = 10.0
     correctnet_lambda: float = 1e-3
+    temperature: float | None = None
     epochs: int = 10
     batch_size: int = 128
     lr: float | None = None
@@ -236,8 +243,10 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr is not None and self.lr == 0:
             raise ConfigError("lr must be > 0")
-        if self.method == "ovf" and not self.ovf_deltas:
-            raise ConfigError("ovf needs at least one extra forward (ovf_deltas is empty)")
+        if self.method in ("ovf", "ovf_beta0", "ovf_frozen_bn") and not self.ovf_deltas:
+            raise ConfigError(f"{self.method} needs at least one extra forward (ovf_deltas is empty)")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if any(not (math.isfinite(d) and d >= 0) for d in self.ovf_deltas):
             raise ConfigError(f"ovf_deltas must be finite and >= 0, got {self.ovf_deltas}")
         if not self.ovf_decay > 0:

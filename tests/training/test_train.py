@@ -11,7 +11,8 @@ from training.train import Diverged, UsageError, partial_dir, run
 
 
 @pytest.mark.parametrize("method,noise", [("plain", "paper"), ("nit", "paper"), ("ovf", "paper"), ("irs", "paper"),
-                                          ("correctnet", "paper"), ("nit", "device")])
+                                          ("correctnet", "paper"), ("nit", "device"), ("nit_temp", "paper"),
+                                          ("ovf_beta0", "paper"), ("ovf_frozen_bn", "paper"), ("nit_multi", "paper")])
 def test_each_method_beats_chance_on_digits(tmp_path, fast_cfg, method, noise):
     cfg = fast_cfg.replace(method=method, noise=noise, epochs=3, eval_chips=5)
     res = run(cfg, tmp_path / "r", quiet=True)
