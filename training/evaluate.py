@@ -21,6 +21,7 @@ section 'Monte Carlo evaluation (training/evaluate.py)'.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -125,30 +126,85 @@ class MCResult:
     acc_per_chip: np.ndarray
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (those per-chip recalibration recomputes)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibration_images(train: ImageSet, n: int, device: torch.device | str) -> torch.Tensor | None:
+    """The first ``n`` images of the training split (unlabelled use; never the test set) as the
+    float batch per-chip recalibration runs through each chip; ``None`` for ``n = 0``."""
+    if n <= 0:
+        return None
+    if n > len(train):
+        from .run_config import ConfigError
+
+        raise ConfigError(f"bn_recal_images = {n}: the training split has only {len(train)} images")
+    return train.batch(slice(0, n), device)[0]
+
+
+@contextlib.contextmanager
+def recalibrated_batchnorm(model: nn.Module, variation: Variation, chip: dict, x_cal: torch.Tensor | None,
+                           batch_size: int):
+    """Per-chip BatchNorm recalibration: inside the block every BatchNorm layer holds the running
+    statistics of ``x_cal`` (images ``[n, C, H, W]``) as this chip computes them (equal-weight
+    average over batches of ``batch_size``); afterwards the model's own statistics are back.
+    Yields the number of images run (0 without ``x_cal`` or BatchNorm)."""
+    bns = batchnorm_layers(model)
+    if x_cal is None or not bns:
+        yield 0
+        return
+    saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum, m.training) for m in bns]
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+            m.train()
+        for s in range(0, x_cal.shape[0], batch_size):
+            variation.forward_chip(model, chip, x_cal[s:s + batch_size])
+        for m in bns:
+            m.eval()
+        yield int(x_cal.shape[0])
+    finally:
+        for m, (state, momentum, training) in zip(bns, saved):
+            m.load_state_dict(state)
+            m.momentum = momentum
+            m.train(training)
+
+
 @torch.no_grad()
 def evaluate_mc(model: nn.Module, variation: Variation, data: ImageSet, sigma: float, chips: int, seed: int,
-                batch_size: int = 1000, device: torch.device | str = "cpu", progress: bool = False) -> MCResult:
+                batch_size: int = 1000, device: torch.device | str = "cpu", progress: bool = False,
+                recal_x: torch.Tensor | None = None) -> MCResult:
     """Monte Carlo accuracy over ``chips`` programmed chips at variation ``sigma`` (see module doc).
 
     Chips whose backend leaves the weights untouched (e.g. paper noise at sigma 0) are evaluated
-    once and counted ``chips`` times (all identical).
+    once and counted ``chips`` times (all identical). ``recal_x``: images for per-chip BatchNorm
+    recalibration (:func:`recalibrated_batchnorm`); the metrics then count the images run.
     """
     was = model.training
     model.eval()
     dev = torch.device(device)
     data = data.to(dev)
     acc = MCAccumulator(len(data), data.num_classes, dev)
-    _chip_loop(model, variation, data, sigma, range(chips), seed, batch_size, dev, acc, progress)
+    recal = _chip_loop(model, variation, data, sigma, range(chips), seed, batch_size, dev, acc, progress, recal_x)
     model.train(was)
-    return MCResult(acc.result(), np.asarray(acc.accs))
+    return MCResult({**acc.result(), **_recal_metrics(recal, chips)}, np.asarray(acc.accs))
+
+
+def _recal_metrics(images_per_chip: int, chips: int) -> dict:
+    return {"bn_recal_images_per_chip": images_per_chip, "bn_recal_images_total": images_per_chip * chips}
 
 
 def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: float, chip_ids: Sequence[int],
-               seed: int, batch_size: int, dev: torch.device, acc: MCAccumulator, progress: bool = False) -> None:
-    """Add chips ``chip_ids`` (chip i drawn from :func:`chip_seed` ``(seed, i)``) to ``acc``; model in eval mode."""
+               seed: int, batch_size: int, dev: torch.device, acc: MCAccumulator, progress: bool = False,
+               recal_x: torch.Tensor | None = None) -> int:
+    """Add chips ``chip_ids`` (chip i drawn from :func:`chip_seed` ``(seed, i)``) to ``acc``; model in
+    eval mode. Returns the recalibration images run per chip (0: none)."""
     n, total = len(data), len(chip_ids)
     t0 = time.time()
     logits_cache = None
+    recal = 0
     for k, i in enumerate(chip_ids):
         chip = variation.chip(model, sigma, chip_seed(seed, i), heads=False)
         if not chip and logits_cache is not None:
@@ -157,17 +213,19 @@ def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: fl
             acc.end_chip()
             continue
         cache = []
-        for s in range(0, n, batch_size):
-            x, y = data.batch(slice(s, s + batch_size), dev)
-            p = torch.softmax(variation.forward_chip(model, chip, x).float(), 1)
-            acc.add_batch(s, p, y)
-            if not chip:
-                cache.append((s, p))
+        with recalibrated_batchnorm(model, variation, chip, recal_x, batch_size) as recal:
+            for s in range(0, n, batch_size):
+                x, y = data.batch(slice(s, s + batch_size), dev)
+                p = torch.softmax(variation.forward_chip(model, chip, x).float(), 1)
+                acc.add_batch(s, p, y)
+                if not chip:
+                    cache.append((s, p))
         acc.end_chip()
         if not chip:
             logits_cache = cache
         if progress and (k + 1) % max(1, total // 10) == 0:
             print(f"eval chip {k + 1}/{total} acc {acc.accs[-1]:.4f} {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    return recal
 
 
 @torch.no_grad()
@@ -225,19 +283,21 @@ class MCPartial:
     sum_p: np.ndarray
     sum_h: np.ndarray
     conf_sum: float
+    recal_images: int = 0
 
 
 @torch.no_grad()
 def evaluate_chips(model: nn.Module, variation: Variation, data: ImageSet, sigma: float, chip_ids: Sequence[int],
-                   seed: int, batch_size: int = 1000, device: torch.device | str = "cpu") -> MCPartial:
+                   seed: int, batch_size: int = 1000, device: torch.device | str = "cpu",
+                   recal_x: torch.Tensor | None = None) -> MCPartial:
     """Chips ``chip_ids`` only (chip i from :func:`chip_seed` ``(seed, i)``, exactly as in :func:`evaluate_mc`)."""
     model.eval()
     dev = torch.device(device)
     data = data.to(dev)
     acc = MCAccumulator(len(data), data.num_classes, dev)
-    _chip_loop(model, variation, data, sigma, list(chip_ids), seed, batch_size, dev, acc)
+    recal = _chip_loop(model, variation, data, sigma, list(chip_ids), seed, batch_size, dev, acc, recal_x=recal_x)
     return MCPartial(list(map(int, chip_ids)), list(acc.accs), acc.sum_p.cpu().numpy(), acc.sum_h.cpu().numpy(),
-                     float(acc.conf_sum))
+                     float(acc.conf_sum), recal)
 
 
 def merge_partials(parts: Sequence[MCPartial]) -> MCResult:
@@ -253,7 +313,8 @@ def merge_partials(parts: Sequence[MCPartial]) -> MCResult:
         acc.sum_h += torch.tensor(q.sum_h, dtype=torch.float64)
         acc.accs.extend(q.accs)
         acc.conf_sum += q.conf_sum
-    return MCResult(acc.result(), np.asarray(acc.accs))
+    recal = max(q.recal_images for q in parts)
+    return MCResult({**acc.result(), **_recal_metrics(recal, len(ids))}, np.asarray(acc.accs))
 
 
 def chunk_chips(chips: int, chunk_size: int) -> list[list[int]]:
@@ -268,7 +329,7 @@ def chunk_chips(chips: int, chunk_size: int) -> list[list[int]]:
 EVAL_OVERRIDES = frozenset({
     "noise", "device_model", "sigma_mode", "weight_bits", "bits_per_cell", "read_time_s", "crossbar_config",
     "adc_bits", "dac", "keep_first", "keep_last", "crossbar_calibration", "test_limit", "eval_batch_size",
-    "precision",
+    "precision", "bn_recal_images",
 })
 
 
@@ -359,8 +420,10 @@ def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_devic
     set_threads(threads)
     cfg, model, variation, test, dev = load_run(run_dir, torch_device, overrides)
     s = cfg.eval_sigma_value if sigma is None else float(sigma)
+    recal_x = (recalibration_images(load_splits(cfg)[0], cfg.bn_recal_images, dev)
+               if cfg.bn_recal_images and batchnorm_layers(model) else None)
     with autocast(cfg.precision, dev):
-        return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev)
+        return evaluate_chips(model, variation, test, s, chip_ids, cfg.seed, cfg.eval_batch_size, dev, recal_x)
 
 
 def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | None = None, engine=None,

@@ -78,6 +78,7 @@ FIELD_HELP = {
     "val_chips": "chips that score each epoch's validation accuracy",
     "eval_batch_size": "batch size of evaluation",
     "converge_frac": "a run converged when clean val accuracy >= chance + frac * (1 - chance)",
+    "bn_recal_images": "per-chip BatchNorm recalibration: training images run through each chip before it is tested (0: off)",
 }
 
 class ConfigError(ValueError):
@@ -156,6 +157,9 @@ class RunConfig:
         eval_chips: Monte Carlo chips at test. val_chips: chips that score each epoch's
         validation accuracy (selects the checkpoint). eval_batch_size. converge_frac: a run
         converged when its best clean validation accuracy >= chance + converge_frac * (1 - chance).
+        bn_recal_images: per-chip BatchNorm recalibration at test - the first n training-split
+        images run through each programmed chip to recompute its BatchNorm statistics (0: off;
+        no effect on a model without BatchNorm).
     """
 
     model: str = "lenet"
@@ -200,6 +204,7 @@ class RunConfig:
     val_chips: int = 4
     eval_batch_size: int = 1000
     converge_frac: float = 0.5
+    bn_recal_images: int = 0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -253,6 +258,8 @@ class RunConfig:
             raise ConfigError(f"ovf_decay must be > 0, got {self.ovf_decay}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not (isinstance(self.bn_recal_images, int) and self.bn_recal_images >= 0):
+            raise ConfigError(f"bn_recal_images must be an integer >= 0, got {self.bn_recal_images!r}")
         if not 0 <= self.converge_frac <= 1:
             raise ConfigError(f"converge_frac must lie in [0, 1], got {self.converge_frac}")
 

@@ -39,7 +39,7 @@ from .data import DataError, check_available, load_splits
 from .engines import one_line
 from cimsim.seeds import SHUFFLE, TRAIN_NOISE, VALIDATION, chip_seed, run_stream_seed
 
-from .evaluate import clean_accuracy, converged, evaluate_mc, plot_histogram
+from .evaluate import batchnorm_layers, clean_accuracy, converged, evaluate_mc, plot_histogram, recalibration_images
 from .methods import MethodSpec, batch_loss
 from .precision import autocast
 from .runfolder import RunFolderError, RunLock, check_not_locked, check_output_dir, check_replaceable, write_marker
@@ -260,9 +260,10 @@ def _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, v
     best = torch.load(work / "best.pt", map_location=dev, weights_only=True)
     model.load_state_dict(best["model"])
     t0 = time.time()
+    recal_x = recalibration_images(train, cfg.bn_recal_images, dev) if batchnorm_layers(model) else None
     with autocast(cfg.precision, dev):
         mc = evaluate_mc(model, variation, test.to(dev), eval_sigma, cfg.eval_chips, cfg.seed,
-                         cfg.eval_batch_size, dev, progress=not quiet)
+                         cfg.eval_batch_size, dev, progress=not quiet, recal_x=recal_x)
         clean_test = clean_accuracy(model, test, cfg.eval_batch_size, dev)
     best_row = max(history, key=lambda r: (r["val_acc_noisy"], -r["epoch"])) if history else {}
     result = {

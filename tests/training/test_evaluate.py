@@ -67,3 +67,64 @@ def test_convergence_definition():
     assert not converged(0.54, 10, 0.5)
     assert not converged(0.99, 10, 0.5, diverged=True)
     assert convergence_probability([True, False, True, True]) == 0.75
+
+
+def _bn_model_and_data():
+    torch.manual_seed(0)
+    data = load_dataset("digits", "test").subset(slice(0, 64))
+    model = build_model("vgg8", data.input_shape, 10).eval()
+    for m in model.modules():  # non-trivial running statistics, as a trained model has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model, data
+
+
+def test_per_chip_batchnorm_recalibration_uses_the_chip_and_restores_the_model():
+    from training.evaluate import batchnorm_layers, recalibrated_batchnorm
+
+    model, data = _bn_model_and_data()
+    pn = PaperNoise(1.0)
+    chip = pn.chip(model, 0.3, chip_seed(3, 0))
+    x_cal, _ = data.batch(slice(0, 48))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = batchnorm_layers(model)[0]
+    seen = {}
+    hook = first.register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0].detach().clone()))
+    with torch.no_grad(), recalibrated_batchnorm(model, pn, chip, x_cal, batch_size=48) as n:
+        hook.remove()
+        assert n == 48 and not any(m.training for m in batchnorm_layers(model))
+        # the first BatchNorm holds the statistics of its input on this chip: batch mean, unbiased var
+        feats = seen["x"]
+        np.testing.assert_allclose(first.running_mean, feats.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(first.running_var, feats.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and statistics as before
+    assert first.momentum == 0.1 and not model.training
+
+
+def test_recalibrated_evaluation_reports_its_cost_and_skips_models_without_batchnorm():
+    model, data = _bn_model_and_data()
+    pn = PaperNoise(1.0)
+    x_cal, _ = data.batch(slice(0, 32))
+    plain = evaluate_mc(model, pn, data, 0.3, chips=3, seed=1, batch_size=64)
+    recal = evaluate_mc(model, pn, data, 0.3, chips=3, seed=1, batch_size=64, recal_x=x_cal)
+    assert plain.metrics["bn_recal_images_per_chip"] == 0
+    assert recal.metrics["bn_recal_images_per_chip"] == 32 and recal.metrics["bn_recal_images_total"] == 96
+    assert not np.array_equal(plain.acc_per_chip, recal.acc_per_chip) or plain.metrics["ekl"] != recal.metrics["ekl"]
+    lenet = build_model("lenet", data.input_shape, 10)
+    r = evaluate_mc(lenet, pn, data, 0.3, chips=2, seed=1, batch_size=64, recal_x=x_cal)
+    assert r.metrics["bn_recal_images_per_chip"] == 0  # no BatchNorm: nothing to recalibrate
+
+
+def test_bn_recal_option_is_checked_and_an_evaluation_override():
+    from training.evaluate import parse_overrides, recalibration_images
+    from training.run_config import ConfigError, RunConfig
+
+    assert parse_overrides(["bn_recal_images=256"]) == {"bn_recal_images": 256}
+    with pytest.raises(ConfigError, match="bn_recal_images"):
+        RunConfig(bn_recal_images=-1)
+    train = load_dataset("digits", "train").subset(slice(0, 10))
+    with pytest.raises(ConfigError, match="only 10 images"):
+        recalibration_images(train, 11, "cpu")
+    assert recalibration_images(train, 0, "cpu") is None
