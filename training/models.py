@@ -24,6 +24,21 @@ import torch
 from torch import nn
 
 
+def authors_init(model: nn.Module) -> None:
+    """The NeFT authors' initialisation (their VGG-8 / ResNet-18 code, ../shared/reference/README.md
+    s.1): kaiming-normal (fan_out, ReLU gain) weights for every Conv2d and every Linear layer, the
+    IRS side heads' included; biases 0; BatchNorm weight 1, bias 0. LeNet-5 and the MLP keep
+    PyTorch's defaults (not in the paper)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class SideHead(nn.Module):
     """IRS head: ``[B, C, H, W] -> AdaptiveAvgPool(p) -> [B, C*p*p] -> 512 -> ReLU -> [B, classes]``.
 
@@ -140,8 +155,8 @@ class LeNet5(TappedNet):
 class VGG8(TappedNet):
     """The NeFT authors' VGG-8 (README s.1): conv3x3 (pad 1, no bias) 64 -> 128 -> maxpool -> 256 ->
     256 -> maxpool -> 512 -> 512 -> maxpool, BatchNorm + ReLU after every conv; flatten ->
-    Linear 1024 (bias) -> ReLU -> Linear classes; no dropout; kaiming-normal (fan_out) init.
-    About 0.54 G MACs per 32x32 image.
+    Linear 1024 (bias) -> ReLU -> Linear classes; no dropout; :func:`authors_init` (kaiming-normal,
+    fan_out, of every conv and Linear layer, the side heads' too). About 0.54 G MACs per 32x32 image.
     """
 
     head_pools = (6, 4, 3)
@@ -164,13 +179,8 @@ class VGG8(TappedNet):
             raise ValueError(f"VGG-8 needs inputs of at least 8x8 pixels, got {input_shape}")
         self.fc1 = nn.Linear(n, 1024)
         self.fc2 = nn.Linear(1024, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
         self._init_heads(input_shape, num_classes, with_heads)
+        authors_init(self)
 
     def _trunk(self, x):
         taps = []
@@ -211,7 +221,8 @@ class BasicBlock(nn.Module):
 
 class ResNet18(TappedNet):
     """CIFAR-style ResNet-18: conv3x3(64) + BN + ReLU stem (no max pool), 4 stages of 2 basic
-    blocks (64, 128, 256, 512; strides 1, 2, 2, 2), global average pool, Linear(512, classes)."""
+    blocks (64, 128, 256, 512; strides 1, 2, 2, 2), global average pool, Linear(512, classes);
+    :func:`authors_init`."""
 
     head_pools = (6, 6, 4, 3)
 
@@ -226,10 +237,8 @@ class ResNet18(TappedNet):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self._init_heads(input_shape, num_classes, with_heads)
+        authors_init(self)
 
     def _trunk(self, x):
         s = torch.relu(self.bn1(self.conv1(x)))

@@ -46,3 +46,22 @@ def test_resnet_taps():
 def test_heads_required_for_heads_forward():
     with pytest.raises(RuntimeError, match="without side heads"):
         build_model("mlp", (1, 8, 8), 10)(torch.zeros(1, 1, 8, 8), heads=True)
+
+
+@pytest.mark.parametrize("name", ["vgg8", "resnet18"])
+def test_authors_initialisation_of_every_linear_layer_heads_included(name):
+    """Issue #21: kaiming-normal (fan_out) for every conv and Linear of VGG-8 / ResNet-18 and
+    their IRS heads, biases 0, as the authors' code; LeNet-5 keeps PyTorch's default."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_model(name, (1, 32, 32), 10, with_heads=True)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert any(n.startswith("heads.") for n, _ in linears) and len(linears) >= 3
+    for n, m in linears:
+        want = math.sqrt(2.0 / m.weight.shape[0])  # fan_out of a Linear weight [out, in]
+        assert float(m.weight.detach().std()) == pytest.approx(want, rel=0.15 if m.weight.numel() > 2000 else 0.5), n
+        assert float(m.bias.abs().max()) == 0.0, n
+    lenet = build_model("lenet", (1, 28, 28), 10)
+    bound = 1 / math.sqrt(lenet.fc1.weight.shape[1])  # PyTorch's default: U(-1/sqrt(in), 1/sqrt(in))
+    assert float(lenet.fc1.weight.abs().max()) <= bound and float(lenet.fc1.bias.abs().max()) > 0
