@@ -191,8 +191,8 @@ def test_access_transistor_in_series_and_bad_values_named():
 @settings(max_examples=80, deadline=None)
 @given(tiles(max_side=7), circuits(), st.integers(1, 4), st.integers(0, 2**32 - 1))
 def test_fast_line_solver_equals_the_specification(tile, c, batch, seed):
-    """Block Gauss-Seidel over the row and column wires, batched: within 1e-6 of the nodal solve
-    (it converges to 1e-10 of the largest drive), for every mix of zero and non-zero resistances."""
+    """Conjugate gradients on the cell currents, batched: within 1e-6 of the nodal solve, for every
+    mix of zero and non-zero resistances and both ends."""
     from cimsim.crossbar.circuit import tile_currents
 
     g, _ = tile
@@ -206,5 +206,17 @@ def test_fast_solver_says_when_it_does_not_converge():
 
     g = np.full((8, 8), 100e-6)
     c = TileCircuit(r_row_segment_ohm=50.0, r_col_segment_ohm=50.0, r_driver_ohm=500.0, r_sense_ohm=500.0)
-    with pytest.raises(CircuitNotConverged, match="8x8 tile.*after 2 sweeps"):
+    with pytest.raises(CircuitNotConverged, match="8x8 tile.*residual.*after 2 iterations"):
         tile_currents(g, np.full((1, 8), 0.2), c, max_iter=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 7), st.booleans(), st.integers(0, 2**32 - 1))
+def test_ladder_is_the_chain_resistance_matrix(rows, cols, first, seed):
+    """The O(n) wire term equals sum_k x_k min(d_j, d_k), d = segments from the line's end."""
+    from cimsim.crossbar.circuit import _ladder
+
+    x = np.random.default_rng(seed).normal(size=(2, rows, cols))
+    d = np.arange(cols) if first else cols - 1 - np.arange(cols)
+    want = np.einsum("bik,jk->bij", x, np.minimum.outer(d, d).astype(float))
+    np.testing.assert_allclose(_ladder(x, 2, first), want, rtol=1e-12, atol=1e-12)
