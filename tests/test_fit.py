@@ -236,7 +236,7 @@ def test_single_time_and_progress(tmp_path, capsys):
     assert main([str(write_csv(df, tmp_path / "c.csv")), "--time", "1", "-o", str(out)]) == 0
     cap = capsys.readouterr()
     assert "t = 1 s" in cap.out and "robust" in cap.out and "family" in cap.out
-    assert "cimsim.fit: t = 1 s (1/1)" in cap.err
+    assert "cimsim.fit: read times: 1/1 (100 %)" in cap.err and "t = 1 s: 4 levels fitted" in cap.err
     assert DeviceModel.load(out).times_s == (1.0,)
 
 

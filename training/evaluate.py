@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cimsim.progress import Progress
 from cimsim.seeds import chip_seed
 
 from .cli import Parser, UsageError, field_type, resolve_torch_device
@@ -202,7 +202,7 @@ def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: fl
     """Add chips ``chip_ids`` (chip i drawn from :func:`chip_seed` ``(seed, i)``) to ``acc``; model in
     eval mode. Returns the recalibration images run per chip (0: none)."""
     n, total = len(data), len(chip_ids)
-    t0 = time.time()
+    bar = Progress(total, "evaluate: chips", quiet=not progress)
     logits_cache = None
     recal = 0
     for k, i in enumerate(chip_ids):
@@ -211,6 +211,7 @@ def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: fl
             for s, p in logits_cache:
                 acc.add_batch(s, p, data.y[s : s + p.shape[0]])
             acc.end_chip()
+            bar.update()
             continue
         cache = []
         with recalibrated_batchnorm(model, variation, chip, recal_x, batch_size) as recal:
@@ -223,8 +224,8 @@ def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: fl
         acc.end_chip()
         if not chip:
             logits_cache = cache
-        if progress and (k + 1) % max(1, total // 10) == 0:
-            print(f"eval chip {k + 1}/{total} acc {acc.accs[-1]:.4f} {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+        bar.update(note=f"chip {i} acc {acc.accs[-1]:.4f}")
+    bar.close()
     return recal
 
 
@@ -428,7 +429,7 @@ def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_devic
 
 def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | None = None, engine=None,
                  chunk_size: int | None = None, torch_device: str | None = None, threads: int | None = None,
-                 overrides: dict | None = None) -> MCResult:
+                 overrides: dict | None = None, progress: bool = False) -> MCResult:
     """Monte Carlo test accuracy of a finished run, its chips split into chunks run on ``engine``.
 
     Chip i always uses ``chip_seed(run seed, i)`` and chunks are merged in chip order, so the
@@ -447,10 +448,12 @@ def evaluate_run(run_dir: str | Path, chips: int | None = None, sigma: float | N
     engine = engine or InlineEngine()
     tasks = [Task(ids[0], mc_chunk, (str(run_dir), ids, sigma, torch_device, threads or 1, overrides)) for ids in chunks]
     parts = []
-    for res in engine.run(tasks):
-        if not res.ok:
-            raise RuntimeError(f"chips {res.key}..: {res.error}")
-        parts.append(res.value)
+    with Progress(chips, "evaluate: chips", quiet=not progress) as bar:
+        for res in engine.run(tasks):
+            if not res.ok:
+                raise RuntimeError(f"chips {res.key}..: {res.error}")
+            parts.append(res.value)
+            bar.update(len(res.value.chip_ids))
     return merge_partials(parts)
 
 
@@ -514,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate under another chip setting, e.g. --set noise=crossbar --set adc_bits=6 "
                         "--set read_time_s=86400 (repeatable; fields: " + ", ".join(sorted(EVAL_OVERRIDES)) + ")")
     p.add_argument("--out", default=None, help="write metrics and per-chip accuracies to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary line")
     ns = p.parse_args(argv)
     engine = None
     try:
@@ -531,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(ns.engine, workers=ns.workers, retries=ns.retries, address=ns.address,
                              cpus_per_task=ns.cpus_per_chunk, gpus_per_task=ns.gpus_per_chunk)
         threads = max(1, round(ns.cpus_per_chunk or 1))
-        res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads, overrides)
+        res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads, overrides,
+                           progress=not ns.quiet)
     except (UsageError, ConfigError, EngineError, RunFolderError, DataError, VariationError, DeviceModelError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
@@ -544,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         if engine is not None:
             engine.close()
     m = res.metrics
-    print(f"{ns.run}: test acc {100 * m['acc_mean']:.2f} +- {100 * m['acc_std']:.2f} % over {m['chips']} chips, "
-          f"EKL {m['ekl']:.4f}", file=sys.stderr)
+    if not ns.quiet:
+        print(f"{ns.run}: test acc {100 * m['acc_mean']:.2f} +- {100 * m['acc_std']:.2f} % over {m['chips']} chips, "
+              f"EKL {m['ekl']:.4f}", file=sys.stderr)
     if ns.out:
         try:
             _write_json(Path(ns.out), {**m, "run": str(ns.run), "acc_per_chip": res.acc_per_chip.tolist()})

@@ -39,6 +39,8 @@ import numpy as np
 from .threads import set_threads
 from .run_config import ConfigError, RunConfig
 from .cli import EXIT_USAGE
+from cimsim.progress import Progress
+
 from .engines import ENGINES, Engine, EngineError, InlineEngine, LocalEngine, Task, make_engine, one_line
 
 ROW_FIELDS = [
@@ -606,6 +608,7 @@ def _run_todo(engine: Engine, todo: list[tuple[RunConfig, Path]], csv_path: Path
     tasks = [Task(_key(c.method, c.sigma, c.seed), run_cell, (c.to_dict(), str(rd), threads, faults)) for c, rd in todo]
     by_key = {t.key: (c, rd) for t, (c, rd) in zip(tasks, todo)}
     written: set = set()
+    pace = Progress(len(tasks), "sweep", quiet=True)  # the time left, shown on each cell's line
     try:
         for i, res in enumerate(engine.run(tasks)):
             if res.key in written:
@@ -616,7 +619,9 @@ def _run_todo(engine: Engine, todo: list[tuple[RunConfig, Path]], csv_path: Path
             written.add(res.key)
             note = f" ({res.attempts} attempts)" if res.attempts > 1 else ""
             err = f": {row['error']}" if row["status"] == "failed" else ""
-            _log(f"sweep: cell {i + 1}/{len(tasks)} {rd.name} {row['status']}{note}{err}", quiet)
+            pace.update()
+            left = f" ({pace.left()})" if pace.left() else ""
+            _log(f"sweep: cell {i + 1}/{len(tasks)} {rd.name} {row['status']}{note}{err}{left}", quiet)
     except KeyboardInterrupt:
         _log(f"sweep: interrupted; {len(written)} of {len(tasks)} cell(s) recorded in {csv_path}; "
              "rerun with --resume to continue", False)

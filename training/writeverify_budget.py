@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cimsim.progress import Progress
 from cimsim.crossbar.config import ConfigError as CrossbarConfigError
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import CostConfig, CostError
@@ -366,6 +367,7 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
     grid = list(policies_grid(opts.policies, opts.tolerances, opts.fractions, opts.sensitivity, opts.relative))
     rows, lrows = [], []
     sizes = {la.name: la.n_weights for la in layers}
+    pace = Progress(len(grid), spec.label, quiet=True)  # the time left, shown on each setting's line
     for j, pol in enumerate(grid):
         t0 = time.time()
         masks = selection_masks(sens[pol.sensitivity], pol.fraction, opts.scope) if pol.kind == "selective" else None
@@ -375,9 +377,11 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
                                   progress=prefix if opts.verbose else None)
         rows.append(table_row(spec, res))
         lrows.extend(layer_rows(spec, res, sizes))
+        pace.update()
+        left = f", {pace.left()}" if pace.left() else ""
         _log(f"{prefix}: acc {res.metrics['acc_mean']:.4f} +- {res.metrics['acc_std']:.4f}, "
              f"{res.energy_J:.3e} J, {res.latency_s:.3e} s, {res.failed:.0f} failed cells "
-             f"({opts.chips} chips, {time.time() - t0:.1f} s)", opts)
+             f"({opts.chips} chips, {time.time() - t0:.1f} s{left})", opts)
     info = {"device": spec.device_model.name, "sigma_scale": spec.device_model.sigma_scale, "t_read_s": spec.t_read_s,
             "levels_S": setup.levels_S.tolist(), "seed": cfg.seed, "chip_seeds": seeds,
             "layers": {la.name: {"shape": list(la.shape), "cells": int(la.targets_S.size)} for la in layers},

@@ -30,7 +30,6 @@ import math
 import numbers
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +39,7 @@ from scipy import optimize, special
 
 import cimsim
 from cimsim.device.model import LevelFit, DeviceModel
+from cimsim.progress import Progress
 from cimsim.device.measured import (
     QUANTILE_COLUMNS, QUANTILES, CellTable, MeasuredDataError, SummaryTable, TidyColumns, check_neg_tol,
     miss_near_edges, read_measured, read_read_noise, sha256_file,
@@ -614,8 +614,9 @@ def check_cells(data: CellTable | SummaryTable, times: Sequence[int], min_cells:
 
 
 def fit_levels(data: CellTable | SummaryTable, times: Sequence[int], family: str, progress: bool) -> list[LevelResult]:
-    """Per-(time, level) fits, time-major; one progress line per time on stderr when asked."""
+    """Per-(time, level) fits, time-major; progress over the read times on stderr when asked."""
     out = []
+    bar = Progress(len(times), "cimsim.fit: read times", quiet=not progress)
     for j, ti in enumerate(times):
         t = float(data.times_s[ti])
         for li, lab in enumerate(data.levels):
@@ -634,10 +635,9 @@ def fit_levels(data: CellTable | SummaryTable, times: Sequence[int], family: str
                 res = dataclasses.replace(res, family="empirical", scale_uS=res.sigma_uS, df=None, ks=0.0,
                                           error_quantiles_uS=np.sort(res.samples_uS) - res.target_uS)
             out.append(res)
-        if progress:
-            n_t = sum(1 for r in out[-data.levels.size:] if r.family == "student-t")
-            print(f"cimsim.fit: t = {t:g} s ({j + 1}/{len(times)}): {data.levels.size} levels fitted, "
-                  f"{n_t} student-t", file=sys.stderr, flush=True)
+        n_t = sum(1 for r in out[-data.levels.size:] if r.family == "student-t")
+        bar.update(note=f"t = {t:g} s: {data.levels.size} levels fitted, {n_t} student-t")
+    bar.close()
     return out
 
 

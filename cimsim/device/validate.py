@@ -29,7 +29,6 @@ import io
 import json
 import math
 import numbers
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,6 +37,7 @@ import numpy as np
 from cimsim.device.fit import FIT_FAMILIES, FitOptions, LevelResult, fit_levels, model_from_levels
 from cimsim.device.measured import CellTable, MeasuredDataError
 from cimsim.device.model import DeviceModel
+from cimsim.progress import Progress
 from cimsim.seeds import chip_seed, derive
 
 _US = 1e-6
@@ -254,7 +254,7 @@ def chip_accuracy(net: DigitsMLP, dm: DeviceModel, n_levels: int, t_s: float, se
 
 
 def network_rows(net: DigitsMLP, models: dict[str, DeviceModel], times_s: Sequence[float],
-                 options: ValidateOptions, progress: bool = False) -> list[dict[str, Any]]:
+                 options: ValidateOptions, bar: Progress | None = None) -> list[dict[str, Any]]:
     """Chip statistics per model, read time and level subset; chip ``c`` has the same seed in
     every model."""
     rows = []
@@ -267,8 +267,8 @@ def network_rows(net: DigitsMLP, models: dict[str, DeviceModel], times_s: Sequen
                 rows.append({"family": name, "time_s": float(t), "n_levels": nl, "chips": acc.size,
                              "mean_pct": float(acc.mean()), "std_pct": float(acc.std(ddof=1)),
                              "p05_pct": float(np.percentile(acc, 5)), "worst_pct": float(acc.min())})
-        if progress:
-            print(f"cimsim.fit --validate: network check at t = {t:g} s done", file=sys.stderr, flush=True)
+        if bar is not None:
+            bar.update(note=f"network check at t = {t:g} s done")
     return rows
 
 
@@ -356,11 +356,13 @@ def validate(data: CellTable, fit_options: FitOptions, options: ValidateOptions 
                                 "replays measured cells); a per-level summary cannot be validated this way")
     options.check()
 
-    def say(msg):
-        if progress:
-            print(f"cimsim.fit --validate: {msg}", file=sys.stderr, flush=True)
-
     times = _time_indices(data)
+    steps = 2 * len(options.families) + 2 + data.times_s.size  # held-out and LOLO per family, empirical, MLP, times
+    bar = Progress(steps, "cimsim.fit --validate", quiet=not progress)
+
+    def say(msg):
+        bar.update(note=msg)
+
     halves = split_halves(data, options.seed)
     heldout, lolo = [], []
     models: dict[str, DeviceModel] = {}
@@ -380,7 +382,8 @@ def validate(data: CellTable, fit_options: FitOptions, options: ValidateOptions 
     net = train_digits_mlp(options.seed, options.hidden, options.train_steps)
     clean = 100 * net.accuracy(net.w1, net.w2)
     say(f"MLP trained: {clean:.1f} % on {net.y_test.size} held-out digits; {options.chips} chips per case")
-    network = network_rows(net, models, [float(t) for t in data.times_s], options, progress)
+    network = network_rows(net, models, [float(t) for t in data.times_s], options, bar)
+    bar.close()
     return Validation(heldout, lolo, network, target_rows(heldout, lolo, network, options.families), clean, options,
                       str(data.path))
 
