@@ -260,3 +260,48 @@ def test_converted_cnn_trains_on_digits_with_the_simulator_in_the_loop():
     with torch.no_grad():
         acc = (model(x_te).argmax(1) == y_te).float().mean().item()
     assert acc > 0.7, acc
+
+
+@pytest.mark.parametrize("geom", [dict(stride=1, padding=1, dilation=1), dict(stride=2, padding=0, dilation=2),
+                                  dict(stride=1, padding="same", dilation=1)])
+def test_conv1d_is_the_ideal_quantized_convolution_and_its_gradients(geom):
+    from cimsim.nn import CIMConv1d
+
+    torch.manual_seed(0)
+    conv = CIMConv1d(3, 5, 3, bias=True, config=IDEAL, **geom).double()
+    x = torch.randn(2, 3, 17, generator=_gen(5), dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    arr = conv.chip()
+    clip = arr.resolved_input_clip()
+    xq = torch.from_numpy(quantize_inputs(x.detach().numpy(), clip, IDEAL.input_bits) * (clip / IDEAL.x_max_int))
+    w_eff = torch.from_numpy(arr.effective_weights()).view_as(conv.weight)
+    ref = F.conv1d(xq, w_eff, conv.bias.detach(), conv.stride, conv.padding, conv.dilation)
+    torch.testing.assert_close(y.detach(), ref, rtol=1e-12, atol=1e-12)
+    gy = torch.randn(y.shape, generator=_gen(6), dtype=torch.float64)
+    y.backward(gy)
+    xr, wr = x.detach().clone().requires_grad_(), w_eff.clone().requires_grad_()
+    F.conv1d(xr, wr, None, conv.stride, conv.padding, conv.dilation).backward(gy)
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(conv.weight.grad, wr.grad)
+    # on a noisy chip: the array read of the unfolded rows, as for every crossbar layer
+    noisy = CIMConv1d.from_module(conv.to_module().float(), NOISY)
+    xf = x.detach().float()
+    yn = noisy(xf)
+    y_lin = CF.linear(noisy.input_rows(xf), noisy.weight_matrix(), noisy.chip(), None)
+    B, C, L = yn.shape
+    torch.testing.assert_close(yn, y_lin.view(B, L, C).transpose(1, 2) + noisy.bias.view(1, -1, 1), rtol=0, atol=0)
+
+
+def test_convert_takes_conv1d():
+    from cimsim.nn import CIMConv1d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8, 3))
+    x = torch.randn(2, 2, 8, generator=_gen(7))
+    y = model(x)
+    convert(model, NOISY, seed=1)
+    assert isinstance(model[0], CIMConv1d) and [n for n, _ in cim_layers(model)] == ["0", "3"]
+    with use_mode(model, "ideal"):
+        torch.testing.assert_close(model(x), y, rtol=0, atol=0)
+    unconvert(model)
+    assert type(model[0]) is nn.Conv1d

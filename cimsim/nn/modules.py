@@ -484,12 +484,82 @@ class CIMConv2d(CIMModule):
                 f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
 
 
+class CIMConv1d(CIMModule):
+    """``nn.Conv1d`` (groups=1, zero padding) on a simulated crossbar: the 2-D path on a height-1
+    image. weight (out_channels, in_channels, k) is laid on the array as (out, in*k), the same
+    layout as a (in, 1, k) convolution; x (B, in_channels, L) -> (B, out_channels, L')."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, config: CrossbarConfig | None = None, *, seed: int = 0,
+                 mode: str = "chip", kernel: str = "auto", device=None, dtype=None) -> None:
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"CIMConv1d supports groups=1 only, got groups={groups}")
+        ref = nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias,
+                        device=device, dtype=dtype)
+        self._copy_geometry(ref)
+        self.weight = ref.weight
+        self.register_parameter("bias", ref.bias)
+        self._init_cim(config, seed, mode, kernel, None if device == "meta" else self.weight.device)
+
+    def _copy_geometry(self, conv: nn.Conv1d) -> None:
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.padding = conv.padding
+        self.groups = 1
+
+    @classmethod
+    def from_module(cls, module: nn.Conv1d, config: CrossbarConfig | None = None, *, seed: int = 0,
+                    mode: str = "chip", kernel: str = "auto") -> "CIMConv1d":
+        """A CIMConv1d sharing ``module``'s parameters (groups=1, padding_mode='zeros')."""
+        if module.groups != 1 or module.padding_mode != "zeros":
+            raise ValueError(f"CIMConv1d needs groups=1 and padding_mode='zeros', got groups={module.groups}, "
+                             f"padding_mode={module.padding_mode!r}")
+        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                  module.dilation, bias=False, config=config, seed=seed, mode=mode, kernel=kernel, device="meta")
+        new.weight, new.bias = module.weight, module.bias
+        new._init_buffers(module.weight.device)
+        new.train(module.training)
+        return new
+
+    def to_module(self) -> nn.Conv1d:
+        """The plain ``nn.Conv1d`` sharing this layer's parameters."""
+        m = nn.Conv1d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                      self.dilation, bias=False, device="meta")
+        m.weight, m.bias = self.weight, self.bias
+        m.train(self.training)
+        return m
+
+    def _geometry_2d(self):
+        pad = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
+        return (1, self.stride[0]), pad, (1, self.dilation[0])
+
+    def input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        st, pad, dl = self._geometry_2d()
+        return CF.conv_rows(x.unsqueeze(2), (1, self.kernel_size[0]), st, pad, dl)[0]
+
+    def _ideal_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
+        st, pad, dl = self._geometry_2d()
+        return CF.conv2d(x.unsqueeze(2), self.weight.unsqueeze(2), arr, self.bias, st, pad, dl, self.kernel).squeeze(2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
+
+
 # ============================================================== model-level functions
+_TWINS = {nn.Linear: CIMLinear, nn.Conv2d: CIMConv2d, nn.Conv1d: CIMConv1d}
+
+
 def _eligible(m: nn.Module) -> bool:
-    """Plain ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding); subclasses are left alone."""
+    """Plain ``nn.Linear``, ``nn.Conv2d`` and ``nn.Conv1d`` (groups=1, zero padding); subclasses are
+    left alone."""
     if type(m) is nn.Linear:
         return True
-    return type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros"
+    return type(m) in (nn.Conv2d, nn.Conv1d) and m.groups == 1 and m.padding_mode == "zeros"
 
 
 def _skip_predicate(skip: Skip) -> Callable[[str, nn.Module], bool]:
@@ -514,7 +584,8 @@ def cim_layers(model: nn.Module) -> list[tuple[str, CIMModule]]:
 
 def convert(model: nn.Module, config: CrossbarConfig | None = None, skip: Skip = None, *, keep_first: bool = False,
             keep_last: bool = False, seed: int = 0, mode: str = "chip", kernel: str = "auto") -> nn.Module:
-    """Swap every eligible ``nn.Linear`` / ``nn.Conv2d`` of ``model`` for its crossbar twin, in place.
+    """Swap every eligible ``nn.Linear`` / ``nn.Conv2d`` / ``nn.Conv1d`` of ``model`` for its crossbar
+    twin, in place.
 
     skip: names (a module or a whole subtree, e.g. ``"classifier"``) or a predicate
         ``(name, module) -> bool`` of layers to keep digital.
@@ -531,8 +602,7 @@ def convert(model: nn.Module, config: CrossbarConfig | None = None, skip: Skip =
     for name, m in eligible:
         if name in keep or skip_fn(name, m):
             continue
-        cls = CIMLinear if isinstance(m, nn.Linear) else CIMConv2d
-        new = cls.from_module(m, config, mode=mode, kernel=kernel)
+        new = _TWINS[type(m)].from_module(m, config, mode=mode, kernel=kernel)
         if name == "":
             model = new
         else:
@@ -645,5 +715,5 @@ def calibrate(model: nn.Module, loader: Iterable, batches: int | None = 8, max_r
     return model
 
 
-__all__ = ["CIMModule", "CIMLinear", "CIMConv2d", "convert", "unconvert", "cim_layers", "set_mode", "use_mode",
+__all__ = ["CIMModule", "CIMLinear", "CIMConv2d", "CIMConv1d", "convert", "unconvert", "cim_layers", "set_mode", "use_mode",
            "program", "reprogram", "calibrate", "MODES", "CHIP_KEYS"]
