@@ -550,16 +550,154 @@ class CIMConv1d(CIMModule):
                 f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
 
 
+class CIMMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with its projections on the crossbar.
+
+    The input projection (q, k, v stacked: weight (3E, E), the module's ``in_proj_weight``) and the
+    output projection (E, E) are :class:`CIMLinear` layers sharing the original parameters. The
+    products of activations with activations (``q k^T`` and the attention-weighted sum of ``v``),
+    the softmax and the masks stay digital: a crossbar holds programmed weights, not activations.
+    Self-attention (``query is key is value``) reads the input projection once; otherwise each of
+    query, key and value is read through it and its third of the outputs kept. Shapes as
+    ``nn.MultiheadAttention`` (``batch_first`` honoured, unbatched inputs accepted); returns
+    ``(output, weights)``, weights ``(N, L, S)`` averaged over heads, ``(N, h, L, S)`` if not, or
+    ``None`` when ``need_weights`` is false. No ``bias_k``/``bias_v``/``add_zero_attn``, and
+    ``kdim = vdim = embed_dim``. Its state-dict keys are those of its two layers
+    (``in_proj.weight``, ``in_proj.bias``, ``out_proj.*``), not ``in_proj_weight``: convert a model
+    after loading a plain checkpoint into it, or :func:`unconvert` before saving one.
+    """
+
+    #: keeps ``nn.TransformerEncoderLayer`` off its fused fast path, which reads the projection
+    #: weights directly and would bypass the crossbar in evaluation
+    _qkv_same_embed_dim = False
+
+    def __init__(self, mha: nn.MultiheadAttention, config: CrossbarConfig | None = None, *, mode: str = "chip",
+                 kernel: str = "auto") -> None:
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("CIMMultiheadAttention needs kdim = vdim = embed_dim, no bias_k/bias_v and "
+                             "add_zero_attn=False")
+        e = mha.embed_dim
+        self.embed_dim, self.num_heads, self.head_dim = e, mha.num_heads, mha.head_dim
+        self.batch_first, self.dropout = mha.batch_first, mha.dropout
+        proj = nn.Linear(e, 3 * e, bias=False, device="meta")
+        proj.weight, proj.bias = mha.in_proj_weight, mha.in_proj_bias
+        out = nn.Linear(e, e, bias=False, device="meta")
+        out.weight, out.bias = mha.out_proj.weight, mha.out_proj.bias
+        self.in_proj = CIMLinear.from_module(proj, config, mode=mode, kernel=kernel)
+        self.out_proj = CIMLinear.from_module(out, config, mode=mode, kernel=kernel)
+        self.train(mha.training)
+
+    @classmethod
+    def from_module(cls, module: nn.MultiheadAttention, config: CrossbarConfig | None = None, *, seed: int = 0,
+                    mode: str = "chip", kernel: str = "auto") -> "CIMMultiheadAttention":
+        """The crossbar twin of ``module``, sharing its parameters."""
+        return cls(module, config, mode=mode, kernel=kernel)
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor:
+        return self.in_proj.weight
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:
+        return self.in_proj.bias
+
+    def to_module(self) -> nn.MultiheadAttention:
+        """The plain ``nn.MultiheadAttention`` sharing this layer's parameters."""
+        m = nn.MultiheadAttention(self.embed_dim, self.num_heads, self.dropout, bias=self.in_proj.bias is not None,
+                                  batch_first=self.batch_first, device="meta")
+        m.in_proj_weight, m.in_proj_bias = self.in_proj.weight, self.in_proj.bias
+        m.out_proj.weight, m.out_proj.bias = self.out_proj.weight, self.out_proj.bias
+        m.train(self.training)
+        return m
+
+    def _mask(self, attn_mask, key_padding_mask, is_causal, n, l, s, dtype, device) -> torch.Tensor | None:
+        """Additive mask (N*h, L, S) or broadcastable, from ``attn_mask`` (bool: True = masked out, or
+        float, added), ``key_padding_mask`` (N, S) and ``is_causal``."""
+        def additive(m):
+            if m.dtype == torch.bool:
+                return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(m, float("-inf"))
+            return m.to(dtype)
+
+        total = None
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(l, s, dtype=torch.bool, device=device).triu(1)
+        if attn_mask is not None:
+            total = additive(attn_mask)
+            if total.dim() == 3:
+                total = total.view(n, self.num_heads, l, s)
+        if key_padding_mask is not None:
+            kp = additive(key_padding_mask).view(n, 1, 1, s)
+            total = kp if total is None else total + kp
+        return total
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        same = query is key and key is value
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        e, h, d = self.embed_dim, self.num_heads, self.head_dim
+        if same:
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        else:
+            q = self.in_proj(query)[..., :e]
+            k = self.in_proj(key)[..., e:2 * e]
+            v = self.in_proj(value)[..., 2 * e:]
+        l, n, s = q.shape[0], q.shape[1], k.shape[0]
+        q = q.reshape(l, n, h, d).permute(1, 2, 0, 3)  # (N, h, L, d)
+        k = k.reshape(s, n, h, d).permute(1, 2, 0, 3)
+        v = v.reshape(s, n, h, d).permute(1, 2, 0, 3)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # digital: activation x activation
+        mask = self._mask(attn_mask, key_padding_mask, is_causal, n, l, s, scores.dtype, scores.device)
+        if mask is not None:
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1)
+        out = F.dropout(weights, self.dropout, self.training) @ v  # (N, h, L, d)
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(l, n, e))
+        if unbatched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        w = weights.mean(dim=1) if average_attn_weights else weights
+        return out, (w.squeeze(0) if unbatched else w)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+
+
 # ============================================================== model-level functions
-_TWINS = {nn.Linear: CIMLinear, nn.Conv2d: CIMConv2d, nn.Conv1d: CIMConv1d}
+_TWINS = {nn.Linear: CIMLinear, nn.Conv2d: CIMConv2d, nn.Conv1d: CIMConv1d,
+          nn.MultiheadAttention: CIMMultiheadAttention}
 
 
 def _eligible(m: nn.Module) -> bool:
-    """Plain ``nn.Linear``, ``nn.Conv2d`` and ``nn.Conv1d`` (groups=1, zero padding); subclasses are
-    left alone."""
+    """Plain ``nn.Linear``, ``nn.Conv2d`` and ``nn.Conv1d`` (groups=1, zero padding) and
+    ``nn.MultiheadAttention`` (kdim = vdim = embed_dim, no bias_k/v); subclasses are left alone."""
     if type(m) is nn.Linear:
         return True
+    if type(m) is nn.MultiheadAttention:
+        return m._qkv_same_embed_dim and m.bias_k is None and not m.add_zero_attn
     return type(m) in (nn.Conv2d, nn.Conv1d) and m.groups == 1 and m.padding_mode == "zeros"
+
+
+def _no_fused_fast_path(model: nn.Module) -> None:
+    """A transformer layer that holds crossbar layers must not take torch's fused fast path (it
+    reads the weights directly): a no-op forward pre-hook turns it off."""
+    for m in model.modules():
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and \
+                any(isinstance(c, (CIMModule, CIMMultiheadAttention)) for c in m.modules()) and \
+                not getattr(m, "_cim_no_fast_path", False):
+            m.register_forward_pre_hook(lambda module, args: None)
+            m._cim_no_fast_path = True
 
 
 def _skip_predicate(skip: Skip) -> Callable[[str, nn.Module], bool]:
@@ -584,8 +722,9 @@ def cim_layers(model: nn.Module) -> list[tuple[str, CIMModule]]:
 
 def convert(model: nn.Module, config: CrossbarConfig | None = None, skip: Skip = None, *, keep_first: bool = False,
             keep_last: bool = False, seed: int = 0, mode: str = "chip", kernel: str = "auto") -> nn.Module:
-    """Swap every eligible ``nn.Linear`` / ``nn.Conv2d`` / ``nn.Conv1d`` of ``model`` for its crossbar
-    twin, in place.
+    """Swap every eligible ``nn.Linear`` / ``nn.Conv2d`` / ``nn.Conv1d`` / ``nn.MultiheadAttention`` of
+    ``model`` for its crossbar twin, in place (a ``nn.TransformerEncoderLayer`` is then converted
+    through its attention and feed-forward layers, and kept off torch's fused fast path).
 
     skip: names (a module or a whole subtree, e.g. ``"classifier"``) or a predicate
         ``(name, module) -> bool`` of layers to keep digital.
@@ -607,12 +746,17 @@ def convert(model: nn.Module, config: CrossbarConfig | None = None, skip: Skip =
             model = new
         else:
             _set_submodule(model, name, new)
+    _no_fused_fast_path(model)
     _seed_layers(model, seed)
     return model
 
 
 def unconvert(model: nn.Module) -> nn.Module:
     """Swap every crossbar layer back to its plain PyTorch layer (parameters shared), in place."""
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, CIMMultiheadAttention)]:
+        if name == "":
+            return m.to_module()
+        _set_submodule(model, name, m.to_module())
     for name, m in cim_layers(model):
         if name == "":
             return m.to_module()
@@ -715,5 +859,5 @@ def calibrate(model: nn.Module, loader: Iterable, batches: int | None = 8, max_r
     return model
 
 
-__all__ = ["CIMModule", "CIMLinear", "CIMConv2d", "CIMConv1d", "convert", "unconvert", "cim_layers", "set_mode", "use_mode",
-           "program", "reprogram", "calibrate", "MODES", "CHIP_KEYS"]
+__all__ = ["CIMModule", "CIMLinear", "CIMConv2d", "CIMConv1d", "CIMMultiheadAttention", "convert", "unconvert",
+           "cim_layers", "set_mode", "use_mode", "program", "reprogram", "calibrate", "MODES", "CHIP_KEYS"]
