@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit, prange
 
+import cimsim  # noqa: F401 - resolves the annotations "cimsim.device.model.DeviceModel" (no import cycle)
 from cimsim.kernels import _GOLDEN, _mix64, _normal, _student_t, _uniform
 
 if TYPE_CHECKING:  # annotations only; the torch twins import torch when called
@@ -47,7 +48,7 @@ _UNIT_S = 1e-6  # read-noise polynomials take and give microsiemens
 
 
 # ------------------------------------------------------------------------ numpy reference
-def sample_targets(dm: "DeviceModel", targets_S: np.ndarray, t_s: float, rng: np.random.Generator,
+def sample_targets(dm: "cimsim.device.model.DeviceModel", targets_S: np.ndarray, t_s: float, rng: np.random.Generator,
                    drift: bool = True) -> np.ndarray:
     """Programmed conductances (S) for ``targets_S`` (any shape) read at ``t_s``, from ``rng``."""
     tg = np.asarray(targets_S, dtype=np.float64)
@@ -120,7 +121,7 @@ def _gpd_excess(log_e: np.ndarray, xi: np.ndarray, beta: np.ndarray) -> np.ndarr
     return np.where(small, beta * log_e, beta / safe * np.expm1(safe * log_e))
 
 
-def drift_numpy(dm: "DeviceModel", g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
+def drift_numpy(dm: "cimsim.device.model.DeviceModel", g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
     """Power-law drift of programmed conductances from ``t0`` to ``t_s`` (one nu per cell)."""
     d = dm.drift
     if d is None or t_s <= d.t0_s:
@@ -206,7 +207,7 @@ def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo,
         out[i] = g if g > floor else floor
 
 
-def sample_levels_numba(dm: "DeviceModel", levels_S: np.ndarray, index: np.ndarray, t_s: float,
+def sample_levels_numba(dm: "cimsim.device.model.DeviceModel", levels_S: np.ndarray, index: np.ndarray, t_s: float,
                         seed: int) -> np.ndarray:
     """Cells at ``levels_S[index]`` (any shape) before drift: a parallel counter-based kernel keyed
     by ``seed`` (63-bit), reproducible on any number of threads; same law as :func:`sample_targets`."""
@@ -285,7 +286,7 @@ class LevelTable:
     count: "torch.Tensor | None" = None
 
     @classmethod
-    def make(cls, dm: "DeviceModel", levels_S: np.ndarray, t_s: float, device: torch.device | str,
+    def make(cls, dm: "cimsim.device.model.DeviceModel", levels_S: np.ndarray, t_s: float, device: torch.device | str,
              dtype=None) -> "LevelTable":
         import torch
 
@@ -306,7 +307,7 @@ class LevelTable:
         return cls(t(lv), t(shift), t(scale), t(df, torch.float64), False, t(dm.quantile_z), t(q), t(tails))
 
 
-def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "DeviceModel", generator: torch.Generator,
+def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "cimsim.device.model.DeviceModel", generator: torch.Generator,
                         t_s: float, spread: float = 1.0) -> torch.Tensor:
     """Cells at ``table.levels[index]`` (any shape) on ``index``'s device, in the table's dtype.
 
@@ -398,7 +399,7 @@ def _gpd_excess_torch(log_e, xi, beta):
     return torch.where(small, beta * log_e, beta / safe * torch.expm1(safe * log_e))
 
 
-def drift_torch(dm: "DeviceModel", g: torch.Tensor, t_s: float, generator: torch.Generator) -> torch.Tensor:
+def drift_torch(dm: "cimsim.device.model.DeviceModel", g: torch.Tensor, t_s: float, generator: torch.Generator) -> torch.Tensor:
     """:func:`drift_numpy` in torch (one nu per cell, from ``generator``)."""
     import torch
 
