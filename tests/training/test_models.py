@@ -61,7 +61,7 @@ def test_authors_initialisation_of_every_linear_layer_heads_included(name):
     for n, m in linears:
         want = math.sqrt(2.0 / m.weight.shape[0])  # fan_out of a Linear weight [out, in]
         assert float(m.weight.detach().std()) == pytest.approx(want, rel=0.15 if m.weight.numel() > 2000 else 0.5), n
-        assert float(m.bias.abs().max()) == 0.0, n
+        assert float(m.bias.detach().abs().max()) == 0.0, n
     lenet = build_model("lenet", (1, 28, 28), 10)
     bound = 1 / math.sqrt(lenet.fc1.weight.shape[1])  # PyTorch's default: U(-1/sqrt(in), 1/sqrt(in))
-    assert float(lenet.fc1.weight.abs().max()) <= bound and float(lenet.fc1.bias.abs().max()) > 0
+    assert float(lenet.fc1.weight.detach().abs().max()) <= bound and float(lenet.fc1.bias.detach().abs().max()) > 0
