@@ -220,3 +220,19 @@ def test_ladder_is_the_chain_resistance_matrix(rows, cols, first, seed):
     d = np.arange(cols) if first else cols - 1 - np.arange(cols)
     want = np.einsum("bik,jk->bij", x, np.minimum.outer(d, d).astype(float))
     np.testing.assert_allclose(_ladder(x, 2, first), want, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tiles(), circuits(), st.integers(0, 2**32 - 1))
+def test_effective_conductance_matrix_gives_every_read_exactly(tile, c, seed):
+    """Linearity: one matrix per tile reproduces the circuit for any drive (multi-bit levels or
+    bit-serial bits alike); zero resistance gives the cells' conductances bit for bit."""
+    from cimsim.crossbar.circuit import effective_conductance_S
+
+    g, _ = tile
+    a = effective_conductance_S(g, c)
+    v = np.random.default_rng(seed).uniform(0, 0.3, (3, g.shape[0]))
+    v[0] = np.random.default_rng(seed).integers(0, 2, g.shape[0]) * 0.2  # a bit-serial cycle
+    ref = np.array([tile_currents_reference(g, x, c) for x in v])
+    np.testing.assert_allclose(v @ a, ref, rtol=1e-6, atol=1e-6 * max(np.abs(ref).max(), 1e-30))
+    assert np.array_equal(effective_conductance_S(g, TileCircuit()), g)

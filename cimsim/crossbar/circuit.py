@@ -281,3 +281,17 @@ def tile_currents(g_S: np.ndarray, v_V: np.ndarray, circuit: TileCircuit, rtol: 
     rows, cols = g_S.shape
     raise CircuitNotConverged(f"IR-drop solve of a {rows}x{cols} tile: relative residual "
                               f"{float(np.sqrt((rr / bb).max())):.2e} after {max_iter} iterations (rtol {rtol:g})")
+
+
+def effective_conductance_S(g_S: np.ndarray, circuit: TileCircuit, v_unit_V: float = 1.0, rtol: float = 1e-12,
+                            max_iter: int = 1000) -> np.ndarray:
+    """The tile's effective conductance matrix A (S, shape (rows, cols)): with resistive cells,
+    wires and access devices the circuit is linear in the drives, so its column currents are
+    exactly ``v @ A`` for every drive vector ``v`` (V), whatever the DAC. Column ``i`` of the
+    solve: row ``i`` alone driven at ``v_unit_V``. With every resistance zero, A is ``g_S``
+    itself. A frozen chip pays this once per tile; every later read is a plain product."""
+    g_S = np.asarray(g_S, dtype=np.float64)
+    if circuit.is_ideal:
+        return g_S.copy()
+    rows = g_S.shape[0]
+    return tile_currents(g_S, np.eye(rows) * v_unit_V, circuit, rtol, max_iter) / v_unit_V
