@@ -137,3 +137,33 @@ def test_transformer_classifier_end_to_end():
     assert sum(losses[-5:]) < sum(losses[:5]) * 1.2 and all(torch.isfinite(torch.tensor(losses)))
     unconvert(model)
     assert type(model.encoder.self_attn) is nn.MultiheadAttention and not cim_layers(model)
+
+
+def test_ideal_device_is_exact_attention_over_the_quantized_projections():
+    """The Linear layers' exactness check, for attention: on an ideal device each projection is the
+    product of its quantized inputs with the chip's effective weights, plus the digital bias, and
+    the rest is the float attention of those projections."""
+    import math
+
+    from cimsim.crossbar.mapping import quantize_inputs
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2).double().eval()
+    cim = CIMMultiheadAttention.from_module(mha, IDEAL).double()
+    x = torch.randn(4, 3, 8, generator=_gen(8), dtype=torch.float64)
+    with torch.no_grad():
+        got, w_got = cim(x, x, x)
+
+        def read(layer, inp):
+            arr = layer.chip()
+            clip = arr.resolved_input_clip()
+            xq = quantize_inputs(inp.reshape(-1, inp.shape[-1]).numpy(), clip, IDEAL.input_bits) * (clip / IDEAL.x_max_int)
+            y = torch.from_numpy(xq) @ torch.from_numpy(arr.effective_weights()).T + layer.bias
+            return y.view(*inp.shape[:-1], -1)
+
+        q, k, v = read(cim.in_proj, x).chunk(3, -1)
+        heads = lambda t: t.reshape(4, 3, 2, 4).permute(1, 2, 0, 3)  # noqa: E731
+        att = torch.softmax(heads(q) @ heads(k).transpose(-2, -1) / math.sqrt(4), -1)
+        o = (att @ heads(v)).permute(2, 0, 1, 3).reshape(4, 3, 8)
+        torch.testing.assert_close(got, read(cim.out_proj, o), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(w_got, att.mean(1), rtol=1e-12, atol=1e-12)

@@ -621,7 +621,8 @@ def _run_todo(engine: Engine, todo: list[tuple[RunConfig, Path]], csv_path: Path
             err = f": {row['error']}" if row["status"] == "failed" else ""
             pace.update()
             left = f" ({pace.left()})" if pace.left() else ""
-            _log(f"sweep: cell {i + 1}/{len(tasks)} {rd.name} {row['status']}{note}{err}{left}", quiet)
+            _log(f"sweep: cell {i + 1}/{len(tasks)} ({100 * (i + 1) // len(tasks)} %) {rd.name} {row['status']}{note}"
+                 f"{err}{left}", quiet)
     except KeyboardInterrupt:
         _log(f"sweep: interrupted; {len(written)} of {len(tasks)} cell(s) recorded in {csv_path}; "
              "rerun with --resume to continue", False)

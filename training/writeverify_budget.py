@@ -371,7 +371,7 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
     for j, pol in enumerate(grid):
         t0 = time.time()
         masks = selection_masks(sens[pol.sensitivity], pol.fraction, opts.scope) if pol.kind == "selective" else None
-        prefix = f"{spec.label} [{j + 1}/{len(grid)}] {pol.label()}"
+        prefix = f"{spec.label} [{j + 1}/{len(grid)}, {100 * (j + 1) // len(grid)} %] {pol.label()}"
         with autocast(cfg.precision, dev):
             res = evaluate_policy(model, layers, setup, pol, test, seeds, masks, bs, dev,
                                   progress=prefix if opts.verbose else None)
