@@ -144,12 +144,12 @@ def recalibration_images(train: ImageSet, n: int, device: torch.device | str) ->
 
 
 @contextlib.contextmanager
-def recalibrated_batchnorm(model: nn.Module, variation: Variation, chip: dict, x_cal: torch.Tensor | None,
-                           batch_size: int):
+def recalibrated_batchnorm(model: nn.Module, forward, x_cal: torch.Tensor | None, batch_size: int):
     """Per-chip BatchNorm recalibration: inside the block every BatchNorm layer holds the running
-    statistics of ``x_cal`` (images ``[n, C, H, W]``) as this chip computes them (equal-weight
-    average over batches of ``batch_size``); afterwards the model's own statistics are back.
-    Yields the number of images run (0 without ``x_cal`` or BatchNorm)."""
+    statistics of ``x_cal`` (images ``[n, C, H, W]``) as this chip computes them, ``forward(x)``
+    being the model's forward on the chip (equal-weight average over batches of ``batch_size``);
+    afterwards the model's own statistics are back. Yields the number of images run (0 without
+    ``x_cal`` or BatchNorm)."""
     bns = batchnorm_layers(model)
     if x_cal is None or not bns:
         yield 0
@@ -161,7 +161,7 @@ def recalibrated_batchnorm(model: nn.Module, variation: Variation, chip: dict, x
             m.momentum = None  # cumulative average over the calibration batches
             m.train()
         for s in range(0, x_cal.shape[0], batch_size):
-            variation.forward_chip(model, chip, x_cal[s:s + batch_size])
+            forward(x_cal[s:s + batch_size])
         for m in bns:
             m.eval()
         yield int(x_cal.shape[0])
@@ -214,7 +214,8 @@ def _chip_loop(model: nn.Module, variation: Variation, data: ImageSet, sigma: fl
             bar.update()
             continue
         cache = []
-        with recalibrated_batchnorm(model, variation, chip, recal_x, batch_size) as recal:
+        with recalibrated_batchnorm(model, lambda x: variation.forward_chip(model, chip, x), recal_x,
+                                    batch_size) as recal:
             for s in range(0, n, batch_size):
                 x, y = data.batch(slice(s, s + batch_size), dev)
                 p = torch.softmax(variation.forward_chip(model, chip, x).float(), 1)

@@ -42,7 +42,7 @@ from cimsim.seeds import layer_seed
 from cimsim.writeverify import PulseModel, write_verify
 
 from .data import ImageSet
-from .evaluate import MCAccumulator
+from .evaluate import MCAccumulator, recalibrated_batchnorm
 from .models import noisy_weight_names
 from .selective import fisher_diag, selective_mask, sensitivity_first_order, sensitivity_second_order
 
@@ -324,22 +324,29 @@ def _as_params(model: nn.Module, weights: Mapping[str, np.ndarray],
 
 
 @torch.no_grad()
+@torch.no_grad()
 def chip_probs(model: nn.Module, weights: Mapping[str, np.ndarray] | None, data: ImageSet, acc: MCAccumulator,
-               batch_size: int = 1000, device: torch.device | str = "cpu") -> None:
+               batch_size: int = 1000, device: torch.device | str = "cpu", recal_x: torch.Tensor | None = None) -> int:
     """Run the test set through ``model`` with ``weights`` (a copy of the model's parameters with
     these replaced, via ``torch.func.functional_call``; ``None`` = the clean model) and add the
-    chip's softmax outputs to ``acc``."""
+    chip's softmax outputs to ``acc``. ``recal_x``: images for per-chip BatchNorm recalibration
+    (:func:`training.evaluate.recalibrated_batchnorm`); returns the images it ran (0: none)."""
     was = model.training
     model.eval()
     sub = None if weights is None else _as_params(model, weights, device)
+
+    def forward(x):
+        return model(x) if sub is None else functional_call(model, sub, (x,), strict=False)
+
     try:
-        for s in range(0, len(data), batch_size):
-            x, y = data.batch(slice(s, s + batch_size), device)
-            logits = model(x) if sub is None else functional_call(model, sub, (x,), strict=False)
-            acc.add_batch(s, torch.softmax(logits.float(), 1), y)
+        with recalibrated_batchnorm(model, forward, recal_x, batch_size) as recal:
+            for s in range(0, len(data), batch_size):
+                x, y = data.batch(slice(s, s + batch_size), device)
+                acc.add_batch(s, torch.softmax(forward(x).float(), 1), y)
         acc.end_chip()
     finally:
         model.train(was)
+    return recal
 
 
 def weights_accuracy(model: nn.Module, weights: Mapping[str, np.ndarray] | None, data: ImageSet,
@@ -382,10 +389,11 @@ def _cost_row(c: Cost) -> dict[str, float]:
 def evaluate_policy(model: nn.Module, layers: Sequence[LayerTargets], setup: ProgrammingSetup, policy: Policy,
                     data: ImageSet, seeds: Sequence[int], masks: Mapping[str, np.ndarray] | None = None,
                     batch_size: int = 1000, device: torch.device | str = "cpu",
-                    progress: str | None = None) -> PolicyResult:
+                    progress: str | None = None, recal_x: torch.Tensor | None = None) -> PolicyResult:
     """Program ``len(seeds)`` chips under ``policy`` and evaluate each on ``data``.
 
-    ``progress``: a prefix; when given, one line per chip goes to stderr.
+    ``progress``: a prefix; when given, one line per chip goes to stderr. ``recal_x``: per-chip
+    BatchNorm recalibration images (see :func:`chip_probs`).
     """
     acc = MCAccumulator(len(data), data.num_classes, device)
     rows: list[dict[str, float]] = []
@@ -393,7 +401,7 @@ def evaluate_policy(model: nn.Module, layers: Sequence[LayerTargets], setup: Pro
     t0 = time.time()
     for i, seed in enumerate(seeds):
         chip = program_chip(layers, setup, policy, seed, masks)
-        chip_probs(model, chip.weights, data, acc, batch_size, device)
+        chip_probs(model, chip.weights, data, acc, batch_size, device, recal_x)
         rows.append(_cost_row(chip.cost.total))
         per_layer.append({n: _cost_row(c) for n, c in chip.cost.layers.items()})
         if progress is not None:

@@ -70,6 +70,7 @@ from .programming import (
     sensitivities,
     weights_accuracy,
 )
+from .evaluate import batchnorm_layers, recalibration_images
 from .precision import autocast
 from .runfolder import RunFolderError, check_output_dir
 from .variation import float_state
@@ -118,6 +119,7 @@ class Options:
     out: Path
     quiet: bool
     verbose: bool
+    bn_recal_images: int = 0
 
 
 def _split(text: str, name: str) -> list[str]:
@@ -216,6 +218,8 @@ def options_from_args(ns: argparse.Namespace) -> Options:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(ns, name)}")
     if ns.test_limit is not None and ns.test_limit < 1:
         raise UsageError(f"--test-limit must be >= 1, got {ns.test_limit}")
+    if ns.bn_recal_images < 0:
+        raise UsageError(f"--bn-recal-images must be >= 0, got {ns.bn_recal_images}")
     max_pulses = parse_max_pulses(ns.max_pulses)
     if ns.t_read is not None and not (math.isfinite(ns.t_read) and ns.t_read >= 0):
         raise UsageError(f"--t-read must be a time >= 0 s, got {ns.t_read}")
@@ -236,6 +240,7 @@ def options_from_args(ns: argparse.Namespace) -> Options:
         crossbar=_crossbar(ns), cost=_cost(ns.cost_config), target_acc=ns.target_acc, target_drop=drop,
         sens_batches=ns.sens_batches, sens_batch_size=ns.sens_batch_size, test_limit=ns.test_limit,
         torch_device=ns.torch_device, out=out, quiet=ns.quiet, verbose=ns.verbose,
+        bn_recal_images=ns.bn_recal_images,
     )
 
 
@@ -364,6 +369,12 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
             _log(f"{spec.label}: {kind}-order sensitivity from {opts.sens_batches} training batches "
                  f"of {opts.sens_batch_size} in {time.time() - t0:.1f} s", opts)
     seeds = chip_seeds(cfg.seed, opts.chips)
+    recal_x = (recalibration_images(train, opts.bn_recal_images, dev)
+               if opts.bn_recal_images and batchnorm_layers(model) else None)
+    if opts.bn_recal_images:
+        _log(f"{spec.label}: per-chip BatchNorm recalibration: "
+             f"{opts.bn_recal_images if recal_x is not None else 0} training images per chip"
+             f"{'' if recal_x is not None else ' (the model has no BatchNorm)'}", opts)
     grid = list(policies_grid(opts.policies, opts.tolerances, opts.fractions, opts.sensitivity, opts.relative))
     rows, lrows = [], []
     sizes = {la.name: la.n_weights for la in layers}
@@ -374,7 +385,7 @@ def evaluate_run(spec: RunSpec, opts: Options) -> RunOutcome:
         prefix = f"{spec.label} [{j + 1}/{len(grid)}, {100 * (j + 1) // len(grid)} %] {pol.label()}"
         with autocast(cfg.precision, dev):
             res = evaluate_policy(model, layers, setup, pol, test, seeds, masks, bs, dev,
-                                  progress=prefix if opts.verbose else None)
+                                  progress=prefix if opts.verbose else None, recal_x=recal_x)
         rows.append(table_row(spec, res))
         lrows.extend(layer_rows(spec, res, sizes))
         pace.update()
@@ -515,7 +526,7 @@ def config_record(opts: Options, outcomes: list[RunOutcome], argv: list[str]) ->
         "sigma": opts.sigma, "t_read_s": opts.t_read_s, "max_pulses": opts.max_pulses, "relaxation": opts.relaxation,
         "target_acc": opts.target_acc, "target_drop_points": opts.target_drop,
         "sensitivity_batches": opts.sens_batches, "sensitivity_batch_size": opts.sens_batch_size,
-        "test_limit": opts.test_limit,
+        "test_limit": opts.test_limit, "bn_recal_images_per_chip": opts.bn_recal_images,
         "crossbar": {k: getattr(opts.crossbar, k) for k in ("weight_bits", "bits_per_cell", "weight_scale")},
         "cost": opts.cost.to_dict(), "pulse_model": default_pulse_model(opts.algorithm).to_dict(),
         "seed_rule": "chip i of a run with seed s: cimsim.seeds.chip_seed(s, i); layer l of that chip: "
@@ -571,6 +582,9 @@ def make_parser(prog: str = "python -m training.writeverify_budget") -> argparse
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="cpu", help="where inference runs")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--bn-recal-images", type=int, default=0,
+                   help="per-chip BatchNorm recalibration: training images run through each programmed chip "
+                        "before it is tested (0: off; default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="one progress line per chip")
     return p

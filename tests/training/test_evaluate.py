@@ -91,7 +91,8 @@ def test_per_chip_batchnorm_recalibration_uses_the_chip_and_restores_the_model()
     first = batchnorm_layers(model)[0]
     seen = {}
     hook = first.register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0].detach().clone()))
-    with torch.no_grad(), recalibrated_batchnorm(model, pn, chip, x_cal, batch_size=48) as n:
+    with torch.no_grad(), recalibrated_batchnorm(model, lambda x: pn.forward_chip(model, chip, x), x_cal,
+                                                 batch_size=48) as n:
         hook.remove()
         assert n == 48 and not any(m.training for m in batchnorm_layers(model))
         # the first BatchNorm holds the statistics of its input on this chip: batch mean, unbiased var
@@ -128,3 +129,18 @@ def test_bn_recal_option_is_checked_and_an_evaluation_override():
     with pytest.raises(ConfigError, match="only 10 images"):
         recalibration_images(train, 11, "cpu")
     assert recalibration_images(train, 0, "cpu") is None
+
+
+def test_write_verify_chips_recalibrate_their_batchnorm_too():
+    """training.programming.chip_probs (write-verify's chips) runs the same per-chip recalibration."""
+    from training.evaluate import MCAccumulator
+    from training.programming import chip_probs
+
+    model, data = _bn_model_and_data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x_cal, _ = data.batch(slice(0, 32))
+    plain, recal = MCAccumulator(len(data), 10), MCAccumulator(len(data), 10)
+    assert chip_probs(model, None, data, plain, 64) == 0
+    assert chip_probs(model, None, data, recal, 64, recal_x=x_cal) == 32
+    assert not torch.allclose(plain.sum_p, recal.sum_p)  # the statistics of 32 images, not the stored ones
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -199,6 +199,7 @@ def _rc(argv):
     ["--run", "{plain}", "--device-model", "no_such_device"],
     ["--run", "{plain}", "--target-acc", "95"],
     ["--run", "{plain}", "--max-pulses", "0"],
+    ["--run", "{plain}", "--bn-recal-images", "-1"],
 ])
 def test_bad_input_exits_2_without_output(case, runs, bad_runs, tmp_path, capsys):
     paths = {"missing": tmp_path / "nope", "plain": runs["plain"], **bad_runs}
