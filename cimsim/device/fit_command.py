@@ -102,6 +102,18 @@ def _options(a: argparse.Namespace) -> FitOptions:
                       name=a.name, technology=a.technology, citation=a.citation)
 
 
+_INPUT_ERRORS = (MeasuredDataError, DeviceModelError, OutputError, _UsageError)
+
+
+def _error_exit(e: Exception) -> int:
+    """One line on stderr naming what is wrong (the file of an OS error); exit status 2."""
+    if isinstance(e, OSError) and not isinstance(e, _INPUT_ERRORS):
+        print(f"cimsim.fit: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    else:
+        print(f"cimsim.fit: error: {e}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry; returns 0 on success, 2 on bad input (one line on stderr)."""
     try:
@@ -125,12 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plot is not None:
             files[Path(args.plot)] = render_figure(result)
         write_outputs(files)
-    except (MeasuredDataError, DeviceModelError, OutputError, _UsageError) as e:
-        print(f"cimsim.fit: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"cimsim.fit: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except (*_INPUT_ERRORS, OSError) as e:
+        return _error_exit(e)
     if not args.quiet:
         print(format_table(result))
         for path in files:
@@ -162,12 +170,8 @@ def _validate_main(args: argparse.Namespace) -> int:
         data = read_measured(Path(args.data), options.fmt, options.columns, options.units, options.neg_tol_frac)
         result = validate(data, options, vopts, progress=not args.quiet)
         write_outputs({folder / name: blob for name, blob in output_files(result, options).items()})
-    except (MeasuredDataError, DeviceModelError, OutputError, _UsageError) as e:
-        print(f"cimsim.fit: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"cimsim.fit: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except (*_INPUT_ERRORS, OSError) as e:
+        return _error_exit(e)
     if not args.quiet:
         print(format_targets(result))
         print(f"wrote {len(targets)} files into {folder}")

@@ -421,39 +421,37 @@ class CIMLinear(CIMModule):
                 + self._cim_repr())
 
 
-class CIMConv2d(CIMModule):
-    """``nn.Conv2d`` (groups=1, zero padding) on a simulated crossbar by im2col.
+class _CIMConv(CIMModule):
+    """What the crossbar convolutions share: geometry, construction from and back to the torch layer
+    (``_torch_class``; groups=1, zero padding), sharing its parameters."""
 
-    weight (out_channels, in_channels, kh, kw) is laid on the array as (out, in*kh*kw); every
-    output pixel is one read of the array (:func:`cimsim.nn.functional.conv2d`).
-    x (B, in_channels, H, W) -> (B, out_channels, H', W').
-    """
+    _torch_class: type[nn.Module]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, config: CrossbarConfig | None = None, *, seed: int = 0,
                  mode: str = "chip", kernel: str = "auto", device=None, dtype=None) -> None:
         super().__init__()
         if groups != 1:
-            raise ValueError(f"CIMConv2d supports groups=1 only, got groups={groups}")
-        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias,
-                        device=device, dtype=dtype)
+            raise ValueError(f"{type(self).__name__} supports groups=1 only, got groups={groups}")
+        ref = self._torch_class(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias,
+                                device=device, dtype=dtype)
         self._copy_geometry(ref)
         self.weight = ref.weight
         self.register_parameter("bias", ref.bias)
         self._init_cim(config, seed, mode, kernel, None if device == "meta" else self.weight.device)
 
-    def _copy_geometry(self, conv: nn.Conv2d) -> None:
+    def _copy_geometry(self, conv: nn.Module) -> None:
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
         self.padding = conv.padding
         self.groups = 1
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, config: CrossbarConfig | None = None, *, seed: int = 0,
-                    mode: str = "chip", kernel: str = "auto") -> "CIMConv2d":
-        """A CIMConv2d sharing ``module``'s parameters (groups=1, padding_mode='zeros')."""
+    def from_module(cls, module: nn.Module, config: CrossbarConfig | None = None, *, seed: int = 0,
+                    mode: str = "chip", kernel: str = "auto") -> "_CIMConv":
+        """The crossbar twin of ``module`` sharing its parameters (groups=1, padding_mode='zeros')."""
         if module.groups != 1 or module.padding_mode != "zeros":
-            raise ValueError(f"CIMConv2d needs groups=1 and padding_mode='zeros', got groups={module.groups}, "
+            raise ValueError(f"{cls.__name__} needs groups=1 and padding_mode='zeros', got groups={module.groups}, "
                              f"padding_mode={module.padding_mode!r}")
         new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                   module.dilation, bias=False, config=config, seed=seed, mode=mode, kernel=kernel, device="meta")
@@ -462,13 +460,28 @@ class CIMConv2d(CIMModule):
         new.train(module.training)
         return new
 
-    def to_module(self) -> nn.Conv2d:
-        """The plain ``nn.Conv2d`` sharing this layer's parameters."""
-        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                      self.dilation, bias=False, device="meta")
+    def to_module(self) -> nn.Module:
+        """The plain torch layer sharing this layer's parameters."""
+        m = self._torch_class(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                              self.dilation, bias=False, device="meta")
         m.weight, m.bias = self.weight, self.bias
         m.train(self.training)
         return m
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
+
+
+class CIMConv2d(_CIMConv):
+    """``nn.Conv2d`` (groups=1, zero padding) on a simulated crossbar by im2col.
+
+    weight (out_channels, in_channels, kh, kw) is laid on the array as (out, in*kh*kw); every
+    output pixel is one read of the array (:func:`cimsim.nn.functional.conv2d`).
+    x (B, in_channels, H, W) -> (B, out_channels, H', W').
+    """
+
+    _torch_class = nn.Conv2d
 
     def input_rows(self, x: torch.Tensor) -> torch.Tensor:
         return CF.conv_rows(x, self.kernel_size, self.stride, self.padding, self.dilation)[0]
@@ -479,56 +492,13 @@ class CIMConv2d(CIMModule):
     def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
         return CF.conv2d(x, self.weight, arr, self.bias, self.stride, self.padding, self.dilation, self.kernel)
 
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
 
-
-class CIMConv1d(CIMModule):
+class CIMConv1d(_CIMConv):
     """``nn.Conv1d`` (groups=1, zero padding) on a simulated crossbar: the 2-D path on a height-1
     image. weight (out_channels, in_channels, k) is laid on the array as (out, in*k), the same
     layout as a (in, 1, k) convolution; x (B, in_channels, L) -> (B, out_channels, L')."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, config: CrossbarConfig | None = None, *, seed: int = 0,
-                 mode: str = "chip", kernel: str = "auto", device=None, dtype=None) -> None:
-        super().__init__()
-        if groups != 1:
-            raise ValueError(f"CIMConv1d supports groups=1 only, got groups={groups}")
-        ref = nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias,
-                        device=device, dtype=dtype)
-        self._copy_geometry(ref)
-        self.weight = ref.weight
-        self.register_parameter("bias", ref.bias)
-        self._init_cim(config, seed, mode, kernel, None if device == "meta" else self.weight.device)
-
-    def _copy_geometry(self, conv: nn.Conv1d) -> None:
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
-        self.padding = conv.padding
-        self.groups = 1
-
-    @classmethod
-    def from_module(cls, module: nn.Conv1d, config: CrossbarConfig | None = None, *, seed: int = 0,
-                    mode: str = "chip", kernel: str = "auto") -> "CIMConv1d":
-        """A CIMConv1d sharing ``module``'s parameters (groups=1, padding_mode='zeros')."""
-        if module.groups != 1 or module.padding_mode != "zeros":
-            raise ValueError(f"CIMConv1d needs groups=1 and padding_mode='zeros', got groups={module.groups}, "
-                             f"padding_mode={module.padding_mode!r}")
-        new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                  module.dilation, bias=False, config=config, seed=seed, mode=mode, kernel=kernel, device="meta")
-        new.weight, new.bias = module.weight, module.bias
-        new._init_buffers(module.weight.device)
-        new.train(module.training)
-        return new
-
-    def to_module(self) -> nn.Conv1d:
-        """The plain ``nn.Conv1d`` sharing this layer's parameters."""
-        m = nn.Conv1d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                      self.dilation, bias=False, device="meta")
-        m.weight, m.bias = self.weight, self.bias
-        m.train(self.training)
-        return m
+    _torch_class = nn.Conv1d
 
     def _geometry_2d(self):
         pad = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
@@ -544,10 +514,6 @@ class CIMConv1d(CIMModule):
     def _simulated_forward(self, x: torch.Tensor, arr: ProgrammedArray) -> torch.Tensor:
         st, pad, dl = self._geometry_2d()
         return CF.conv2d(x.unsqueeze(2), self.weight.unsqueeze(2), arr, self.bias, st, pad, dl, self.kernel).squeeze(2)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, " + self._cim_repr())
 
 
 class CIMMultiheadAttention(nn.Module):
