@@ -3,7 +3,8 @@
 ``mvm`` (default): crossbar forward and programming (:mod:`cimsim.bench.mvm`); ``train``: one
 LeNet-5 training step simulated vs plain torch (:mod:`cimsim.bench.training_step`); ``writeverify``:
 the write-verify kernel (:mod:`cimsim.bench.writeverify`); ``sampling``: programmed cells per second
-of every device family (:mod:`cimsim.bench.sampling`); ``all``: the four.
+of every device family (:mod:`cimsim.bench.sampling`); ``ir_drop``: the IR-drop solvers
+(:mod:`cimsim.bench.ir_drop`); ``all``: the five.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from cimsim.bench.writeverify import bench_writeverify
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cimsim.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "train", "writeverify", "sampling", "all"),
+    ap.add_argument("what", nargs="?", default="mvm", choices=("mvm", "train", "writeverify", "sampling", "ir_drop", "all"),
                     help="mvm: crossbar forward and programming (default); train: one LeNet-5 training step "
                          "simulated vs plain torch; writeverify: the write-verify kernel; sampling: cells per "
-                         "second of every device family")
+                         "second of every device family; ir_drop: the IR-drop solvers")
     ap.add_argument("--quick", action="store_true", help="the target shape and batch only, 8-bit ADC")
     ap.add_argument("-o", "--out", type=Path, default=Path("results/bench_mvm.csv"), help="CSV of the table")
     ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
@@ -59,4 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         from cimsim.bench.sampling import TARGET_CELLS_PER_S, bench_sampling
 
         ok &= bench_sampling()["quantile numba"] >= TARGET_CELLS_PER_S
+    if a.what in ("ir_drop", "all"):
+        from cimsim.bench.ir_drop import bench_ir_drop
+
+        bench_ir_drop()
     return 0 if ok else 1
