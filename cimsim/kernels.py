@@ -85,19 +85,6 @@ def _normal(key, n):  # pragma: no cover - compiled
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
 
 
-@njit(inline="always", cache=True)
-def _student_t(key, n, df):  # pragma: no cover - compiled
-    """A standard Student-t (df > 0) by Bailey's polar method (Math. Comp. 62, 779, 1994)."""
-    k = n
-    while True:
-        u = 2.0 * _uniform(key, k) - 1.0
-        v = 2.0 * _uniform(key, k + np.uint64(1)) - 1.0
-        k += np.uint64(2)
-        w = u * u + v * v
-        if 0.0 < w < 1.0:
-            return u * np.sqrt(df * (w ** (-2.0 / df) - 1.0) / w)
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def dac_drive(x, inv_clip, xmax, n_cycles, rows, pos, neg, signed):  # pragma: no cover - compiled
     """Quantize inputs and lay out the DAC drive of both phases in one pass, tile by tile.

@@ -231,6 +231,53 @@ def test_fast_level_sampler_matches_numpy_sampler(name):
         dev.sample_levels(levels, np.array([4]), 1.0, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("df", [1.0, 1.5, 2.2, 5.0, 30.0])
+def test_student_t_inverse_cdf_exact_and_tabulated(df):
+    """The numpy reference is the exact t quantile at Phi(z); the samplers' table is within 1e-3 of it."""
+    from scipy import stats
+    from scipy.special import ndtr
+
+    from cimsim.device.sampling import STUDENT_T_Z, quantile_error_numpy, student_t_of_normal, student_t_table
+
+    z = np.linspace(-9.5, 9.5, 4001)
+    exact = student_t_of_normal(z, np.full(z.size, df))
+    mid = np.abs(z) < 5
+    assert np.allclose(exact[mid], stats.t.ppf(ndtr(z[mid]), df), rtol=1e-9)
+    assert np.allclose(exact[z < -5], stats.t.ppf(ndtr(z[z < -5]), df), rtol=1e-6)  # tail from the near side
+    assert np.array_equal(student_t_of_normal(-z, df), -exact) and np.all(np.diff(exact) > 0)
+    assert np.array_equal(student_t_of_normal(z, np.inf), z)
+    q, tails = student_t_table(np.full(z.size, df))
+    tab = quantile_error_numpy(z, STUDENT_T_Z, q, tails)
+    inside = np.abs(z) <= STUDENT_T_Z[-1]
+    rel = np.abs(tab - exact) / np.maximum(np.abs(exact), 1e-2)
+    assert rel[inside].max() < 1e-3
+    assert rel[~inside].max() < 0.05  # past the nodes (p < 1e-17): the t's Pareto tail
+
+
+def test_student_t_levels_follow_the_t_law_in_every_sampler():
+    """numpy, Numba and torch draw a Student-t level's cells through one inverse CDF: each is the t law."""
+    import torch
+    from scipy import stats
+
+    from cimsim.device.sampling import LevelTable, sample_levels_torch
+
+    m = leveled_model()
+    lf = next(f for f in m.level_fits if f.family == "student-t" and f.t_s == 1.0)
+    n = 100_000
+    idx = np.full(n, 1)
+    lv = np.asarray(m.levels_S)
+    draws = {
+        "numpy": m.sample(lv[idx], 1.0, np.random.default_rng(0)),
+        "numba": m.sample_levels(lv, idx, 1.0, np.random.default_rng(1)),
+        "torch": sample_levels_torch(torch.from_numpy(idx), LevelTable.make(m, lv, 1.0, "cpu"), m,
+                                     torch.Generator().manual_seed(2), 1.0).numpy(),
+    }
+    for name, g in draws.items():
+        t = (g - lf.target_S - lf.mean_shift_S) / lf.scale_S
+        assert stats.kstest(t, "t", args=(lf.df,)).pvalue > 1e-3, name
+        assert np.mean(np.abs(t) > 6) == pytest.approx(2 * stats.t.sf(6, lf.df), rel=0.3), name
+
+
 # -------------------------------------------------------- malformed files (issue #15)
 @pytest.mark.parametrize("top", ["[1, 2]", '"rram"', "3", "null"])
 def test_top_level_not_an_object(tmp_path, top):

@@ -167,6 +167,29 @@ def test_shipped_summary_is_regenerated_from_the_cells():
     np.testing.assert_allclose(shipped.to_numpy(float), fresh.to_numpy(float), rtol=0, atol=2e-6)
 
 
+@needs_shared
+def test_quantile_model_from_the_shipped_summary_follows_the_measured_cells():
+    """The default family fitted from the 9 stored quantiles per level stays close to every measured
+    (level, read time) of tech C: at most 5 % of them beyond the two-sample 5 % KS critical value,
+    none beyond 1.5 times it; the normal / Student-t fit (`auto`) misses most of them."""
+    from scipy import stats
+
+    cells = read_tidy(TECH_C)
+    far = {}
+    for family in ("quantile", "auto"):
+        model = fit_device(SUMMARY, FitOptions(family=family)).model
+        rng = np.random.default_rng(0)
+        ratio = []
+        for (ti, li), x in cells.g_uS.items():
+            t = float(cells.times_s[ti])
+            g = model.sample(np.full(4000, model.levels_S[li]), t, rng) / 1e-6
+            crit = 1.36 * np.sqrt(1 / x.size + 1 / g.size)
+            ratio.append(stats.ks_2samp(x, g).statistic / crit)
+        far[family] = np.array(ratio)
+    assert np.mean(far["quantile"] > 1) <= 0.05 and far["quantile"].max() < 1.5
+    assert np.mean(far["auto"] > 1) > 0.3
+
+
 def test_shipped_summary_fit_properties():
     res = fit_device(SUMMARY, FitOptions(time_s=1.0))
     m = res.model
@@ -343,7 +366,7 @@ def test_cli_end_to_end_on_shipped_summary(tmp_path, capsys):
     assert m.times_s == (0.0, 0.01, 0.1, 1.0, 4.0, 1e5)
     assert len(m.level_fits) == 32 * 6
     prov = m.provenance
-    assert prov["sha256"] and prov["cimsim_version"] and prov["fit_options"]["family"] == "auto"
+    assert prov["sha256"] and prov["cimsim_version"] and prov["fit_options"]["family"] == "quantile"
     assert len(prov["fit_quality"]["sigma_poly_r2"]) == 6 and prov["fit_quality"]["ks_per_level"]["1"]
     if READ_NOISE.exists():
         assert prov["read_noise"]["source_technology"] == "tech A"

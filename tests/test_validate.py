@@ -104,7 +104,7 @@ def test_validate_command_writes_every_check(tmp_path):
     q = targets[(targets.family == "quantile") & (targets.target == "heldout_share_above_crit")]
     assert q.value.iloc[0] <= 0.10  # the lognormal levels are followed on cells the fit never saw
     cfg = json.loads((out / "validate_config.json").read_text())
-    assert cfg["validate"]["chips"] == 20 and cfg["fit_options"]["family"] == "auto"
+    assert cfg["validate"]["chips"] == 20 and cfg["fit_options"]["family"] == "quantile"
     # one seed, one result
     again = tmp_path / "val2"
     assert main([str(cells), "--validate", str(again), "--chips", "20", "-q"]) == 0

@@ -174,6 +174,44 @@ def test_relaxation_uses_heavy_tailed_levels():
     assert d.std() > 1.3 * iqr_sigma  # heavier than a normal of the same IQR
 
 
+def test_relaxation_of_a_quantile_model_keeps_its_skew_and_adds_variances():
+    """A quantile-family level relaxes by its own law at the read time (skew and tails), narrowed so
+    that variances add in quadrature from the earliest time; ``sigma_scale`` widens both."""
+    from scipy import stats
+
+    from cimsim.device.sampling import quantile_error_numpy
+
+    z = np.linspace(-2.5, 2.5, 11)
+    lv = (1 * US, 50 * US, 100 * US)
+    laws = {0.0: (0.05 * z * US, (0.0, 0.02 * US), (0.0, 0.02 * US)),
+            1e3: ((np.expm1(0.6 * z) - 0.2) * US, (0.0, 0.05 * US), (0.0, 1.5 * US))}
+    zz = np.random.default_rng(9).standard_normal(400_000)
+    fits = []
+    for t, (q, lo, hi) in laws.items():
+        e = quantile_error_numpy(zz, z, np.broadcast_to(q, (zz.size, z.size)), np.broadcast_to([*lo, *hi], (zz.size, 4)))
+        for k, g in enumerate(lv):
+            fits.append(LevelFit(level=k, t_s=t, target_S=g, n=0, mean_shift_S=e.mean(), sigma_S=e.std(),
+                                 robust_sigma_S=e.std(), family="quantile", scale_S=e.std(), quantiles_S=tuple(q),
+                                 tail_lo=lo, tail_hi=hi))
+    dev = DeviceModel(name="q", gmin_S=lv[0], gmax_S=lv[-1], times_s=(0.0, 1e3), levels_S=lv, level_fits=tuple(fits),
+                      sigma_poly_uS=((0.05,), (1.0,)), quantile_z=tuple(z), g_floor_S=None)
+    n = 60_000
+    tg = np.full(n, 50 * US)
+    d = relax(tg, tg, dev, 1e3, np.random.default_rng(1)) - tg
+    law = dev.sample(tg, 1e3, np.random.default_rng(2)) - tg
+    assert stats.skew(d) > 1.0
+    assert stats.ks_2samp(d - d.mean(), law - law.mean()).statistic < 0.02  # the t0 spread is tiny
+    f0, f1 = fits[1], fits[4]
+    assert d.mean() == pytest.approx(f1.mean_shift_S - f0.mean_shift_S, abs=0.02 * US)
+    assert d.std() == pytest.approx(np.sqrt(f1.sigma_S**2 - f0.sigma_S**2), rel=0.03)
+    wide = relax(tg, tg, dev.replace(sigma_scale=2.0), 1e3, np.random.default_rng(3)) - tg
+    assert wide.mean() == pytest.approx(d.mean(), abs=0.03 * US)
+    assert wide.std() == pytest.approx(2 * d.std(), rel=0.03)
+    assert stats.skew(wide) == pytest.approx(stats.skew(d), rel=0.25)
+    full = relax(tg, tg, dev, 1e3, np.random.default_rng(4), mode="full") - tg
+    assert stats.ks_2samp(full, law).pvalue > 1e-3
+
+
 # ------------------------------------------------------------------ policies
 def test_selective_full_fraction_equals_full_write_verify():
     dev = relaxing_device()

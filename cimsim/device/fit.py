@@ -132,9 +132,11 @@ FIT_FAMILIES = ("auto", "normal", "student-t", "quantile", "empirical")
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Options of :func:`fit_device` (see ``python -m cimsim.fit --help``)."""
+    """Options of :func:`fit_device` (see ``python -m cimsim.fit --help``). The default family,
+    ``quantile``, is the one that passes the checks of ``--validate`` (docs/design.md,
+    "Device-model validation"); ``auto`` (normal or Student-t per level) stays for comparison."""
 
-    family: str = "auto"
+    family: str = "quantile"
     time_s: float | None = None
     min_cells: int = 20
     poly_deg: int = 3

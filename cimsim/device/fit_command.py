@@ -34,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "per-level summary (auto-detected from the columns).")
     p.add_argument("data", help="CSV (optionally .gz): tidy per-cell reads or the per-level summary format")
     p.add_argument("--time", type=float, default=None, help="fit only this nominal read time (seconds)")
-    p.add_argument("--family", choices=FIT_FAMILIES, default="auto",
-                   help="distribution of the programming error: auto (normal or Student-t per level, by AIC + KS), "
-                        "normal, student-t, or quantile (the measured quantile function with generalized-Pareto "
-                        "tails, bounded below by the conductance floor), or empirical (per-cell data only: every "
-                        "programmed cell replays a measured cell of its level at a measured read time)")
+    p.add_argument("--family", choices=FIT_FAMILIES, default=None,
+                   help="distribution of the programming error: quantile (default: the measured quantile function "
+                        "with generalized-Pareto tails, bounded below by the conductance floor; the family that "
+                        "passes --validate), auto (normal or Student-t per level, by AIC + KS), normal, student-t, "
+                        "or empirical (per-cell data only: every programmed cell replays a measured cell of its "
+                        "level at a measured read time)")
     p.add_argument("-o", "--output", default=None, help="device model JSON to write (default: print only)")
     p.add_argument("--plot", default=None, help="PNG figure to write")
     p.add_argument("--read-noise", default=None, help="read-noise time series (TSV, level, 0, samples in S)")
@@ -97,7 +98,7 @@ def check_paths(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str, 
 
 def _options(a: argparse.Namespace) -> FitOptions:
     cols = TidyColumns(level=a.col_level, target=a.col_target, time=a.col_time, g=a.col_g, lo=a.col_lo, hi=a.col_hi)
-    return FitOptions(family=a.family, time_s=a.time, min_cells=a.min_cells, poly_deg=a.poly_deg,
+    return FitOptions(family=FitOptions.family if a.family is None else a.family, time_s=a.time, min_cells=a.min_cells, poly_deg=a.poly_deg,
                       read_noise_deg=a.read_noise_deg, fmt=a.fmt, units=a.units, columns=cols, neg_tol_frac=a.neg_tol,
                       name=a.name, technology=a.technology, citation=a.citation)
 
@@ -152,7 +153,7 @@ def _validate_main(args: argparse.Namespace) -> int:
     try:
         if args.output is not None or args.plot is not None:
             raise _UsageError("--validate writes its own files into DIR; fit with -o/--plot in a separate call")
-        if args.time is not None or args.read_noise is not None or args.family != "auto":
+        if args.time is not None or args.read_noise is not None or args.family is not None:
             raise _UsageError("--validate checks every read time and the families of --validate-families; "
                               "--time, --read-noise and --family are options of a fit")
         fams = tuple(f.strip() for f in args.validate_families.split(",") if f.strip())

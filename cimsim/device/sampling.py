@@ -1,14 +1,17 @@
 """Drawing cells from a device model: every sampler of the project, one idea per row.
 
-==========================  =======================  ==========================  ==========================
-idea                        numpy (reference)        Numba (host, fast)          torch (any torch device)
-==========================  =======================  ==========================  ==========================
-programmed cell at a level  :func:`sample_targets`   :func:`sample_levels_numba` :func:`sample_levels_torch`
-quantile-family error       :func:`quantile_error_numpy` :func:`quantile_error_one`  :func:`quantile_error_torch`
-a replayed measured cell    :func:`empirical_error_numpy` (in the kernel)          :func:`empirical_error_torch`
-drift to the read time      :func:`drift_numpy`      (host: ``drift_numpy``)     :func:`drift_torch`
-read-noise sigma (S)        :func:`read_sigma_S`     :func:`read_sigma_one_S`    :func:`read_sigma_torch`
-==========================  =======================  ==========================  ==========================
+============================  ================================  ===============================  ===============================
+idea                          numpy (reference)                 Numba (host, fast)               torch (any torch device)
+============================  ================================  ===============================  ===============================
+its error alone               :func:`programming_error_numpy`   (in the kernel)                  (in ``sample_levels_torch``)
+programmed cell at a level    :func:`sample_targets`            :func:`sample_levels_numba`      :func:`sample_levels_torch`
+Student-t error (inverse CDF) :func:`student_t_of_normal`       :func:`student_t_table` +        :func:`student_t_table` +
+                                                                :func:`quantile_error_one`       :func:`quantile_error_torch`
+quantile-family error         :func:`quantile_error_numpy`      :func:`quantile_error_one`       :func:`quantile_error_torch`
+a replayed measured cell      :func:`empirical_error_numpy`     (in the kernel)                  :func:`empirical_error_torch`
+drift to the read time        :func:`drift_numpy`               (host: ``drift_numpy``)          :func:`drift_torch`
+read-noise sigma (S)          :func:`read_sigma_S`              :func:`read_sigma_one_S`         :func:`read_sigma_torch`
+============================  ================================  ===============================  ===============================
 
 ``DeviceModel.sample`` / ``sample_levels`` / ``apply_drift`` / ``read_sigma_S`` call these;
 ``cimsim.crossbar.program`` (host chips), ``cimsim.crossbar.program_torch`` (chips on a torch
@@ -17,13 +20,18 @@ reads) call them too, so a new physics changes this file only (docs/extending.md
 tested against each other (tests/test_device.py, tests/test_program_torch.py): the numpy and Numba
 level samplers in distribution, the torch sampler in distribution and bit for bit against itself.
 
-A programmed cell: ``G = level + shift + scale * Z`` with ``(shift, scale, df)`` the level's
-programming error at the read time (``DeviceModel.programming_params``; ``Z`` normal, or
-Student-t where ``df`` is finite); then power-law drift (PCM), stuck-at-gmin/gmax cells, and the
-conductance floor, in that order. Conductances in siemens, float64 unless a dtype is given.
-A quantile-family level (``DeviceModel.is_quantile``) maps the same normal ``Z`` through its error
-quantile function instead (inverse-CDF sampling in probit space): linear in ``Z`` between the
-nodes ``quantile_z``, generalized-Pareto tails beyond them. An empirical device
+One inverse-CDF sampler: every family maps one standard normal ``Z`` per cell (the probit of a
+uniform) through its error quantile function. A parametric level: ``G = level + shift + scale *
+Q(Phi(Z))`` with ``(shift, scale, df)`` the level's programming error at the read time
+(``DeviceModel.programming_params``) and ``Q`` the identity (normal) or the Student-t quantile
+function where ``df`` is finite: exact in the numpy reference (:func:`student_t_of_normal`),
+tabulated on the probit nodes :data:`STUDENT_T_Z` with the t's own Pareto tails beyond them in the
+Numba and torch samplers (:func:`student_t_table`; within 1e-3 relative of the exact quantile for
+df >= 1, tested). Then power-law drift (PCM), stuck-at-gmin/gmax cells, and the conductance floor,
+in that order. Conductances in siemens, float64 unless a dtype is given.
+A quantile-family level (``DeviceModel.is_quantile``) maps ``Z`` through its fitted error
+quantile function: linear in ``Z`` between the nodes ``quantile_z``, generalized-Pareto tails
+beyond them. An empirical device
 (``DeviceModel.is_empirical``) maps a uniform ``U`` to one of the level's measured cells,
 ``cells[floor(U * n)]``.
 The torch twins import torch when first called, so the numpy and Numba samplers (and
@@ -33,13 +41,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit, prange
 
 import cimsim  # noqa: F401 - resolves the annotations "cimsim.device.model.DeviceModel" (no import cycle)
-from cimsim.kernels import _GOLDEN, _mix64, _normal, _student_t, _uniform
+from cimsim.kernels import _GOLDEN, _mix64, _normal, _uniform
 
 if TYPE_CHECKING:  # annotations only; the torch twins import torch when called
     import torch
@@ -48,26 +57,31 @@ _UNIT_S = 1e-6  # read-noise polynomials take and give microsiemens
 
 
 # ------------------------------------------------------------------------ numpy reference
-def sample_targets(dm: "cimsim.device.model.DeviceModel", targets_S: np.ndarray, t_s: float, rng: np.random.Generator,
-                   drift: bool = True) -> np.ndarray:
-    """Programmed conductances (S) for ``targets_S`` (any shape) read at ``t_s``, from ``rng``."""
+def programming_error_numpy(dm: "cimsim.device.model.DeviceModel", targets_S: np.ndarray, t_s: float,
+                            rng: np.random.Generator) -> np.ndarray:
+    """Programming error ``G - target`` (S) of cells at ``targets_S`` (any shape) read at ``t_s``,
+    from ``rng`` (one standard normal per cell, then one uniform per cell for an empirical device):
+    the level's law alone, without drift, stuck cells or the floor."""
     tg = np.asarray(targets_S, dtype=np.float64)
-    shift, scale, df = dm.programming_params(tg, t_s)
     z = rng.standard_normal(tg.shape)
     if dm.is_empirical:
         lv = np.asarray(dm.levels_S)
         k = dm.level_index(tg).reshape(-1)
         cells, count = dm.empirical_params(lv, t_s)
         u = rng.random(tg.size)
-        g = tg + empirical_error_numpy(u, cells[k], count[k]).reshape(tg.shape)
-    elif dm.is_quantile:
+        return empirical_error_numpy(u, cells[k], count[k]).reshape(tg.shape)
+    if dm.is_quantile:
         q, tails = dm.quantile_params(tg, t_s)
-        g = tg + quantile_error_numpy(z.reshape(-1), np.asarray(dm.quantile_z), q, tails).reshape(tg.shape)
-    else:
-        heavy = np.isfinite(df)
-        if heavy.any():
-            z[heavy] = rng.standard_t(df[heavy])
-        g = tg + shift + scale * z
+        return quantile_error_numpy(z.reshape(-1), np.asarray(dm.quantile_z), q, tails).reshape(tg.shape)
+    shift, scale, df = dm.programming_params(tg, t_s)
+    return shift + scale * student_t_of_normal(z, df)
+
+
+def sample_targets(dm: "cimsim.device.model.DeviceModel", targets_S: np.ndarray, t_s: float, rng: np.random.Generator,
+                   drift: bool = True) -> np.ndarray:
+    """Programmed conductances (S) for ``targets_S`` (any shape) read at ``t_s``, from ``rng``."""
+    tg = np.asarray(targets_S, dtype=np.float64)
+    g = tg + programming_error_numpy(dm, tg, t_s, rng)
     if drift and dm.drift is not None:
         g = drift_numpy(dm, g, t_s, rng)
     if dm.stuck_at_gmin or dm.stuck_at_gmax:
@@ -119,6 +133,46 @@ def _gpd_excess(log_e: np.ndarray, xi: np.ndarray, beta: np.ndarray) -> np.ndarr
     small = np.abs(xi) < 1e-9
     safe = np.where(small, 1.0, xi)
     return np.where(small, beta * log_e, beta / safe * np.expm1(safe * log_e))
+
+
+#: Probit nodes of the tabulated Student-t quantile function (step 0.01): a float64 normal from
+#: the samplers' Box-Muller never exceeds |z| = 8.6, so the Pareto tails beyond are almost never used.
+STUDENT_T_Z = np.linspace(-8.5, 8.5, 1701)
+
+
+def student_t_of_normal(z: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """The standard Student-t quantile at ``Phi(z)``, elementwise (``z``, ``df`` broadcast; ``df``
+    > 0, ``inf``: ``z`` itself). Computed from the nearer tail, so it keeps full precision there."""
+    from scipy.special import ndtr, stdtrit
+
+    z, df = np.broadcast_arrays(np.asarray(z, dtype=np.float64), np.asarray(df, dtype=np.float64))
+    out = z.copy()
+    heavy = np.isfinite(df)
+    if heavy.any():
+        zh = z[heavy]
+        out[heavy] = -np.sign(zh) * stdtrit(df[heavy], ndtr(-np.abs(zh)))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _student_t_row(df: float) -> tuple[np.ndarray, np.ndarray]:
+    q = student_t_of_normal(STUDENT_T_Z, np.full(STUDENT_T_Z.size, df))
+    beta = abs(q[-1]) / df  # Pareto tail of the t: P(|T| > x) ~ C x^-df, i.e. GPD xi = 1 / df
+    return q, np.array([1.0 / df, beta, 1.0 / df, beta])
+
+
+def student_t_table(df: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tabulated standard Student-t quantile functions for the samplers: ``(q, tails)`` with ``q``
+    (L, J) the quantiles at :data:`STUDENT_T_Z` and ``tails`` (L, 4) in the layout of
+    :func:`quantile_error_numpy` (generalized Pareto with ``xi = 1 / df``, the t's own tail index,
+    continuing the end node); one row per entry of ``df`` (L,), zeros where ``df`` is infinite."""
+    df = np.asarray(df, dtype=np.float64).reshape(-1)
+    q = np.zeros((df.size, STUDENT_T_Z.size))
+    tails = np.zeros((df.size, 4))
+    for i, d in enumerate(df):
+        if np.isfinite(d):
+            q[i], tails[i] = _student_t_row(float(d))
+    return q, tails
 
 
 def drift_numpy(dm: "cimsim.device.model.DeviceModel", g_S: np.ndarray, t_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -177,9 +231,11 @@ def quantile_error_one(z, qz, q, tails):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo, g_hi, floor, qz, qtab, tails,
-                          ecells, ecount, out):  # pragma: no cover
+def _sample_levels_kernel(idx, seed, target, shift, scale, df, tz, ttab, ttails, p_lo, p_hi, g_lo, g_hi, floor, qz, qtab,
+                          tails, ecells, ecount, out):  # pragma: no cover
     """idx: (N,) level index per cell; target, shift, scale, df: (L,) per level (df = inf: normal);
+    tz (J_t,) = :data:`STUDENT_T_Z`, ttab (L, J_t), ttails (L, 4): the Student-t levels' tabulated
+    quantiles (:func:`student_t_table`);
     qz (J,), qtab (L, J), tails (L, 4): the quantile family (J = 0: parametric levels); ecells
     (L, n_max), ecount (L,): an empirical device's measured errors (n_max = 0: none).
     Cell i uses stream ``mix(seed, i)``: draws 0-1 decide stuck cells, draws 2.. the error."""
@@ -201,7 +257,8 @@ def _sample_levels_kernel(idx, seed, target, shift, scale, df, p_lo, p_hi, g_lo,
         elif qz.shape[0] > 0:
             g = target[k] + quantile_error_one(_normal(key, np.uint64(2)), qz, qtab[k], tails[k])
         elif np.isfinite(df[k]):
-            g = target[k] + shift[k] + scale[k] * _student_t(key, np.uint64(2), df[k])
+            t = quantile_error_one(_normal(key, np.uint64(2)), tz, ttab[k], ttails[k])
+            g = target[k] + shift[k] + scale[k] * t
         else:
             g = target[k] + shift[k] + scale[k] * _normal(key, np.uint64(2))
         out[i] = g if g > floor else floor
@@ -225,7 +282,8 @@ def sample_levels_numba(dm: "cimsim.device.model.DeviceModel", levels_S: np.ndar
         ecells, ecount = dm.empirical_params(lv, t_s)
     else:
         ecells, ecount = np.zeros((lv.size, 0)), np.zeros(lv.size, dtype=np.int64)
-    _sample_levels_kernel(np.ascontiguousarray(idx.reshape(-1)), int(seed), lv, shift, scale, df,
+    ttab, ttails = student_t_table(df)
+    _sample_levels_kernel(np.ascontiguousarray(idx.reshape(-1)), int(seed), lv, shift, scale, df, STUDENT_T_Z, ttab, ttails,
                           float(dm.stuck_at_gmin), float(dm.stuck_at_gmax), dm.gmin_S, dm.gmax_S, floor, qz,
                           np.ascontiguousarray(qtab), np.ascontiguousarray(tails), np.ascontiguousarray(ecells),
                           ecount, out)
@@ -243,35 +301,15 @@ def read_sigma_one_S(poly_uS, g_S):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------------------------ torch
-def student_t_torch(df: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard Student-t draws, one per element of ``df`` (any shape, values > 0), same device.
-
-    Bailey's polar method (Math. Comp. 62, 1994): ``U, V ~ U(-1, 1)``, ``W = U^2 + V^2`` accepted
-    when ``0 < W < 1``; then ``T = U * sqrt(df * (W^(-2/df) - 1) / W)``. Rejected elements are
-    redrawn (acceptance pi/4), all from ``generator``. Computed in float64.
-    """
-    import torch
-
-    flat = df.reshape(-1).to(torch.float64)
-    out = torch.empty_like(flat)
-    todo = torch.arange(flat.numel(), device=flat.device)
-    while todo.numel():
-        uv = torch.rand((2, todo.numel()), generator=generator, device=flat.device, dtype=torch.float64) * 2 - 1
-        w = uv[0] * uv[0] + uv[1] * uv[1]
-        ok = (w < 1) & (w > 0)
-        idx, d, wk = todo[ok], flat[todo[ok]], w[ok]
-        out[idx] = uv[0][ok] * torch.sqrt(d * (wk.pow(-2.0 / d) - 1) / wk)
-        todo = todo[~ok]
-    return out.view(df.shape).to(df.dtype)
-
-
 @dataclass
 class LevelTable:
     """Per-level programming parameters of one (device model, levels, read time) on a torch device.
 
     levels, shift, scale: (L,) siemens in ``dtype``; df: (L,) float64 (inf = normal); heavy: whether
-    any level is Student-t; qz (J,), q (L, J), tails (L, 4): a quantile-family model's nodes, error
-    quantiles and tails (``None`` otherwise).
+    any level is Student-t, whose tabulated standard quantiles are then ``t_q`` (L, J_t) at
+    ``t_z`` (J_t,) with tails ``t_tails`` (L, 4) (:func:`student_t_table`); qz (J,), q (L, J), tails
+    (L, 4): a quantile-family model's nodes, error quantiles and tails (``None`` otherwise); cells
+    (L, n_max), count (L,): an empirical device's measured errors.
     """
 
     levels: torch.Tensor
@@ -284,6 +322,9 @@ class LevelTable:
     tails: "torch.Tensor | None" = None
     cells: "torch.Tensor | None" = None
     count: "torch.Tensor | None" = None
+    t_z: "torch.Tensor | None" = None
+    t_q: "torch.Tensor | None" = None
+    t_tails: "torch.Tensor | None" = None
 
     @classmethod
     def make(cls, dm: "cimsim.device.model.DeviceModel", levels_S: np.ndarray, t_s: float, device: torch.device | str,
@@ -302,7 +343,11 @@ class LevelTable:
             return cls(t(lv), t(shift), t(scale), t(df, torch.float64), False, cells=t(cells),
                        count=torch.as_tensor(count, device=device))
         if not dm.is_quantile:
-            return cls(t(lv), t(shift), t(scale), t(df, torch.float64), bool(np.isfinite(df).any()))
+            if not np.isfinite(df).any():
+                return cls(t(lv), t(shift), t(scale), t(df, torch.float64), False)
+            tq, ttails = student_t_table(df)
+            return cls(t(lv), t(shift), t(scale), t(df, torch.float64), True, t_z=t(STUDENT_T_Z), t_q=t(tq),
+                       t_tails=t(ttails))
         q, tails = dm.quantile_params(lv, t_s)
         return cls(t(lv), t(shift), t(scale), t(df, torch.float64), False, t(dm.quantile_z), t(q), t(tails))
 
@@ -312,8 +357,9 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "cimsim.devi
     """Cells at ``table.levels[index]`` (any shape) on ``index``'s device, in the table's dtype.
 
     ``spread`` multiplies the table's scale (the device-noise backend's sigma). Draws from
-    ``generator`` in a fixed order: normals for every cell, Student-t for the heavy-tailed ones,
-    drift, stuck cells; then the floor.
+    ``generator`` in a fixed order: normals for every cell (and uniforms for an empirical device),
+    drift, stuck cells; then the floor. Student-t levels map their normals through the tabulated
+    t quantile function (no draws of their own).
     """
     import torch
 
@@ -323,7 +369,7 @@ def sample_levels_torch(index: torch.Tensor, table: LevelTable, dm: "cimsim.devi
         dfk = table.df[index]
         hv = torch.isfinite(dfk)
         if hv.any():
-            z[hv] = student_t_torch(dfk[hv], generator).to(dtype)
+            z[hv] = quantile_error_torch(z[hv], table.t_z, table.t_q, table.t_tails, index[hv])
     if table.cells is not None:
         u = torch.rand(index.shape, generator=generator, device=index.device, dtype=dtype)
         g = table.levels[index] + empirical_error_torch(u, table.cells, table.count, index)
@@ -424,6 +470,6 @@ def read_sigma_torch(poly_uS, g_S: torch.Tensor) -> torch.Tensor:
     return acc.clamp_min(0) * _UNIT_S
 
 
-__all__ = ["sample_targets", "quantile_error_numpy", "empirical_error_numpy", "empirical_error_torch", "drift_numpy", "read_sigma_S", "sample_levels_numba",
-           "quantile_error_one", "read_sigma_one_S", "student_t_torch", "LevelTable", "sample_levels_torch",
+__all__ = ["sample_targets", "programming_error_numpy", "quantile_error_numpy", "empirical_error_numpy", "empirical_error_torch", "drift_numpy", "read_sigma_S", "sample_levels_numba",
+           "quantile_error_one", "read_sigma_one_S", "student_t_of_normal", "student_t_table", "STUDENT_T_Z", "LevelTable", "sample_levels_torch",
            "quantile_error_torch", "drift_torch", "read_sigma_torch"]

@@ -11,6 +11,7 @@ import numpy as np
 
 from cimsim.crossbar.program import program_cells
 from cimsim.device.model import DeviceModel
+from cimsim.device.sampling import programming_error_numpy
 
 from cimsim.writeverify.kernel import _seed_from, _stuck_codes, build_inputs, run_kernel, run_reference
 from cimsim.writeverify.pulse import PulseModel, WriteVerifyError, _check_algorithm, default_pulse_model
@@ -115,9 +116,10 @@ def relax(g_verify_S: np.ndarray, targets_S: np.ndarray, device: DeviceModel, t_
     """Conductance at ``t_read_s`` of cells left at ``g_verify_S`` by write-verify (S, same shape).
 
     ``mode="increment"``: add the model's shift and quadrature spread increment from its earliest
-    time to ``t_read_s`` (module docstring); ``"full"``: add the model's full shift/spread at
-    ``t_read_s``; ``"none"``: no relaxation. Drift (if the model has it) and the conductance floor
-    are applied in every mode but ``"none"``.
+    time to ``t_read_s``, shaped like the level's error law at ``t_read_s`` (its skew and tails,
+    whatever the family: normal, Student-t, quantile, empirical; module docstring); ``"full"``: add
+    the model's whole error at ``t_read_s``; ``"none"``: no relaxation. Drift (if the model has it)
+    and the conductance floor are applied in every mode but ``"none"``.
     """
     if mode not in RELAXATION_MODES:
         raise WriteVerifyError(f"relaxation must be one of {RELAXATION_MODES}, got {mode!r}")
@@ -127,18 +129,17 @@ def relax(g_verify_S: np.ndarray, targets_S: np.ndarray, device: DeviceModel, t_
     if mode == "none" or g.size == 0:
         return g.copy()
     tg = np.asarray(targets_S, dtype=np.float64)
-    shift_t, scale_t, df = device.programming_params(tg, float(t_read_s))
-    if mode == "increment":
+    t = float(t_read_s)
+    if mode == "increment":  # D = dshift + dscale * X, X the level's law at t_read standardized
+        unit = device if device.sigma_scale == 1.0 else device.replace(sigma_scale=1.0)
+        err = programming_error_numpy(unit, tg, t, gen)
+        shift_t, unit_scale_t, _ = unit.programming_params(tg, t)
+        x = np.divide(err - shift_t, unit_scale_t, out=np.zeros_like(err), where=unit_scale_t > 0)
+        _, scale_t, _ = device.programming_params(tg, t)
         shift_0, scale_0, _ = device.programming_params(tg, device.times_s[0])
-        dshift = shift_t - shift_0
-        dscale = np.sqrt(np.maximum(scale_t**2 - scale_0**2, 0.0))
+        out = g + (shift_t - shift_0) + np.sqrt(np.maximum(scale_t**2 - scale_0**2, 0.0)) * x
     else:
-        dshift, dscale = shift_t, scale_t
-    z = gen.standard_normal(g.shape)
-    heavy = np.isfinite(df)
-    if heavy.any():
-        z[heavy] = gen.standard_t(df[heavy])
-    out = g + dshift + dscale * z
+        out = g + programming_error_numpy(device, tg, t, gen)
     if device.drift is not None:
         out = device.apply_drift(out, float(t_read_s), gen)
     if device.g_floor_S is not None:
