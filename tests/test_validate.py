@@ -86,6 +86,25 @@ def test_chip_on_an_ideal_device_is_the_quantized_network():
         assert np.abs(p1 - m1).max() == n_levels - 1 and np.all((p1 == 0) | (m1 == 0))
 
 
+def test_neighbour_prediction_is_exact_for_levels_linear_in_their_law():
+    """The model-free leave-one-level-out prediction averages the neighbours' quantile functions:
+    for levels whose error law moves linearly with the level it is the level's own law."""
+    from scipy.stats import norm
+
+    from cimsim.device.measured import CellTable
+    from cimsim.device.validate import ValidateOptions, lolo_neighbour_rows
+
+    rng = np.random.default_rng(0)
+    levels = np.arange(5)
+    u = np.sort(rng.random(2000))
+    g = {(0, k): 10.0 * k + (1 + 0.5 * k) * norm.ppf(u) for k in levels}  # scale linear in the level
+
+    data = CellTable(path="x", levels=levels, target_uS=10.0 * levels, lo_uS=10.0 * levels - 5,
+                     hi_uS=10.0 * levels + 5, times_s=np.array([1.0]), windows_measured=True, g_uS=g)
+    rows = lolo_neighbour_rows(data, ValidateOptions(model_draws=2000))
+    assert [r["level"] for r in rows] == [1, 2, 3] and max(r["ks"] for r in rows) < 0.01
+
+
 def test_validate_command_writes_every_check(tmp_path):
     cells = skewed_cells(tmp_path / "cells.csv")
     out = tmp_path / "val"
@@ -96,13 +115,15 @@ def test_validate_command_writes_every_check(tmp_path):
     assert np.allclose(held.ks_crit, 1.36 * np.sqrt(1 / held.n_fit + 1 / held.n_test))
     assert {"dq0.1_uS", "dq50_uS", "dq99.9_uS"} <= set(held.columns)
     lolo = pd.read_csv(out / "leave_one_level_out.csv")
-    assert sorted(set(lolo.level)) == [1, 2, 3, 4] and set(lolo.family) == {"quantile", "auto"}
+    assert sorted(set(lolo.level)) == [1, 2, 3, 4] and set(lolo.family) == {"quantile", "auto", "neighbours"}
     net = pd.read_csv(out / "network.csv")
     assert set(net.family) == {"quantile", "auto", "empirical", "cells_a", "cells_b"}
     assert set(net.n_levels) == {4} and (net.chips == 20).all()  # 6 device levels: only the 4-level subset fits
     targets = pd.read_csv(out / "targets.csv")
     q = targets[(targets.family == "quantile") & (targets.target == "heldout_share_above_crit")]
     assert q.value.iloc[0] <= 0.10  # the lognormal levels are followed on cells the fit never saw
+    nb = targets[(targets.family == "neighbours") & (targets.target == "lolo_median_ks")]
+    assert len(nb) == 1 and nb.value.iloc[0] == pytest.approx(lolo[lolo.family == "neighbours"].ks.median())
     cfg = json.loads((out / "validate_config.json").read_text())
     assert cfg["validate"]["chips"] == 20 and cfg["fit_options"]["family"] == "quantile"
     # one seed, one result

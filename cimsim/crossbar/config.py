@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import cimsim  # noqa: F401 - resolves the annotation "cimsim.crossbar.circuit.TileCircuit"
 from cimsim.device.model import DeviceModel, DeviceModelError, load_device_cached
 
 DAC_MODES = ("multibit", "bit_serial")
@@ -38,6 +39,9 @@ class ConfigError(ValueError):
 
 
 _OPTIONAL = ("input_clip", "adc_fixed_range", "sigma_scale")
+#: The interconnect fields, named as in :class:`cimsim.crossbar.circuit.TileCircuit`.
+CIRCUIT_FIELDS = ("r_row_segment_ohm", "r_col_segment_ohm", "r_driver_ohm", "r_sense_ohm", "r_access_ohm",
+                  "drive_end", "sense_end")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,17 @@ class CrossbarConfig:
         drift_compensation: rescale each layer's output by a factor measured at read time
         with a reference input (as IBM aihwkit's global drift compensation).
         sigma_scale: multiplies the device model's programming spread (``None``: the model's).
+
+    Interconnect (IR drop; :class:`cimsim.crossbar.circuit.TileCircuit`, docs/design.md "IR drop")
+        r_row_segment_ohm, r_col_segment_ohm: wire resistance between two adjacent cells of a row
+        (word line) and of a column (bit line); r_driver_ohm, r_sense_ohm: the row driver's output
+        and the column sense amplifier's input resistance; r_access_ohm: an access transistor's
+        on-resistance in series with every cell (1T1R). drive_end / sense_end: rows driven at
+        column ``first`` or ``last``, columns sensed at row ``first`` or ``last``. All zero (the
+        default): no IR drop. Otherwise every tile of every slice and pair side is solved once
+        when the chip is programmed (its effective conductance matrix; exact, the circuit is
+        linear) and every read goes through it. Columns are laid out weight by weight: output
+        ``j``, slice ``k``, side ``s`` (G+ 0, G- 1) at layer column ``(j * n_slices + k) * 2 + s``.
     """
 
     tile_rows: int = 256
@@ -97,6 +112,13 @@ class CrossbarConfig:
     drift_compensation: bool = False
     sigma_scale: float | None = None
     v_read_V: float = 0.2
+    r_row_segment_ohm: float = 0.0
+    r_col_segment_ohm: float = 0.0
+    r_driver_ohm: float = 0.0
+    r_sense_ohm: float = 0.0
+    r_access_ohm: float = 0.0
+    drive_end: str = "first"
+    sense_end: str = "last"
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -149,6 +171,13 @@ class CrossbarConfig:
             raise bad("sigma_scale", "must be >= 0 or None")
         if not self.v_read_V > 0:
             raise bad("v_read_V", "must be positive")
+        for name in CIRCUIT_FIELDS:
+            v = getattr(self, name)
+            if name.endswith("_ohm"):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                    raise bad(name, "must be a finite number >= 0 (ohm)")
+            elif v not in ("first", "last"):
+                raise bad(name, "choose one of ('first', 'last')")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "a preset name, a JSON path or 'ideal'")
         if self.device != "ideal":
@@ -169,6 +198,13 @@ class CrossbarConfig:
                 f"but device {dev.name!r} has only {dev.n_levels}"
             )
         return dev
+
+    @property
+    def circuit(self) -> "cimsim.crossbar.circuit.TileCircuit":
+        """The tile circuit of the interconnect fields (ideal when every resistance is zero)."""
+        from cimsim.crossbar.circuit import TileCircuit
+
+        return TileCircuit(**{name: getattr(self, name) for name in CIRCUIT_FIELDS})
 
     @property
     def n_slices(self) -> int:

@@ -24,8 +24,12 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
     For every input vector, input phase (positive, then negative magnitudes), DAC cycle (one
     for a multi-bit DAC, one per bit for a bit-serial one), slice and row tile, each column's
     current is summed over the tile's rows, converted by the ADC, and shifted-and-added
-    digitally. A row of ``x`` with a NaN or infinite entry gives a NaN row. ``rng`` draws read noise (per cell and read) and ADC noise when the config asks
-    for them; without ``rng`` both are off.
+    digitally. With interconnect resistance (``arr.g_cells_pos_S`` set) every tile read is the
+    tile's full nodal circuit solved for that drive (:func:`cimsim.crossbar.circuit.tile_currents_reference`
+    on the cells' own conductances, read noise drawn per cell before the solve), with the physical
+    column layout of :func:`cimsim.crossbar.circuit.layer_columns`.
+    A row of ``x`` with a NaN or infinite entry gives a NaN row. ``rng`` draws read noise (per cell
+    and read) and ADC noise when the config asks for them; without ``rng`` both are off.
     """
     cfg = arr.config
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
@@ -41,6 +45,19 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
     out_noise = cfg.output_noise if rng is not None else 0.0
     B = x.shape[0]
     y_int = np.zeros((B, arr.n_out))
+    circuit = None if arr.g_cells_pos_S is None else cfg.circuit
+
+    def convert(k, o, ip, in_):
+        """One column pair of slice k, output o: ADC conversion(s) of the currents (unit currents)."""
+        if cfg.adc_convert == "differential":
+            d = ip - in_ + (out_noise * lsb[k, o] * rng.standard_normal() if out_noise else 0.0)
+            return adc_convert(d, lsb[k, o], lo, hi)
+        lp, ln = lsb[k, o], lsb[cfg.n_slices + k, o]
+        if out_noise:
+            ip += out_noise * lp * rng.standard_normal()
+            in_ += out_noise * ln * rng.standard_normal()
+        return adc_convert(ip, lp, lo, hi) - adc_convert(in_, ln, lo, hi)
+
     for b in range(B):
         for sign, mag in ((1, np.maximum(x_int[b], 0)), (-1, np.maximum(-x_int[b], 0))):
             if not mag.any():
@@ -50,6 +67,13 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
             else:
                 cycles = [((mag >> j) & 1, 1 << j) for j in range(cfg.input_bits)]
             for v, cycle_weight in cycles:
+                if circuit is not None:
+                    for _rows, ip_all, in_all in _circuit_reads(arr, circuit, v, rng if read_noise else None):
+                        for k in range(cfg.n_slices):
+                            for o in range(arr.n_out):
+                                val = convert(k, o, ip_all[k, o] / step, in_all[k, o] / step)
+                                y_int[b, o] += sign * cycle_weight * base**k * val
+                    continue
                 for k in range(cfg.n_slices):
                     for r0 in range(0, arr.n_in, cfg.tile_rows):
                         rows = slice(r0, min(r0 + cfg.tile_rows, arr.n_in))
@@ -61,18 +85,36 @@ def mvm_reference(arr: ProgrammedArray, x: np.ndarray, rng: np.random.Generator 
                                 gn = arr.device_model.read(gn, rng)
                             ip = float(np.dot(v[rows], gp)) / step
                             in_ = float(np.dot(v[rows], gn)) / step
-                            if cfg.adc_convert == "differential":
-                                d = ip - in_ + (out_noise * lsb[k, o] * rng.standard_normal() if out_noise else 0.0)
-                                val = adc_convert(d, lsb[k, o], lo, hi)
-                            else:
-                                lp, ln = lsb[k, o], lsb[cfg.n_slices + k, o]
-                                if out_noise:
-                                    ip += out_noise * lp * rng.standard_normal()
-                                    in_ += out_noise * ln * rng.standard_normal()
-                                val = adc_convert(ip, lp, lo, hi) - adc_convert(in_, ln, lo, hi)
-                            y_int[b, o] += sign * cycle_weight * base**k * val
+                            y_int[b, o] += sign * cycle_weight * base**k * convert(k, o, ip, in_)
     y_int[bad_rows] = np.nan
     return y_int * arr.output_scale(clip)[None, :]
+
+
+def _circuit_reads(arr: ProgrammedArray, circuit, v: np.ndarray, rng: np.random.Generator | None):
+    """Per row tile, the column currents of one read with drive ``v`` (in,) through the circuit:
+    yields ``(rows, i_pos, i_neg)`` with ``i_pos``/``i_neg`` (S, out) summed over the tile's rows."""
+    from cimsim.crossbar.circuit import layer_columns, layer_tiles, partial_tile_circuit, tile_currents_reference
+
+    cfg = arr.config
+    S, n_in, n_out = arr.g_cells_pos_S.shape
+    cells = np.stack([arr.g_cells_pos_S, arr.g_cells_neg_S], axis=1)  # (S, 2, in, out)
+    col = layer_columns(n_out, S)  # (S, 2, out) -> layer column
+    where = {int(c): idx for idx, c in np.ndenumerate(col)}
+    by_rows: dict[tuple[int, int], np.ndarray] = {}
+    for rows, cols, (nr, nc) in layer_tiles(n_in, n_out, S, cfg.tile_rows, cfg.tile_cols):
+        g = np.empty((nr, nc))
+        for c in range(cols.start, cols.stop):
+            k, s, j = where[c]
+            g[:, c - cols.start] = cells[k, s, rows, j]
+        if rng is not None:
+            g = arr.device_model.read(g, rng)
+        cur = tile_currents_reference(g, v[rows].astype(np.float64),
+                                      partial_tile_circuit(circuit, nr, nc, cfg.tile_rows, cfg.tile_cols))
+        acc = by_rows.setdefault((rows.start, rows.stop), np.zeros((S, 2, n_out)))
+        for c in range(cols.start, cols.stop):
+            acc[where[c]] = cur[c - cols.start]
+    for (r0, r1), acc in by_rows.items():
+        yield slice(r0, r1), acc[:, 0], acc[:, 1]
 
 
 def matmul_quantized(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:

@@ -23,7 +23,12 @@ class ProgrammedArray(ChipReadout):
     """One layer programmed on one chip.
 
     g_pos_S, g_neg_S: (n_slices, in, out) float64 conductances of the G+ / G- cells, siemens, as
-        they read at ``config.read_time_s`` (programming error, relaxation, drift, stuck cells).
+        they read at ``config.read_time_s`` (programming error, relaxation, drift, stuck cells);
+        with interconnect resistance in the config (``config.circuit``), the *effective*
+        conductances the periphery sees through the wires (tile by tile,
+        :func:`cimsim.crossbar.circuit.effective_layer_S`): every read is then exact with IR drop.
+    g_cells_pos_S, g_cells_neg_S: the cells' own conductances when IR drop replaced them above
+        (``None`` otherwise).
     levels_S: (cell_levels,) nominal level conductances; step_S their spacing.
     mapped: the quantized weights the array was programmed from.
     input_clip: inputs are clipped to +-input_clip (None until set or calibrated).
@@ -45,6 +50,8 @@ class ProgrammedArray(ChipReadout):
     input_clip: float | None = None
     adc_range: np.ndarray | None = None
     drift_scale: float = 1.0
+    g_cells_pos_S: np.ndarray | None = None
+    g_cells_neg_S: np.ndarray | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ geometry
@@ -212,7 +219,8 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
 
     Every cell's conductance is sampled from the device model at ``config.read_time_s``. With
     drift compensation on, the reference response is measured before drift (t0) and again at
-    the read time; the layer's outputs are multiplied by their ratio.
+    the read time (on the cells, without the wires); the layer's outputs are multiplied by their
+    ratio. With interconnect resistance, the chip is then read through it (:func:`with_interconnect`).
     """
     if device_model is None:
         device_model = config.device_model()
@@ -229,13 +237,29 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
     t = config.read_time_s
     if device_model.is_ideal:
         g_pos, g_neg = conductance_targets(mapped, levels)
-        return ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
-                               levels_S=levels, seed=seed)
-    g0, g = program_cells(device_model, levels, np.stack([mapped.digits_pos, mapped.digits_neg]), t, seed)
-    arr = ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g[0], g_neg_S=g[1],
-                          levels_S=levels, seed=seed)
-    if device_model.drift is not None and config.drift_compensation:
-        arr.drift_scale = _drift_compensation(g0[0] - g0[1], g[0] - g[1])
+        arr = ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g_pos, g_neg_S=g_neg,
+                              levels_S=levels, seed=seed)
+    else:
+        g0, g = program_cells(device_model, levels, np.stack([mapped.digits_pos, mapped.digits_neg]), t, seed)
+        arr = ProgrammedArray(config=config, device_model=device_model, mapped=mapped, g_pos_S=g[0], g_neg_S=g[1],
+                              levels_S=levels, seed=seed)
+        if device_model.drift is not None and config.drift_compensation:
+            arr.drift_scale = _drift_compensation(g0[0] - g0[1], g[0] - g[1])
+    return with_interconnect(arr)
+
+
+def with_interconnect(arr: ProgrammedArray) -> ProgrammedArray:
+    """``arr`` read through its config's tile circuit: the cells' conductances move to
+    ``g_cells_*_S`` and ``g_*_S`` become the effective ones (unchanged without resistance)."""
+    circuit = arr.config.circuit
+    if circuit.is_ideal or arr.g_cells_pos_S is not None:
+        return arr
+    from cimsim.crossbar.circuit import effective_layer_S
+
+    arr.g_cells_pos_S, arr.g_cells_neg_S = arr.g_pos_S, arr.g_neg_S
+    arr.g_pos_S, arr.g_neg_S = effective_layer_S(arr.g_pos_S, arr.g_neg_S, circuit, arr.config.tile_rows,
+                                                 arr.config.tile_cols)
+    arr._cache.clear()
     return arr
 
 
@@ -263,5 +287,5 @@ def _drift_compensation(gd_t0: np.ndarray, gd_t: np.ndarray) -> float:
     return float(r0 / rt) if rt > 0 else 1.0
 
 
-__all__ = ["ProgrammedArray", "program", "program_cells",
+__all__ = ["ProgrammedArray", "program", "program_cells", "with_interconnect",
            "check_calibration_batch", "check_seed"]

@@ -9,7 +9,9 @@ writes, all together at the end (exit 2 on bad input, nothing written):
   quantiles (uS, model minus held-out cells). Family ``empirical`` here is the fit half itself
   (the floor any family can reach with that many cells).
 - ``leave_one_level_out.csv``: each interior level predicted by a model fitted without it
-  (interpolation between its neighbours), KS against all its cells.
+  (interpolation between its neighbours), KS against all its cells; family ``neighbours`` is the
+  model-free prediction, the two neighbours' measured quantile functions averaged (what any
+  interpolation between them can reach when levels differ from each other beyond a smooth trend).
 - ``network.csv``: a small MLP on scikit-learn digits, weights on differential pairs of one
   multi-level cell (no DAC/ADC), chips from each family's model and from the ``empirical``
   device (every cell a measured cell of its level and read time), per read time and level
@@ -179,6 +181,22 @@ def lolo_rows(data: CellTable, family: str, levels: list[LevelResult], fit_optio
     return rows
 
 
+def lolo_neighbour_rows(data: CellTable, options: ValidateOptions) -> list[dict[str, Any]]:
+    """Model-free leave-one-level-out (family ``neighbours``): each interior level's cells against
+    the average of its two neighbours' measured error quantile functions (``model_draws`` points)."""
+    p = (np.arange(options.model_draws) + 0.5) / options.model_draws
+    rows = []
+    for li in range(1, data.levels.size - 1):
+        for ti, t in enumerate(data.times_s):
+            cells = np.sort(data.g_uS[(ti, li)])
+            side = [np.quantile(data.g_uS[(ti, k)] - data.target_uS[k], p) for k in (li - 1, li + 1)]
+            m = np.sort(0.5 * (side[0] + side[1]) + data.target_uS[li])
+            rows.append({"family": "neighbours", "time_s": float(t), "level": int(data.levels[li]),
+                         "target_uS": float(data.target_uS[li]), "n": cells.size, "ks": ks_distance(m, cells),
+                         **_quantile_cols(m, cells)})
+    return rows
+
+
 # ------------------------------------------------------------------------------ network check
 @dataclass(frozen=True)
 class DigitsMLP:
@@ -305,7 +323,7 @@ def target_rows(heldout: list[dict], lolo: list[dict], network: list[dict], fami
     each family with the empirical device, and (the floor the data allow) the empirical devices
     of the two halves of the cells with each other (``cells_a`` against ``cells_b``)."""
     out = []
-    for fam in (*families, "empirical"):
+    for fam in (*families, "empirical", "neighbours"):
         h = [r for r in heldout if r["family"] == fam and r["time_s"] > 0]
         row = {"family": fam, "against": "held-out cells"}
         if h:
@@ -322,7 +340,8 @@ def target_rows(heldout: list[dict], lolo: list[dict], network: list[dict], fami
             med = float(np.median(lo))
             out.append({"family": fam, "against": "left-out level", "target": "lolo_median_ks", "value": med,
                         "limit": TARGETS["lolo_median_ks"], "pass": med <= TARGETS["lolo_median_ks"],
-                        "note": f"{len(lo)} (interior level, time) pairs"})
+                        "note": f"{len(lo)} (interior level, time) pairs" + (
+                            "; model-free: the neighbours' measured quantiles averaged" if fam == "neighbours" else "")})
     emp = [r for r in network if r["family"] == "empirical"]
     for fam in families:
         out += _network_targets([r for r in network if r["family"] == fam], emp, fam, "empirical")
@@ -375,6 +394,7 @@ def validate(data: CellTable, fit_options: FitOptions, options: ValidateOptions 
         models[fam] = model_from_levels(data, times, levels, dataclasses.replace(fit_options, family=fam)).model
         lolo += lolo_rows(data, fam, levels, fit_options, options)
         say(f"{fam}: leave-one-level-out check done")
+    lolo += lolo_neighbour_rows(data, options)
     emp_options = dataclasses.replace(fit_options, family="empirical")
     models["empirical"] = model_from_levels(data, times, fit_levels(data, times, "empirical", False), emp_options).model
     for name, half in zip(("cells_a", "cells_b"), halves):  # the floor: half the cells against the other half
@@ -424,9 +444,11 @@ def render_validation(v: Validation) -> bytes:
         h = [r for r in v.heldout if r["family"] == f and r["time_s"] > 0]
         ax[0, 0].scatter([r["target_uS"] for r in h], [r["ks_ratio"] for r in h], s=10, color=colors[f],
                          label=f if f != "empirical" else "fit half itself")
+    for f in (*fams, "neighbours"):
         lo = [r for r in v.lolo if r["family"] == f]
         if lo:
-            ax[0, 1].scatter([r["target_uS"] for r in lo], [r["ks"] for r in lo], s=10, color=colors[f], label=f)
+            ax[0, 1].scatter([r["target_uS"] for r in lo], [r["ks"] for r in lo], s=10, label=f,
+                             color=colors.get(f, "0.5"), marker="o" if f in colors else "x")
     for y in (1, 2):
         ax[0, 0].axhline(y, color="k", lw=0.8, ls="--" if y == 1 else ":")
     ax[0, 0].set(xlabel="level target (uS)", ylabel="held-out KS / 5 % critical value",

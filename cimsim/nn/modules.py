@@ -201,13 +201,13 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
 
         On a CUDA device (or with ``program_on_device = True``) the draw happens there, in torch
         (:mod:`cimsim.crossbar.program_torch`), so a fresh chip per forward copies no conductances; devices
-        with drift are programmed on the host.
+        with drift, and configs with interconnect resistance (IR drop), are programmed on the host.
         """
         self.draw_count += 1
         seed = fresh_seed(self.seed, self.draw_count)
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
-        if on_device and dm.drift is None:
+        if on_device and dm.drift is None and self.config.circuit.is_ideal:
             from cimsim.crossbar.program_torch import level_table, program_on_device
 
             key = (dm.name, dm.sigma_scale, str(self.weight.device))  # OVF alternates a few spreads

@@ -187,3 +187,26 @@ def test_crossbar_options_validate_and_override_the_file(tmp_path, digits):
     clips = [layer.input_clip.clone() for _, layer in cim_layers(m)]
     v.forward(m, digits.batch(slice(0, 16))[0], 0.1, make_generator(0))
     assert all(torch.equal(a, layer.input_clip) for a, (_, layer) in zip(clips, cim_layers(m)))  # "epoch": no per-batch
+
+
+def test_crossbar_backend_trains_and_tests_through_the_wires(tmp_path, digits):
+    """A crossbar config file with interconnect resistance reaches every chip of the backend: the
+    Monte Carlo chips and the fresh training chips are read through their tiles' circuits."""
+    wires = dict(r_row_segment_ohm=200.0, r_col_segment_ohm=200.0, r_access_ohm=5000.0)
+    path = CrossbarConfig(tile_rows=32, tile_cols=32, **wires).save(tmp_path / "ir.toml")
+    v = make_variation(RunConfig(noise="crossbar", device_model="rram", crossbar_config=str(path)))
+    from training.models import MLP
+
+    torch.manual_seed(0)
+    m = v.prepare(MLP(digits.input_shape, digits.num_classes, hidden=(16,)))  # few tiles: the solves are slow
+    v.calibrate(m, digits, 128, 2)
+    layers = [layer for _, layer in cim_layers(m)]
+    assert all(layer.config.circuit.r_access_ohm == 5000.0 for layer in layers)
+    x = digits.batch(slice(0, 64))[0]
+    chip = v.chip(m, 1.0, 0)
+    z_wired = v.forward_chip(m, chip, x)
+    assert z_wired.shape == (64, 10) and torch.isfinite(z_wired).all()
+    assert layers[0].fresh_chip().g_cells_pos_S is not None
+    z = v.forward(m, x, 1.0, make_generator(1))
+    z.sum().backward()
+    assert all(layer.weight.grad is not None for layer in layers)

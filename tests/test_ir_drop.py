@@ -1,0 +1,137 @@
+"""IR drop through a programmed layer (issue #20): the effective-conductance fast path of
+``program``/``matmul`` against the per-read nodal specification of ``mvm_reference``, the physical
+column layout, partial tiles, configs and the nn layers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cimsim.crossbar.circuit import (
+    TileCircuit, effective_layer_S, layer_columns, partial_tile_circuit, tile_currents_reference,
+)
+from cimsim.crossbar.config import ConfigError, CrossbarConfig
+from cimsim.crossbar.mvm_ref import mvm_reference
+from cimsim.crossbar.program import program
+
+WIRES = dict(r_row_segment_ohm=50.0, r_col_segment_ohm=80.0, r_driver_ohm=100.0, r_sense_ohm=200.0,
+             r_access_ohm=5000.0)
+NO_WIRES = {k: 0.0 for k in WIRES}
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(1, 19), st.integers(1, 5), st.sampled_from(["multibit", "bit_serial"]),
+       st.sampled_from(["differential", "separate"]), st.sampled_from(["first", "last"]),
+       st.sampled_from(["first", "last"]), st.sampled_from(["full", "calibrated"]), st.integers(0, 2**31 - 1))
+def test_fast_path_is_the_per_read_circuit(n_in, n_out, dac, convert, drive_end, sense_end, adc_range, seed):
+    """Every read of the fast path (effective conductances per tile) equals the nodal solve of that
+    read, for multi-bit and bit-serial DACs, both conversions, both line ends and partial tiles."""
+    rng = np.random.default_rng(seed)
+    w, x = rng.normal(size=(n_out, n_in)), rng.normal(size=(2, n_in))
+    cfg = CrossbarConfig(tile_rows=6, tile_cols=8, device="rram", adc_bits=10, adc_range=adc_range, dac=dac,
+                         input_bits=4, adc_convert=convert, drive_end=drive_end, sense_end=sense_end, **WIRES)
+    arr = program(w, cfg, seed)
+    arr.calibrate(x)
+    np.testing.assert_allclose(arr.matmul(x), mvm_reference(arr, x), rtol=1e-6, atol=1e-9)
+
+
+def test_ir_drop_moves_the_outputs_and_zero_resistance_is_todays_chip():
+    rng = np.random.default_rng(0)
+    w, x = rng.normal(size=(6, 30)), np.abs(rng.normal(size=(4, 30)))
+    base = CrossbarConfig(tile_rows=16, tile_cols=16, device="rram", adc_bits=12, adc_range="full")
+    plain = program(w, base, 3)
+    zero = program(w, base.replace(**NO_WIRES, drive_end="last", sense_end="first"), 3)
+    assert zero.g_cells_pos_S is None and np.array_equal(zero.g_pos_S, plain.g_pos_S)
+    wired = program(w, base.replace(**WIRES), 3)
+    assert np.array_equal(wired.g_cells_pos_S, plain.g_pos_S)
+    assert np.all(wired.g_pos_S <= plain.g_pos_S * (1 + 1e-12) + 1e-15) or wired.g_pos_S.sum() < plain.g_pos_S.sum()
+    rel = np.abs(wired.matmul(x) - plain.matmul(x)).max() / np.abs(plain.matmul(x)).max()
+    assert rel > 0.01  # these wires matter
+
+
+def test_layer_columns_and_the_tiles_they_fill():
+    col = layer_columns(n_out=3, n_slices=2)
+    assert col.shape == (2, 2, 3) and sorted(col.ravel().tolist()) == list(range(12))
+    assert col[0, 0, 0] == 0 and col[0, 1, 0] == 1 and col[1, 0, 0] == 2 and col[0, 0, 1] == 4
+    g = np.random.default_rng(1).uniform(1e-6, 40e-6, (2, 5, 3))
+    a_pos, a_neg = effective_layer_S(g, g[::-1].copy(), TileCircuit(), 4, 4)
+    assert np.array_equal(a_pos, g) and np.array_equal(a_neg, g[::-1])
+    # one tile holds whole columns: a column's cells in rows of one row tile only see that tile
+    c = TileCircuit(r_row_segment_ohm=30.0, r_col_segment_ohm=30.0)
+    a_pos, _ = effective_layer_S(g, g, c, 5, 12)
+    cells = np.stack([g, g], axis=1).transpose(2, 3, 0, 1).reshape(5, 12)
+    expect = [tile_currents_reference(cells, e, c)[col[1, 0, 2]] for e in np.eye(5)]  # row i driven alone
+    np.testing.assert_allclose(a_pos[1, :, 2], expect, rtol=1e-9)
+
+
+@pytest.mark.parametrize("drive_end", ["first", "last"])
+@pytest.mark.parametrize("sense_end", ["first", "last"])
+def test_a_partial_tile_is_its_used_block_with_the_empty_wire_at_the_ends(drive_end, sense_end):
+    rng = np.random.default_rng(2)
+    g = rng.uniform(0, 50e-6, (3, 4))
+    v = rng.uniform(0, 0.3, 3)
+    c = TileCircuit(r_row_segment_ohm=7.0, r_col_segment_ohm=11.0, r_driver_ohm=3.0, r_sense_ohm=5.0,
+                    r_access_ohm=100.0, drive_end=drive_end, sense_end=sense_end)
+    full = np.zeros((6, 7))
+    full[:3, :4] = g  # the used block sits at index 0 of a 6x7 tile, as layer_tiles fills tiles
+    padded = tile_currents_reference(full, np.r_[v, 0.1, 0.2, 0.0], c)
+    trimmed = tile_currents_reference(g, v, partial_tile_circuit(c, 3, 4, 6, 7))
+    np.testing.assert_allclose(trimmed, padded[:4], rtol=1e-10)
+    assert np.all(padded[4:] == 0)
+
+
+def test_read_noise_through_the_wires_matches_per_cell_draws_statistically():
+    """With read noise the fast path perturbs the effective conductances by the cells' read
+    sigma; the specification draws noisy cells and solves: the spreads agree within 15 %."""
+    rng = np.random.default_rng(4)
+    w, x = rng.normal(size=(2, 10)), np.abs(rng.normal(size=(1, 10)))
+    cfg = CrossbarConfig(tile_rows=10, tile_cols=8, device="rram", adc_bits=16, adc_range="full", read_noise=True,
+                         input_clip=3.0, **WIRES)
+    arr = program(w, cfg, 1)
+    fast = np.stack([arr.matmul(x)[0] for _ in range(400)])
+    ref_rng = np.random.default_rng(5)
+    ref = np.stack([mvm_reference(arr, x, ref_rng)[0] for _ in range(400)])
+    assert np.allclose(fast.std(0), ref.std(0), rtol=0.15)
+    assert np.allclose(fast.mean(0), ref.mean(0), atol=0.2 * ref.std(0).max())
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("r_row_segment_ohm", -1.0, "r_row_segment_ohm = -1.0: must be a finite number >= 0"),
+    ("r_sense_ohm", float("nan"), "r_sense_ohm = nan"),
+    ("r_access_ohm", "1k", "r_access_ohm = '1k'"),
+    ("drive_end", "middle", "drive_end = 'middle': choose one of"),
+    ("sense_end", None, "sense_end = None"),
+])
+def test_bad_interconnect_fields_are_named(field, value, words):
+    with pytest.raises(ConfigError, match="CrossbarConfig." + words.replace("(", r"\(").replace(")", r"\)")):
+        CrossbarConfig(**{field: value})
+
+
+def test_interconnect_round_trips_through_toml_and_json(tmp_path):
+    cfg = CrossbarConfig(r_row_segment_ohm=2.12, r_col_segment_ohm=6.36, r_access_ohm=1500, drive_end="last")
+    assert cfg.circuit == TileCircuit(r_row_segment_ohm=2.12, r_col_segment_ohm=6.36, r_access_ohm=1500,
+                                      drive_end="last")
+    for suffix in (".toml", ".json"):
+        assert CrossbarConfig.load(cfg.save(tmp_path / f"c{suffix}")) == cfg
+
+
+def test_nn_layers_read_through_the_wires_and_draw_fresh_chips_on_the_host():
+    from cimsim.nn import CIMLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 4)
+    cfg = CrossbarConfig(tile_rows=8, tile_cols=8, device="rram", **WIRES)
+    x = torch.rand(5, 12)
+    frozen = CIMLinear.from_module(lin, cfg, seed=7, mode="chip")
+    frozen.calibrate(x)
+    chip = frozen.chip()
+    assert chip.g_cells_pos_S is not None
+    y = frozen(x).detach().numpy()
+    np.testing.assert_allclose(y - lin.bias.detach().numpy(), chip.matmul(x.numpy().astype(np.float64)),
+                               rtol=1e-5, atol=1e-6)
+    fresh = CIMLinear.from_module(lin, cfg, seed=7, mode="fresh")
+    fresh.program_on_device = True
+    fresh.calibrate(x)
+    assert fresh.fresh_chip().g_cells_pos_S is not None  # programmed on the host, read through the wires
