@@ -265,3 +265,27 @@ def test_effective_conductance_matrix_gives_every_read_exactly(tile, c, seed):
     ref = np.array([tile_currents_reference(g, x, c) for x in v])
     np.testing.assert_allclose(v @ a, ref, rtol=1e-6, atol=1e-6 * max(np.abs(ref).max(), 1e-30))
     assert np.array_equal(effective_conductance_S(g, TileCircuit()), g)
+    twin = effective_conductance_S(g, c, kernel="numpy")  # the numpy twin of the Numba kernel
+    np.testing.assert_allclose(a, twin, rtol=1e-9, atol=1e-9 * max(np.abs(twin).max(), 1e-30))
+
+
+def test_numba_effective_matrix_threads_and_convergence():
+    """The Numba kernel gives the same matrix on one thread and on all; a tolerance it cannot
+    reach in the allowed iterations is a CircuitNotConverged naming the tile."""
+    import numba
+
+    from cimsim.crossbar.circuit import CircuitNotConverged, effective_conductance_S
+
+    g = np.random.default_rng(3).uniform(0, 100e-6, (40, 30))
+    c = TileCircuit(r_row_segment_ohm=20.0, r_col_segment_ohm=40.0, r_access_ohm=1500.0, drive_end="last")
+    a = effective_conductance_S(g, c)
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert np.array_equal(effective_conductance_S(g, c), a)
+    finally:
+        numba.set_num_threads(n)
+    with pytest.raises(CircuitNotConverged, match="40x30 tile"):
+        effective_conductance_S(g, c, max_iter=2)
+    with pytest.raises(ValueError, match="kernel"):
+        effective_conductance_S(g, c, kernel="cuda")

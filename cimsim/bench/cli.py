@@ -63,5 +63,5 @@ def main(argv: list[str] | None = None) -> int:
     if a.what in ("ir_drop", "all"):
         from cimsim.bench.ir_drop import bench_ir_drop
 
-        bench_ir_drop()
+        bench_ir_drop((64, 128) if a.quick else (64, 128, 256))
     return 0 if ok else 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from numba import njit, prange
 
 DRIVE_ENDS = ("first", "last")
 
@@ -291,18 +292,139 @@ def tile_currents(g_S: np.ndarray, v_V: np.ndarray, circuit: TileCircuit, rtol: 
     return _solve_cell_currents(g_S[None], v[None], circuit, rtol, max_iter)[0].sum(1)
 
 
-def effective_conductance_S(g_S: np.ndarray, circuit: TileCircuit, v_unit_V: float = 1.0, rtol: float = 1e-12,
-                            max_iter: int = 1000) -> np.ndarray:
+def effective_conductance_S(g_S: np.ndarray, circuit: TileCircuit, rtol: float = 1e-12, max_iter: int = 1000,
+                            kernel: str = "numba") -> np.ndarray:
     """The tile's effective conductance matrix A (S, shape (rows, cols)): with resistive cells,
     wires and access devices the circuit is linear in the drives, so its column currents are
-    exactly ``v @ A`` for every drive vector ``v`` (V), whatever the DAC. Column ``i`` of the
-    solve: row ``i`` alone driven at ``v_unit_V``. With every resistance zero, A is ``g_S``
-    itself. A frozen chip pays this once per tile; every later read is a plain product."""
+    exactly ``v @ A`` for every drive vector ``v`` (V), whatever the DAC. Row ``i`` of A: row
+    ``i`` alone driven at 1 V. With every resistance zero, A is ``g_S`` itself. A frozen chip pays
+    this once per tile; every later read is a plain product. ``kernel``: ``numba``
+    (:func:`effective_conductance_numba`, one unit drive per thread) or ``numpy`` (the unit drives
+    as one batch of :func:`tile_currents`); the two are tested against each other."""
     g_S = np.asarray(g_S, dtype=np.float64)
     if circuit.is_ideal:
         return g_S.copy()
-    rows = g_S.shape[0]
-    return tile_currents(g_S, np.eye(rows) * v_unit_V, circuit, rtol, max_iter) / v_unit_V
+    if kernel == "numba":
+        return effective_conductance_numba(g_S, circuit, rtol, max_iter)
+    if kernel != "numpy":
+        raise ValueError(f"kernel must be 'numba' or 'numpy', got {kernel!r}")
+    return tile_currents(g_S, np.eye(g_S.shape[0]), circuit, rtol, max_iter)
+
+
+# --------------------------------------------------------------------------- Numba
+@njit(cache=True, inline="always")
+def _ladder_line(x, out, n, first, r_seg, r_end):  # pragma: no cover - compiled
+    """``out[j] += r_seg * sum_k x[k] min(d_j, d_k) + r_end * sum_k x[k]`` along one line of ``n``
+    values (``d`` the segments from the line's end: ``j`` if ``first``, else ``n - 1 - j``)."""
+    total = 0.0
+    for k in range(n):
+        total += x[k]
+    acc = 0.0
+    suffix = total
+    for m in range(n):
+        j = m if first else n - 1 - m
+        if m > 0:
+            acc += suffix
+        out[j] += r_seg * acc + r_end * total
+        suffix -= x[j]
+
+
+@njit(cache=True)
+def _apply_tile(p, s, out, row_buf, col_in, col_out, rr_, rc_, rd_, rs_, drive_first,
+                sense_first):  # pragma: no cover - compiled
+    """``out = p + s * (drop_row + rise_col)`` of the cell currents ``s * p`` (one tile, one input)."""
+    R, C = p.shape
+    for i in range(R):
+        for j in range(C):
+            row_buf[j] = s[i, j] * p[i, j]
+            out[i, j] = 0.0
+        _ladder_line(row_buf, out[i], C, drive_first, rr_, rd_)
+    for j in range(C):
+        for i in range(R):
+            col_in[i] = s[i, j] * p[i, j]
+            col_out[i] = 0.0
+        _ladder_line(col_in, col_out, R, sense_first, rc_, rs_)
+        for i in range(R):
+            out[i, j] = p[i, j] + s[i, j] * (out[i, j] + col_out[i])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _effective_kernel(s, rr_, rc_, rd_, rs_, drive_first, sense_first, rtol, max_iter, a_out,
+                      iters):  # pragma: no cover - compiled
+    """The effective matrix of one tile by conjugate gradients, one unit drive (row) per parallel
+    task: ``s`` (R, C) the square roots of the cells' conductances (access device included);
+    ``a_out`` (R, C); ``iters`` (R,) the iterations each took (-1: not converged)."""
+    R, C = s.shape
+    for i0 in prange(R):
+        x = np.zeros((R, C))
+        r = np.zeros((R, C))
+        p = np.empty((R, C))
+        ap = np.empty((R, C))
+        row_buf = np.empty(C)
+        col_in = np.empty(R)
+        col_out = np.empty(R)
+        bb = 0.0
+        for j in range(C):
+            x[i0, j] = s[i0, j]
+            bb += s[i0, j] * s[i0, j]
+        _apply_tile(x, s, ap, row_buf, col_in, col_out, rr_, rc_, rd_, rs_, drive_first, sense_first)
+        rr = 0.0
+        for i in range(R):
+            for j in range(C):
+                b = s[i, j] if i == i0 else 0.0
+                r[i, j] = b - ap[i, j]
+                p[i, j] = r[i, j]
+                rr += r[i, j] * r[i, j]
+        done = -1
+        for it in range(max_iter + 1):
+            if rr <= rtol * rtol * max(bb, 1e-300):
+                done = it
+                break
+            if it == max_iter:
+                break
+            _apply_tile(p, s, ap, row_buf, col_in, col_out, rr_, rc_, rd_, rs_, drive_first, sense_first)
+            pap = 0.0
+            for i in range(R):
+                for j in range(C):
+                    pap += p[i, j] * ap[i, j]
+            alpha = rr / max(pap, 1e-300)
+            rr_new = 0.0
+            for i in range(R):
+                for j in range(C):
+                    x[i, j] += alpha * p[i, j]
+                    r[i, j] -= alpha * ap[i, j]
+                    rr_new += r[i, j] * r[i, j]
+            beta = rr_new / max(rr, 1e-300)
+            for i in range(R):
+                for j in range(C):
+                    p[i, j] = r[i, j] + beta * p[i, j]
+            rr = rr_new
+        iters[i0] = done
+        for j in range(C):
+            acc = 0.0
+            for i in range(R):
+                acc += s[i, j] * x[i, j]
+            a_out[i0, j] = acc
+
+
+def effective_conductance_numba(g_S: np.ndarray, circuit: TileCircuit, rtol: float = 1e-12,
+                                max_iter: int = 1000) -> np.ndarray:
+    """:func:`effective_conductance_S` by the Numba kernel: the same conjugate gradients, fused, one
+    unit drive per thread (reproducible: no reduction crosses threads)."""
+    g_S = np.asarray(g_S, dtype=np.float64)
+    if circuit.is_ideal:
+        return g_S.copy()
+    s = np.ascontiguousarray(np.sqrt(cell_conductance_S(g_S, circuit.r_access_ohm)))
+    a = np.empty_like(s)
+    iters = np.empty(s.shape[0], dtype=np.int64)
+    _effective_kernel(s, float(circuit.r_row_segment_ohm), float(circuit.r_col_segment_ohm),
+                      float(circuit.r_driver_ohm), float(circuit.r_sense_ohm), circuit.drive_end == "first",
+                      circuit.sense_end == "first", float(rtol), int(max_iter), a, iters)
+    if (iters < 0).any():
+        rows, cols = g_S.shape
+        raise CircuitNotConverged(f"IR-drop solve of a {rows}x{cols} tile: {int((iters < 0).sum())} of {rows} "
+                                  f"unit drives above rtol {rtol:g} after {max_iter} iterations")
+    return a
 
 
 # --------------------------------------------------------------------------- a layer's tiles
