@@ -16,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from numba import njit, prange
+
+if TYPE_CHECKING:  # annotations only; the torch twin imports torch when called
+    import torch
 
 DRIVE_ENDS = ("first", "last")
 
@@ -427,6 +430,62 @@ def effective_conductance_numba(g_S: np.ndarray, circuit: TileCircuit, rtol: flo
     return a
 
 
+# --------------------------------------------------------------------------- torch
+def _ladder_torch(x: "torch.Tensor", dim: int, first: bool) -> "torch.Tensor":
+    """:func:`_ladder` in torch (any device)."""
+    import torch
+
+    if not first:
+        x = torch.flip(x, (dim,))
+    suffix = torch.flip(torch.cumsum(torch.flip(x, (dim,)), dim), (dim,))
+    out = torch.cumsum(suffix, dim) - suffix.narrow(dim, 0, 1)
+    return torch.flip(out, (dim,)) if not first else out
+
+
+def effective_conductance_torch(g_S: "torch.Tensor", circuit: TileCircuit, rtol: float = 1e-12,
+                                max_iter: int = 1000) -> "torch.Tensor":
+    """:func:`effective_conductance_S` in torch on ``g_S``'s device (CUDA for chips drawn there):
+    ``g_S`` (..., rows, cols), any leading tile dimensions solved together, float64 throughout;
+    the unit drives of every tile are one batch of conjugate gradients, each converging on its own
+    residual. Raises :class:`CircuitNotConverged` like the host kernels."""
+    import torch
+
+    g = g_S.to(torch.float64)
+    if circuit.is_ideal:
+        return g.clone()
+    R, C = g.shape[-2:]
+    ga = g if circuit.r_access_ohm == 0 else torch.where(g > 0, g / (1 + g * circuit.r_access_ohm), g)
+    s = ga.sqrt().unsqueeze(-3)  # (..., 1, R, C)
+
+    def apply(x):
+        i = s * x
+        row = circuit.r_row_segment_ohm * _ladder_torch(i, -1, circuit.drive_end == "first") \
+            + circuit.r_driver_ohm * i.sum(-1, keepdim=True)
+        col = circuit.r_col_segment_ohm * _ladder_torch(i, -2, circuit.sense_end == "first") \
+            + circuit.r_sense_ohm * i.sum(-2, keepdim=True)
+        return x + s * (row + col)
+
+    eye = torch.eye(R, dtype=torch.float64, device=g.device)
+    b = s * eye[:, :, None]  # (..., R drives, R, C)
+    x = b.clone()
+    r = b - apply(x)
+    p = r.clone()
+    rr = (r * r).sum((-2, -1))
+    bb = (b * b).sum((-2, -1)).clamp_min(1e-300)
+    for _ in range(max_iter):
+        if bool((rr <= rtol * rtol * bb).all()):
+            return (s * x).sum(-2)
+        ap = apply(p)
+        alpha = rr / (p * ap).sum((-2, -1)).clamp_min(1e-300)
+        x = x + alpha[..., None, None] * p
+        r = r - alpha[..., None, None] * ap
+        rr_new = (r * r).sum((-2, -1))
+        p = r + (rr_new / rr.clamp_min(1e-300))[..., None, None] * p
+        rr = rr_new
+    raise CircuitNotConverged(f"IR-drop solve of a {R}x{C} tile: relative residual "
+                              f"{float((rr / bb).max().sqrt()):.2e} after {max_iter} iterations (rtol {rtol:g})")
+
+
 # --------------------------------------------------------------------------- a layer's tiles
 def layer_columns(n_out: int, n_slices: int) -> np.ndarray:
     """(n_slices, 2, n_out) the physical layer column of slice ``k``, side ``s`` (G+ 0, G- 1) and
@@ -481,4 +540,27 @@ def effective_layer_S(g_pos_S: np.ndarray, g_neg_S: np.ndarray, circuit: TileCir
             progress(i + 1, len(tiles))
     a = out.reshape(n_in, n_out, S, 2).transpose(2, 3, 0, 1)  # (S, 2, in, out)
     return np.ascontiguousarray(a[:, 0]), np.ascontiguousarray(a[:, 1])
+
+
+def effective_layer_torch(g_pos: "torch.Tensor", g_neg: "torch.Tensor", circuit: TileCircuit, tile_rows: int,
+                          tile_cols: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """:func:`effective_layer_S` in torch on the tensors' device (float64): the tiles of one shape
+    are solved as one stack by :func:`effective_conductance_torch`."""
+    import torch
+
+    S, n_in, n_out = g_pos.shape
+    if circuit.is_ideal:
+        return g_pos, g_neg
+    cells = torch.stack([g_pos, g_neg], 1).permute(2, 3, 0, 1).reshape(n_in, -1).to(torch.float64)
+    out = torch.empty_like(cells)
+    groups: dict[tuple[int, int], list[tuple[slice, slice]]] = {}
+    for rows, cols, shape in layer_tiles(n_in, n_out, S, tile_rows, tile_cols):
+        groups.setdefault(shape, []).append((rows, cols))
+    for (nr, nc), tiles in groups.items():
+        a = effective_conductance_torch(torch.stack([cells[r, c] for r, c in tiles]),
+                                        partial_tile_circuit(circuit, nr, nc, tile_rows, tile_cols))
+        for (r, c), a_tile in zip(tiles, a):
+            out[r, c] = a_tile
+    a = out.reshape(n_in, n_out, S, 2).permute(2, 3, 0, 1)
+    return a[:, 0].contiguous().to(g_pos.dtype), a[:, 1].contiguous().to(g_neg.dtype)
 

@@ -139,6 +139,8 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
     (in torch), then per cell ``G = level + shift + scale * Z`` with ``Z`` normal or Student-t per
     level, stuck-at-Gmin/Gmax cells and the conductance floor, as
     :meth:`DeviceModel.sample`; draws from a generator on the weights' device seeded with ``seed``.
+    With interconnect resistance in ``config`` the conductances are the tiles' effective ones
+    (:func:`cimsim.crossbar.circuit.effective_layer_torch`), as on the host.
     ``table``: the per-level parameters (made once per layer with :func:`level_table`).
     """
     if device_model.drift is not None:
@@ -153,6 +155,10 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
     gen.manual_seed(int(seed) & (2**63 - 1))
     g = sample_levels_torch(torch.stack([d_pos, d_neg]), table, device_model, gen, config.read_time_s)
     g_pos, g_neg = g[0], g[1]
+    if not config.circuit.is_ideal:  # read through the wires: each tile's effective matrix, on the device
+        from cimsim.crossbar.circuit import effective_layer_torch
+
+        g_pos, g_neg = effective_layer_torch(g_pos, g_neg, config.circuit, config.tile_rows, config.tile_cols)
     return DeviceArray(config=config, device_model=device_model, g_pos=g_pos, g_neg=g_neg, table=table,
                        scale=scale_t.cpu().numpy(), scale_t=scale_t,
                        step_S=level_step_S(device_model.level_conductances(config.cell_levels)), input_clip=float(input_clip),

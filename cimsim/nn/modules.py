@@ -200,14 +200,15 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         """A new programming draw of the current weights (not kept): the next seed of the layer's stream.
 
         On a CUDA device (or with ``program_on_device = True``) the draw happens there, in torch
-        (:mod:`cimsim.crossbar.program_torch`), so a fresh chip per forward copies no conductances; devices
-        with drift, and configs with interconnect resistance (IR drop), are programmed on the host.
+        (:mod:`cimsim.crossbar.program_torch`), so a fresh chip per forward copies no conductances (with
+        interconnect resistance, its tiles are solved there too); devices with drift are programmed
+        on the host.
         """
         self.draw_count += 1
         seed = fresh_seed(self.seed, self.draw_count)
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
-        if on_device and dm.drift is None and self.config.circuit.is_ideal:
+        if on_device and dm.drift is None:
             from cimsim.crossbar.program_torch import level_table, program_on_device
 
             key = (dm.name, dm.sigma_scale, str(self.weight.device))  # OVF alternates a few spreads
