@@ -498,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engines import EngineError, make_engine
     from .runfolder import RunFolderError, check_output_file
     from .variation import VariationError
+    from cimsim.crossbar.circuit import CircuitNotConverged
     from cimsim.device.model import DeviceModelError
 
     p = Parser(prog="python -m training.evaluate",
@@ -538,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = max(1, round(ns.cpus_per_chunk or 1))
         res = evaluate_run(ns.run, ns.chips, ns.sigma, engine, ns.chunk_size, ns.torch_device, threads, overrides,
                            progress=not ns.quiet)
-    except (UsageError, ConfigError, EngineError, RunFolderError, DataError, VariationError, DeviceModelError) as e:
+    except (UsageError, ConfigError, EngineError, RunFolderError, DataError, VariationError, DeviceModelError,
+            CircuitNotConverged) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from cimsim.crossbar.circuit import CircuitNotConverged
 from cimsim.device.model import DeviceModelError
 
 from .cli import EXIT_USAGE, Parser, UsageError, add_config_args, config_from_args, resolve_torch_device
@@ -145,6 +146,11 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False, quiet: bool = Fal
         raise UsageError(str(e)) from None
     try:
         return _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, val_d, lock)
+    except BaseException as e:
+        if not resume and not isinstance(e, Diverged) and not (work / "last.pt").exists():
+            lock.release()  # failed before its first checkpoint (e.g. a chip's circuit solve): this
+            shutil.rmtree(work, ignore_errors=True)  # call made the folder and nothing in it is worth keeping
+        raise
     finally:
         lock.release()
 
@@ -320,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(ns)
         run(cfg, Path(ns.out), resume=ns.resume, quiet=ns.quiet, overwrite=ns.overwrite)
-    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError, RunFolderError) as e:
+    except (UsageError, ConfigError, DataError, VariationError, DeviceModelError, RunFolderError,
+            CircuitNotConverged) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Diverged as d:

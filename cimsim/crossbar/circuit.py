@@ -222,7 +222,14 @@ def tile_currents_reference(g_S: np.ndarray, v_V: np.ndarray, circuit: TileCircu
 
 # ------------------------------------------------------------------------------ fast path
 class CircuitNotConverged(RuntimeError):
-    """The iterative tile solve did not reach its tolerance; the message gives the residual."""
+    """The iterative tile solve did not reach its tolerance; the message gives the residual and
+    the circuit's resistances (the fields to lower)."""
+
+
+def _circuit_fields(circuit: TileCircuit) -> str:
+    ohms = [f"{f.name} = {getattr(circuit, f.name):g}" for f in dataclasses.fields(circuit)
+            if f.name.endswith("_ohm") and getattr(circuit, f.name)]
+    return "with " + ", ".join(ohms) + " (lower them, or raise max_iter)"
 
 
 def _ladder(x: np.ndarray, axis: int, first: bool) -> np.ndarray:
@@ -276,7 +283,8 @@ def _solve_cell_currents(g_S: np.ndarray, v_V: np.ndarray, circuit: TileCircuit,
         rr = rr_new
     rows, cols = g_S.shape[-2:]
     raise CircuitNotConverged(f"IR-drop solve of a {rows}x{cols} tile: relative residual "
-                              f"{float(np.sqrt((rr / bb).max())):.2e} after {max_iter} iterations (rtol {rtol:g})")
+                              f"{float(np.sqrt((rr / bb).max())):.2e} after {max_iter} iterations (rtol {rtol:g}) "
+                              f"{_circuit_fields(circuit)}")
 
 
 def tile_currents(g_S: np.ndarray, v_V: np.ndarray, circuit: TileCircuit, rtol: float = 1e-12,
@@ -426,7 +434,8 @@ def effective_conductance_numba(g_S: np.ndarray, circuit: TileCircuit, rtol: flo
     if (iters < 0).any():
         rows, cols = g_S.shape
         raise CircuitNotConverged(f"IR-drop solve of a {rows}x{cols} tile: {int((iters < 0).sum())} of {rows} "
-                                  f"unit drives above rtol {rtol:g} after {max_iter} iterations")
+                                  f"unit drives above rtol {rtol:g} after {max_iter} iterations "
+                                  f"{_circuit_fields(circuit)}")
     return a
 
 
@@ -483,7 +492,8 @@ def effective_conductance_torch(g_S: "torch.Tensor", circuit: TileCircuit, rtol:
         p = r + (rr_new / rr.clamp_min(1e-300))[..., None, None] * p
         rr = rr_new
     raise CircuitNotConverged(f"IR-drop solve of a {R}x{C} tile: relative residual "
-                              f"{float((rr / bb).max().sqrt()):.2e} after {max_iter} iterations (rtol {rtol:g})")
+                              f"{float((rr / bb).max().sqrt()):.2e} after {max_iter} iterations (rtol {rtol:g}) "
+                              f"{_circuit_fields(circuit)}")
 
 
 # --------------------------------------------------------------------------- a layer's tiles

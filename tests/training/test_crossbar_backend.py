@@ -210,3 +210,22 @@ def test_crossbar_backend_trains_and_tests_through_the_wires(tmp_path, digits):
     z = v.forward(m, x, 1.0, make_generator(1))
     z.sum().backward()
     assert all(layer.weight.grad is not None for layer in layers)
+
+
+def test_a_circuit_that_does_not_converge_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """A tile solve that cannot reach its tolerance (here: one iteration allowed) stops training
+    with one line naming the resistances, exit 2, and no run folder (not even a .partial)."""
+    import cimsim.crossbar.circuit as circuit
+    from training.train import main
+
+    solve = circuit.effective_conductance_S
+    monkeypatch.setattr(circuit, "effective_conductance_S", lambda g, c, **kw: solve(g, c, max_iter=1))
+    path = CrossbarConfig(tile_rows=16, tile_cols=16, r_row_segment_ohm=50.0, r_col_segment_ohm=50.0).save(
+        tmp_path / "ir.toml")
+    out = tmp_path / "run"
+    rc = main(["--model", "mlp", "--dataset", "digits", "--noise", "crossbar", "--device-model", "rram",
+               "--crossbar-config", str(path), "--epochs", "1", "--eval-chips", "2", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0
+    assert "after 1 iterations" in err and "r_row_segment_ohm = 50" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.toml"]
