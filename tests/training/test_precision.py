@@ -109,7 +109,7 @@ def test_every_method_trains_in_bfloat16(model, method, noise, tmp_path):
     """VGG-8 (convolutions + BatchNorm on bfloat16 activations) with each NeFT method; the device backend."""
     kw = dict(device_model="rram", sigma_mode="multiply", sigma=1.0) if noise == "device" else dict(sigma=0.2)
     cfg = RunConfig(model=model, dataset="digits", method=method, noise=noise, precision="bfloat16", epochs=1,
-                    batch_size=32, train_limit=96, test_limit=40, eval_chips=2, val_chips=1, threads=1, **kw)
+                    batch_size=32, train_limit=64, test_limit=20, eval_chips=2, val_chips=1, threads=1, **kw)
     res = run(cfg, tmp_path / method, quiet=True)
     m = pd.read_csv(tmp_path / method / "metrics.csv")
     assert m["train_loss"].notna().all() and (m["train_loss"] < 1e3).all()
