@@ -102,7 +102,7 @@ def test_read_noise_through_the_wires_matches_per_cell_draws_statistically():
     ("r_row_segment_ohm", -1.0, "r_row_segment_ohm = -1.0: must be a finite number >= 0"),
     ("r_sense_ohm", float("nan"), "r_sense_ohm = nan"),
     ("r_access_ohm", "1k", "r_access_ohm = '1k'"),
-    ("drive_end", "middle", "drive_end = 'middle': choose one of"),
+    ("drive_end", "middle", "drive_end = 'middle': must be one of first, last"),
     ("sense_end", None, "sense_end = None"),
 ])
 def test_bad_interconnect_fields_are_named(field, value, words):

@@ -171,13 +171,12 @@ class CrossbarConfig:
             raise bad("sigma_scale", "must be >= 0 or None")
         if not self.v_read_V > 0:
             raise bad("v_read_V", "must be positive")
-        for name in CIRCUIT_FIELDS:
-            v = getattr(self, name)
-            if name.endswith("_ohm"):
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                    raise bad(name, "must be a finite number >= 0 (ohm)")
-            elif v not in ("first", "last"):
-                raise bad(name, "choose one of ('first', 'last')")
+        from cimsim.crossbar.circuit import CircuitError
+
+        try:
+            _ = self.circuit  # validated where the circuit is defined; the message names the field
+        except CircuitError as e:
+            raise ConfigError(str(e).replace("TileCircuit.", "CrossbarConfig.", 1)) from None
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "a preset name, a JSON path or 'ideal'")
         if self.device != "ideal":
