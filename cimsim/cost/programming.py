@@ -1,4 +1,4 @@
-"""Energy and latency of programming (write-verify) and of inference, in joules and seconds.
+"""Energy and latency of programming (write-verify), in joules and seconds.
 
 One frozen, JSON-serializable :class:`CostConfig` holds every constant (SI units), each with its
 source (``shared/reference/README.md`` s.2-3; NeuroSim, RADAR, ISAAC, EMBER):
@@ -6,7 +6,8 @@ source (``shared/reference/README.md`` s.2-3; NeuroSim, RADAR, ISAAC, EMBER):
 * write pulse: ``E = V^2 * G * t_pulse`` per cell, with ``V`` the pulse amplitude and ``G`` the
   cell conductance before it (the write-verify kernel sums ``V^2 G`` per cell);
 * verify read: ``V_read^2 * G * t_read`` plus one sense conversion of ``verify_adc_bits``;
-* inference: ADC energy per conversion by resolution, and a 1-bit DAC (wordline) drive;
+* the ADC energy per conversion by resolution (``adc_energy_pJ``) prices the verify reads; inference
+  has its own model (:mod:`cimsim.cost.inference`);
 * optional periphery terms (default 0): a fixed energy per pulse and a static programming power.
 
 Latency (:func:`programming_latency_s`; ``pulses`` / ``reads`` per cell of shape ``(..., cols)``,
@@ -15,7 +16,7 @@ after another, a group lasting as long as its slowest cell; ``rows_parallel`` ro
 :class:`Cost` adds (layers are programmed one after another: energy and latency both sum);
 :func:`model_cost` returns per-layer costs and their total.
 
-Constants, sources and the latency model: docs/design.md, section 'Cost model (cimsim/cost.py)'.
+Constants, sources and the latency model: docs/design.md, section 'Cost model (cimsim/cost)'.
 """
 from __future__ import annotations
 
@@ -50,13 +51,10 @@ class CostConfig:
     drivers_per_row: int = 8  # cells of one row programmed in parallel
     rows_parallel: int = 1  # rows programmed at the same time
     adc_energy_pJ: tuple[tuple[int, float], ...] = ISAAC_ADC_PJ  # (bits, pJ per conversion)
-    e_dac_1bit_J: float = 0.417e-12  # ISAAC 1-bit DAC drive per row per input bit
-    t_crossbar_cycle_s: float = 100e-9  # one bit-serial crossbar read cycle (ISAAC: 100 ns)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adc_energy_pJ", tuple((int(b), float(e)) for b, e in self.adc_energy_pJ))
-        for k in ("t_pulse_s", "t_verify_read_s", "v_read_V", "e_pulse_overhead_J", "p_static_W",
-                  "e_dac_1bit_J", "t_crossbar_cycle_s"):
+        for k in ("t_pulse_s", "t_verify_read_s", "v_read_V", "e_pulse_overhead_J", "p_static_W"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise CostError(f"CostConfig.{k} must be a finite number >= 0, got {v!r}")
@@ -244,46 +242,3 @@ def energy_per_bit_J(cost: Cost) -> float:
     if not bits:
         raise CostError("energy_per_bit_J: the cost has no 'bits' (pass bits_per_cell to write_verify_cost)")
     return cost.energy_J / bits
-
-
-# ------------------------------------------------------------------------ inference
-def mvm_counts(in_features: int, out_features: int, n_vectors: int, *, input_bits: int = 8, weight_slices: int = 1,
-               tile_rows: int = 128, tile_cols: int = 128, differential: bool = True) -> dict[str, int]:
-    """Conversions and drives of ``n_vectors`` matrix-vector products through crossbar tiles.
-
-    Inputs are applied bit-serially with 1-bit DACs (ISAAC): every input bit drives every row of
-    every tile (``dac_drives = n_vectors * input_bits * in_features * n_col_tiles``); every
-    column of every tile is converted once per input bit (``adc_conversions = n_vectors *
-    input_bits * n_row_tiles * out_features * weight_slices * (2 if differential else 1)``, a
-    differential pair converted as two columns); tiles work in parallel, so ``cycles =
-    n_vectors * input_bits``. ``in_features`` maps onto rows, ``out_features * weight_slices``
-    (times 2 if differential) onto columns.
-    """
-    for k, v in dict(in_features=in_features, out_features=out_features, n_vectors=n_vectors, input_bits=input_bits,
-                     weight_slices=weight_slices, tile_rows=tile_rows, tile_cols=tile_cols).items():
-        if not (isinstance(v, (int, np.integer)) and v >= 1):
-            raise CostError(f"mvm_counts: {k} must be an int >= 1, got {v!r}")
-    cols = out_features * weight_slices * (2 if differential else 1)
-    n_row_tiles = -(-in_features // tile_rows)
-    n_col_tiles = -(-cols // tile_cols)
-    return {
-        "adc_conversions": n_vectors * input_bits * n_row_tiles * cols,
-        "dac_drives": n_vectors * input_bits * in_features * n_col_tiles,
-        "cycles": n_vectors * input_bits,
-        "tiles": n_row_tiles * n_col_tiles,
-    }
-
-
-def inference_cost(adc_conversions: int, adc_bits: int, dac_drives: int, cycles: int = 0,
-                   config: CostConfig = CostConfig()) -> Cost:
-    """Peripheral energy (J) and latency (s) of inference: ADC conversions x E_ADC(bits) + 1-bit
-    DAC drives x 0.417 pJ; latency ``cycles * t_crossbar_cycle``. Crossbar (cell) read energy is
-    not included."""
-    for k, v in dict(adc_conversions=adc_conversions, dac_drives=dac_drives, cycles=cycles).items():
-        if not (isinstance(v, (int, np.integer)) and v >= 0):
-            raise CostError(f"inference_cost: {k} must be an int >= 0, got {v!r}")
-    e_adc = adc_conversions * config.adc_energy_J(adc_bits)
-    e_dac = dac_drives * config.e_dac_1bit_J
-    return Cost(e_adc + e_dac, cycles * config.t_crossbar_cycle_s,
-                {"e_adc_J": e_adc, "e_dac_J": e_dac, "adc_conversions": float(adc_conversions),
-                 "dac_drives": float(dac_drives)})

@@ -1,0 +1,64 @@
+"""``python -m training.cost``: energy, latency and area per inference of a trained run, beside its accuracy."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cimsim.cost import ChipCostConfig
+from training.cost import main
+from training.run_config import RunConfig
+from training.train import run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny trained run (MLP on scikit-learn digits, 1 epoch)."""
+    d = tmp_path_factory.mktemp("cost_run") / "mlp"
+    run(RunConfig(model="mlp", dataset="digits", epochs=1, batch_size=64, lr=5e-3, eval_chips=1, val_chips=1,
+                  eval_batch_size=256, sigma=0.1, threads=1, seed=0), d, quiet=True)
+    return d
+
+
+def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
+    out = tmp_path / "c8"
+    assert main(["--run", str(run_dir), "--images", "40", "--out", str(out), "--set", "adc_bits=8"]) == 0
+    assert "per inference:" in capsys.readouterr().out
+    res = json.loads((out / "cost.json").read_text())
+    assert res["images_priced"] == 40 and 0 <= res["accuracy"] <= 1
+    s = res["summary"]
+    assert s["energy_J"] > 0 and s["latency_s"] > 0 and s["area_mm2"] > 0 and s["tops_per_W"] > 0
+    rows = list(csv.DictReader((out / "cost.csv").open()))
+    assert rows[-1]["layer"] == "total"
+    assert float(rows[-1]["energy_J"]) == pytest.approx(s["energy_J"], rel=1e-9)
+    assert ChipCostConfig.load(out / "chip_cost_config.toml") == ChipCostConfig()
+    assert json.loads((out / "eval_overrides.json").read_text())["adc_bits"] == 8
+    assert (out / "cost.txt").read_text().startswith("layer")
+    # fewer ADC bits: less ADC energy on the same chip and images
+    out4 = tmp_path / "c4"
+    assert main(["--run", str(run_dir), "--images", "40", "--out", str(out4), "--set", "adc_bits=4", "--quiet"]) == 0
+    res4 = json.loads((out4 / "cost.json").read_text())
+    e_adc = lambda r: r["layers"][-1]["e_adc_J"]  # noqa: E731
+    assert e_adc(res4) < e_adc(res)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--images", "0"], "--images"),
+    (["--technology", "isaac7"], "unknown technology 'isaac7'"),
+    (["--columns-per-adc", "0"], "--columns-per-adc"),
+    (["--set", "adc_bits=12"], "prices ADCs of 4-10 bits, not 12"),
+    (["--set", "epochs=3"], "evaluation cannot change"),
+    (["--chip-config", "missing.toml"], "missing.toml: no such chip cost config"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(args, match, run_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--run", str(run_dir), "--images", "8", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_not_a_run_folder(tmp_path, capsys):
+    assert main(["--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a finished training run folder" in capsys.readouterr().err
