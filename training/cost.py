@@ -1,24 +1,30 @@
 """Energy, latency and area per inference of a trained run on a simulated chip, beside its accuracy.
 
-``python -m training.cost --run RUN [--set FIELD=VALUE ...] [--images N] [--chip I] [--chip-config F]
-[--technology T] [--columns-per-adc N] [--t-read-s S] [--out DIR]``
+``python -m training.cost --run RUN [--set FIELD=VALUE ...] [--images N] [--chips K] [--pareto]
+[--chip-config F] [--technology T] [--columns-per-adc N] [--t-read-s S] [--out DIR]``
 
 Loads the run on the crossbar backend (``noise=crossbar`` unless ``--set`` says otherwise; any
 evaluation override of :mod:`training.evaluate`, e.g. ``adc_bits``, ``dac``, ``bits_per_cell``,
-``crossbar_config`` for the tile size), programs chip ``I`` of the run (the chip
-``python -m training.evaluate`` calls chip ``I``), runs the first ``N`` test images through it
+``crossbar_config`` for the tile size), programs chips ``0..K-1`` of the run (as
+``python -m training.evaluate`` numbers them), runs the first ``N`` test images through each
 while :func:`cimsim.cost.recording` counts what every crossbar layer does, and prices the counts
 (:func:`cimsim.cost.price`) with the chip cost config. Writes into ``--out`` (default
 ``RUN/cost``), all or nothing: ``cost.txt`` (the table), ``cost.csv`` (per layer and total),
-``cost.json`` (summary, layers, counts, technology, accuracy on those images) and
-``chip_cost_config.toml`` + ``eval_overrides.json`` (what it ran with).
+``cost.json`` (summary, layers, counts, technology, accuracy per chip) and
+``chip_cost_config.toml`` + ``eval_overrides.json`` (what it ran with). ``--pareto`` instead
+repeats that for every variant of :data:`PARETO_AXES` (one axis at a time around the run's
+settings) into ``pareto.csv``, ``pareto.json``, ``pareto.png`` and the tile configs used.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cimsim.cost import ChipCostConfig, CostError, price, recording
@@ -27,21 +33,145 @@ from cimsim.seeds import chip_seed
 from .cli import Parser, UsageError
 
 
-def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images: int = 100, chip_index: int = 0):
-    """``(InferenceCost, accuracy on the priced images, evaluated RunConfig)`` of chip ``chip_index``."""
+def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images: int = 100,
+             chips: Sequence[int] = (0,)):
+    """``(InferenceCost, accuracy per chip, evaluated RunConfig)``: chips ``chips`` of the run (as
+    ``python -m training.evaluate`` numbers them) each read the first ``images`` test images; the
+    cost is per inference over all of them (array energy follows each chip's conductances)."""
     from .evaluate import load_run
 
     cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides)
     n = min(int(images), len(test))
-    the_chip = variation.chip(model, cfg.eval_sigma_value, chip_seed(cfg.seed, chip_index))
-    correct = 0
     model.eval()
+    accs = []
     with recording(model, chip.accumulator_bits) as acts, torch.no_grad():
-        for k in range(0, n, cfg.eval_batch_size):
-            x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
-            logits = variation.forward_chip(model, the_chip, x)
-            correct += int((logits.argmax(1) == y).sum())
-    return price(list(acts.values()), chip), correct / n, cfg
+        for c in chips:
+            the_chip = variation.chip(model, cfg.eval_sigma_value, chip_seed(cfg.seed, int(c)))
+            correct = 0
+            for k in range(0, n, cfg.eval_batch_size):
+                x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
+                correct += int((variation.forward_chip(model, the_chip, x).argmax(1) == y).sum())
+            accs.append(correct / n)
+    return price(list(acts.values()), chip), accs, cfg
+
+
+# The hardware choices of the accuracy-vs-energy study, one at a time around the run's own settings.
+PARETO_AXES = {"adc_bits": (4, 5, 6, 7, 8, 9, 10), "bits_per_cell": (1, 2, 3, 4), "tile": (64, 128, 256, 512),
+               "dac": ("multibit", "bit_serial")}
+
+
+def pareto_variants(base: dict, axes: Mapping[str, Sequence] = PARETO_AXES) -> list[dict]:
+    """One dict of settings per variant: ``base`` (adc_bits, bits_per_cell, tile, dac) with one axis
+    changed at a time; the base itself once."""
+    out, seen = [], set()
+    for axis, values in axes.items():
+        for v in values:
+            var = {**base, axis: v}
+            key = tuple(sorted(var.items()))
+            if key not in seen:
+                seen.add(key)
+                out.append({"varied": axis if v != base[axis] else "base", **var})
+    return out
+
+
+def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipCostConfig, images: int,
+               chips: Sequence[int], quiet: bool = False) -> tuple[list[dict], dict[Path, bytes | str]]:
+    """Accuracy (mean, std over ``chips``) and cost per inference of every :func:`pareto_variants`
+    variant around the run's settings under ``base_overrides``; returns the rows and the files to
+    write (the tile configs used, CSV, JSON, plot). A variant the chip cannot hold (more bits per
+    cell than the device has levels) is listed under ``skipped`` in the JSON with the reason."""
+    from cimsim.progress import Progress
+
+    from .evaluate import eval_config
+    from .run_config import RunConfig
+    from .variation import VariationError, crossbar_config
+
+    cfg = eval_config(RunConfig.load(Path(run_dir) / "config.json"), base_overrides)
+    base_crossbar = crossbar_config(cfg)
+    base = {"adc_bits": base_crossbar.adc_bits, "bits_per_cell": base_crossbar.bits_per_cell,
+            "tile": base_crossbar.tile_rows, "dac": base_crossbar.dac}
+
+    import tempfile
+
+    rows, skipped, files = [], [], {}
+    variants = pareto_variants(base)
+    with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:
+        for v in variants:
+            text = base_crossbar.replace(tile_rows=v["tile"], tile_cols=v["tile"]).to_toml()
+            files[out / "tiles" / f"tile{v['tile']}.toml"] = text  # written with the results
+            loaded = Path(tmp) / f"tile{v['tile']}.toml"  # what the run loads meanwhile
+            loaded.write_text(text)
+            ov = {**base_overrides, "adc_bits": v["adc_bits"], "bits_per_cell": v["bits_per_cell"], "dac": v["dac"],
+                  "crossbar_config": str(loaded)}
+            try:
+                cost, accs, _ = run_cost(run_dir, ov, chip, images, chips)
+            except VariationError as e:  # e.g. more bits per cell than the device has levels
+                skipped.append({**v, "reason": str(e)})
+                bar.update(1)
+                continue
+            acc = np.asarray(accs)
+            s = cost.summary()
+            rows.append({**v, "acc_mean": float(acc.mean()), "acc_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
+                         "chips": acc.size, "images": images, **{k: s[k] for k in
+                         ("energy_J", "latency_s", "interval_s", "area_mm2", "tops_per_W", "tops_per_mm2")},
+                         "adc_share": cost.rows()[-1]["e_adc_J"] / cost.rows()[-1]["energy_J"]})
+            bar.update(1)
+    if not rows:
+        raise CostError(f"no variant could be configured: {skipped[0]['reason'] if skipped else 'none'}")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    files[out / "pareto.csv"] = buf.getvalue()
+    files[out / "pareto.json"] = json.dumps({"run": str(run_dir), "base": base, "crossbar": base_crossbar.to_dict(), "chips": list(chips),
+                                             "images": images, "chip_cost_config": chip.to_dict(),
+                                             "eval_overrides": base_overrides, "rows": rows, "skipped": skipped},
+                                            indent=1) + "\n"
+    files[out / "pareto.png"] = pareto_plot(rows, f"{Path(run_dir).name}: accuracy vs energy per inference "
+                                                  f"({chip.technology}, {len(chips)} chips x {images} images)")
+    return rows, files
+
+
+def pareto_front(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The rows no other row beats on both energy (lower) and mean accuracy (higher)."""
+    return [r for r in rows if not any(o["energy_J"] <= r["energy_J"] and o["acc_mean"] >= r["acc_mean"]
+                                       and (o["energy_J"], o["acc_mean"]) != (r["energy_J"], r["acc_mean"])
+                                       for o in rows)]
+
+
+def pareto_plot(rows: Sequence[Mapping], title: str) -> bytes:
+    """PNG: accuracy (mean +- std over chips) against energy per inference, one colour per axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    label = {"adc_bits": "ADC bits {}", "bits_per_cell": "{} bit/cell", "tile": "tile {}", "dac": "{} DAC"}
+    for i, axis in enumerate(["base", *PARETO_AXES]):
+        sel = [r for r in rows if r["varied"] == axis]
+        if not sel:
+            continue
+        ax.errorbar([r["energy_J"] * 1e9 for r in sel], [100 * r["acc_mean"] for r in sel],
+                    yerr=[100 * r["acc_std"] for r in sel], fmt="o*"[axis == "base"], ms=6 + 6 * (axis == "base"),
+                    capsize=2, color=f"C{i}", label=axis)
+        for r in sel:
+            txt = "base" if axis == "base" else label[axis].format(r[axis])
+            ax.annotate(txt, (r["energy_J"] * 1e9, 100 * r["acc_mean"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    front = sorted(pareto_front(rows), key=lambda r: r["energy_J"])
+    ax.plot([r["energy_J"] * 1e9 for r in front], [100 * r["acc_mean"] for r in front], "k--", lw=0.8,
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per inference (nJ)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,19 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="finished run folder (config.json, best.pt)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="evaluation override (as python -m training.evaluate --set); noise=crossbar is implied")
-    p.add_argument("--images", type=int, default=100, help="test images priced (default 100)")
-    p.add_argument("--chip", type=int, default=0, help="which chip of the run (default 0)")
+    p.add_argument("--images", type=int, default=100, help="test images per chip (default 100)")
+    p.add_argument("--chips", type=int, default=1, help="chips 0..K-1 of the run (default 1)")
+    p.add_argument("--pareto", action="store_true",
+                   help="accuracy and cost over ADC bits 4-10, bits/cell 1-4, tiles 64-512 and both DACs, one at a "
+                        "time around the run's settings: pareto.csv, pareto.json, pareto.png")
     p.add_argument("--chip-config", default=None, help="ChipCostConfig TOML/JSON (default: the defaults)")
     p.add_argument("--technology", default=None, help="technology preset (isaac32, survey22) or JSON file")
     p.add_argument("--columns-per-adc", type=int, default=None, help="converted columns sharing one ADC")
     p.add_argument("--t-read-s", type=float, default=None, help="array read time per cycle (s)")
     p.add_argument("--out", default=None, help="output folder (default RUN/cost)")
-    p.add_argument("--quiet", action="store_true", help="no table on stdout")
+    p.add_argument("--quiet", action="store_true", help="no table or progress")
     ns = p.parse_args(argv)
     out = Path(ns.out) if ns.out else Path(ns.run) / "cost"
     try:
-        if ns.images < 1 or ns.chip < 0:
-            raise UsageError("--images must be >= 1 and --chip >= 0")
+        if ns.images < 1 or ns.chips < 1:
+            raise UsageError("--images and --chips must be >= 1")
         if not (Path(ns.run) / "best.pt").is_file() or not (Path(ns.run) / "config.json").is_file():
             raise UsageError(f"--run {ns.run}: no best.pt and config.json (not a finished training run folder)")
         chip = ChipCostConfig.load(ns.chip_config) if ns.chip_config else ChipCostConfig()
@@ -85,16 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         chip.tech  # a bad technology fails here, before the run loads
         check_output_dir(out)
         overrides = parse_overrides(["noise=crossbar", *ns.set])
-        cost, acc, cfg = run_cost(ns.run, overrides, chip, ns.images, ns.chip)
-        result = {"run": str(ns.run), "chip": ns.chip, "images_priced": cost.images, "accuracy": acc,
-                  **cost.to_dict()}
-        write_outputs({
-            out / "cost.txt": cost.table() + "\n",
-            out / "cost.csv": cost.to_csv(),
-            out / "cost.json": json.dumps(result, indent=1) + "\n",
-            out / "chip_cost_config.toml": chip.to_toml(),
-            out / "eval_overrides.json": json.dumps(overrides, indent=1) + "\n",
-        })
+        chips = range(ns.chips)
+        files: dict[Path, bytes | str] = {out / "chip_cost_config.toml": chip.to_toml(),
+                                          out / "eval_overrides.json": json.dumps(overrides, indent=1) + "\n"}
+        if ns.pareto:
+            rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, quiet=ns.quiet)
+            files.update(more)
+        else:
+            cost, accs, cfg = run_cost(ns.run, overrides, chip, ns.images, chips)
+            result = {"run": str(ns.run), "chips": list(chips), "images_per_chip": ns.images,
+                      "accuracy_per_chip": accs, "accuracy": float(np.mean(accs)), **cost.to_dict()}
+            files.update({out / "cost.txt": cost.table() + "\n", out / "cost.csv": cost.to_csv(),
+                          out / "cost.json": json.dumps(result, indent=1) + "\n"})
+        write_outputs(files)
     except (UsageError, ConfigError, CostError, RunFolderError, DataError, VariationError, DeviceModelError,
             CircuitNotConverged, OutputError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
@@ -102,8 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     if not ns.quiet:
-        print(cost.table())
-        print(f"accuracy on the {cost.images} priced test images (chip {ns.chip}): {100 * acc:.2f} %; written to {out}")
+        if ns.pareto:
+            for r in json.loads(files[out / "pareto.json"])["skipped"]:
+                print(f"skipped: {r['varied']} {r[r['varied']]}: {r['reason']}")
+            for r in rows:
+                print(f"{r['varied']:>14} adc {r['adc_bits']:>2} b/cell {r['bits_per_cell']} tile {r['tile']:>3} "
+                      f"{r['dac']:<10} acc {100 * r['acc_mean']:6.2f} +- {100 * r['acc_std']:5.2f} %  "
+                      f"{r['energy_J'] * 1e9:10.2f} nJ  {r['area_mm2']:8.3f} mm^2")
+        else:
+            print(cost.table())
+            print(f"accuracy on {ns.images} test images per chip, {ns.chips} chip(s): {100 * np.mean(accs):.2f} %")
+        print(f"written to {out}")
     return 0
 
 

@@ -26,7 +26,7 @@ def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     assert main(["--run", str(run_dir), "--images", "40", "--out", str(out), "--set", "adc_bits=8"]) == 0
     assert "per inference:" in capsys.readouterr().out
     res = json.loads((out / "cost.json").read_text())
-    assert res["images_priced"] == 40 and 0 <= res["accuracy"] <= 1
+    assert res["images_per_chip"] == 40 and 0 <= res["accuracy"] <= 1
     s = res["summary"]
     assert s["energy_J"] > 0 and s["latency_s"] > 0 and s["area_mm2"] > 0 and s["tops_per_W"] > 0
     rows = list(csv.DictReader((out / "cost.csv").open()))
@@ -62,3 +62,26 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, match, run_dir, tmp_
 def test_not_a_run_folder(tmp_path, capsys):
     assert main(["--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a finished training run folder" in capsys.readouterr().err
+
+
+def test_pareto_one_axis_at_a_time(run_dir, tmp_path):
+    from training.cost import PARETO_AXES, pareto_front
+
+    out = tmp_path / "p"
+    assert main(["--run", str(run_dir), "--images", "16", "--pareto", "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    skipped = json.loads((out / "pareto.json").read_text())["skipped"]
+    # the run's device (rram1) has 4 levels: 3 and 4 bits per cell cannot be programmed
+    assert [(r["bits_per_cell"], "only 4" in r["reason"]) for r in skipped] == [(3, True), (4, True)]
+    assert len(rows) + len(skipped) == sum(len(v) for v in PARETO_AXES.values()) - len(PARETO_AXES) + 1
+    base = [r for r in rows if r["varied"] == "base"]
+    assert len(base) == 1 and (base[0]["adc_bits"], base[0]["tile"]) == ("8", "256")
+    by = {(r["varied"], r["adc_bits"]): float(r["energy_J"]) for r in rows if r["varied"] in ("adc_bits", "base")}
+    energies = [by[k] for k in sorted(by, key=lambda k: int(k[1]))]
+    assert all(a < b for a, b in zip(energies, energies[1:]))  # more ADC bits, more energy
+    assert {p.name for p in (out / "tiles").iterdir()} == {f"tile{t}.toml" for t in PARETO_AXES["tile"]}
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((out / "pareto.json").read_text())
+    front = pareto_front(data["rows"])
+    assert front and all(not (o["energy_J"] < r["energy_J"] and o["acc_mean"] > r["acc_mean"])
+                         for r in front for o in data["rows"])
