@@ -1,7 +1,8 @@
 """Energy, latency and area per inference of a trained run on a simulated chip, beside its accuracy.
 
 ``python -m training.cost --run RUN [--set FIELD=VALUE ...] [--images N] [--chips K] [--pareto]
-[--chip-config F] [--technology T] [--columns-per-adc N] [--t-read-s S] [--out DIR]``
+[--write-verify-tol-uS T [--amortise N]] [--chip-config F] [--technology T] [--columns-per-adc N]
+[--t-read-s S] [--out DIR]``
 
 Loads the run on the crossbar backend (``noise=crossbar`` unless ``--set`` says otherwise; any
 evaluation override of :mod:`training.evaluate`, e.g. ``adc_bits``, ``dac``, ``bits_per_cell``,
@@ -14,6 +15,8 @@ while :func:`cimsim.cost.recording` counts what every crossbar layer does, and p
 ``chip_cost_config.toml`` + ``eval_overrides.json`` (what it ran with). ``--pareto`` instead
 repeats that for every variant of :data:`PARETO_AXES` (one axis at a time around the run's
 settings) into ``pareto.csv``, ``pareto.json``, ``pareto.png`` and the tile configs used.
+``--write-verify-tol-uS`` adds the energy and latency of programming chip 0 with full write-verify
+(ISPP, :mod:`training.programming`) and that energy spread over ``--amortise`` inferences.
 """
 from __future__ import annotations
 
@@ -34,10 +37,12 @@ from .cli import Parser, UsageError
 
 
 def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images: int = 100,
-             chips: Sequence[int] = (0,)):
-    """``(InferenceCost, accuracy per chip, evaluated RunConfig)``: chips ``chips`` of the run (as
-    ``python -m training.evaluate`` numbers them) each read the first ``images`` test images; the
-    cost is per inference over all of them (array energy follows each chip's conductances)."""
+             chips: Sequence[int] = (0,), write_verify_tol_S: float | None = None):
+    """``(InferenceCost, accuracy per chip, evaluated RunConfig, programming Cost or None)``: chips
+    ``chips`` of the run (as ``python -m training.evaluate`` numbers them) each read the first
+    ``images`` test images; the cost is per inference over all of them (array energy follows each
+    chip's conductances). ``write_verify_tol_S``: also the energy and latency of programming the
+    first chip with full write-verify (ISPP) to that tolerance (:func:`programming_cost`)."""
     from .evaluate import load_run
 
     cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides)
@@ -52,7 +57,22 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
                 x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
                 correct += int((variation.forward_chip(model, the_chip, x).argmax(1) == y).sum())
             accs.append(correct / n)
-    return price(list(acts.values()), chip), accs, cfg
+    prog = None
+    if write_verify_tol_S is not None:
+        prog = programming_cost(model, variation, cfg, write_verify_tol_S, chip_seed(cfg.seed, int(chips[0])))
+    return price(list(acts.values()), chip), accs, cfg, prog
+
+
+def programming_cost(model, variation, cfg, tol_S: float, seed: int):
+    """:class:`cimsim.cost.Cost` of programming every backbone crossbar layer of ``model`` once with
+    full write-verify (ISPP, ``tol_S`` siemens, the backend's device model at the run's eval sigma
+    and read time; :mod:`training.programming`)."""
+    from .programming import Policy, ProgrammingSetup, prepare_layers, program_chip
+
+    device = variation.device_models(variation.sigma_eff(cfg.eval_sigma_value))[0]
+    xb = variation.config
+    setup = ProgrammingSetup(device_model=device, crossbar=xb, t_read_s=xb.read_time_s)
+    return program_chip(prepare_layers(model, setup), setup, Policy("full", tol_S), seed).cost.total
 
 
 # The hardware choices of the accuracy-vs-energy study, one at a time around the run's own settings.
@@ -75,11 +95,15 @@ def pareto_variants(base: dict, axes: Mapping[str, Sequence] = PARETO_AXES) -> l
 
 
 def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipCostConfig, images: int,
-               chips: Sequence[int], quiet: bool = False) -> tuple[list[dict], dict[Path, bytes | str]]:
+               chips: Sequence[int], quiet: bool = False, write_verify_tol_S: float | None = None,
+               amortise: float = 1e6) -> tuple[list[dict], dict[Path, bytes | str]]:
     """Accuracy (mean, std over ``chips``) and cost per inference of every :func:`pareto_variants`
     variant around the run's settings under ``base_overrides``; returns the rows and the files to
     write (the tile configs used, CSV, JSON, plot). A variant the chip cannot hold (more bits per
-    cell than the device has levels) is listed under ``skipped`` in the JSON with the reason."""
+    cell than the device has levels) is listed under ``skipped`` in the JSON with the reason.
+    ``write_verify_tol_S``: each row also gets the energy of programming the chip with full
+    write-verify (once per bits-per-cell setting; the other axes do not change the cells) and that
+    energy over ``amortise`` inferences."""
     from cimsim.progress import Progress
 
     from .evaluate import eval_config
@@ -93,7 +117,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
 
     import tempfile
 
-    rows, skipped, files = [], [], {}
+    rows, skipped, files, programmed = [], [], {}, {}
     variants = pareto_variants(base)
     with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:
         for v in variants:
@@ -103,18 +127,25 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
             loaded.write_text(text)
             ov = {**base_overrides, "adc_bits": v["adc_bits"], "bits_per_cell": v["bits_per_cell"], "dac": v["dac"],
                   "crossbar_config": str(loaded)}
+            tol = write_verify_tol_S if v["bits_per_cell"] not in programmed else None
             try:
-                cost, accs, _ = run_cost(run_dir, ov, chip, images, chips)
+                cost, accs, _, prog = run_cost(run_dir, ov, chip, images, chips, tol)
             except VariationError as e:  # e.g. more bits per cell than the device has levels
                 skipped.append({**v, "reason": str(e)})
                 bar.update(1)
                 continue
+            if prog is not None:
+                programmed[v["bits_per_cell"]] = prog
             acc = np.asarray(accs)
             s = cost.summary()
             rows.append({**v, "acc_mean": float(acc.mean()), "acc_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
                          "chips": acc.size, "images": images, **{k: s[k] for k in
                          ("energy_J", "latency_s", "interval_s", "area_mm2", "tops_per_W", "tops_per_mm2")},
                          "adc_share": cost.rows()[-1]["e_adc_J"] / cost.rows()[-1]["energy_J"]})
+            if write_verify_tol_S is not None:
+                wv = programmed[v["bits_per_cell"]]
+                rows[-1].update(write_verify_J=wv.energy_J, write_verify_s=wv.latency_s,
+                                write_verify_per_inference_J=wv.energy_J / amortise)
             bar.update(1)
     if not rows:
         raise CostError(f"no variant could be configured: {skipped[0]['reason'] if skipped else 'none'}")
@@ -125,6 +156,9 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     files[out / "pareto.csv"] = buf.getvalue()
     files[out / "pareto.json"] = json.dumps({"run": str(run_dir), "base": base, "crossbar": base_crossbar.to_dict(), "chips": list(chips),
                                              "images": images, "chip_cost_config": chip.to_dict(),
+                                             "write_verify": None if write_verify_tol_S is None else
+                                             {"policy": "full", "algorithm": "ispp", "tolerance_S": write_verify_tol_S,
+                                              "amortised_over_inferences": amortise},
                                              "eval_overrides": base_overrides, "rows": rows, "skipped": skipped},
                                             indent=1) + "\n"
     files[out / "pareto.png"] = pareto_plot(rows, f"{Path(run_dir).name}: accuracy vs energy per inference "
@@ -195,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pareto", action="store_true",
                    help="accuracy and cost over ADC bits 4-10, bits/cell 1-4, tiles 64-512 and both DACs, one at a "
                         "time around the run's settings: pareto.csv, pareto.json, pareto.png")
+    p.add_argument("--write-verify-tol-uS", type=float, default=None,
+                   help="also price programming the chip with full write-verify (ISPP) to this tolerance (uS)")
+    p.add_argument("--amortise", type=float, default=1e6,
+                   help="inferences the programming energy is spread over (default 1e6)")
     p.add_argument("--chip-config", default=None, help="ChipCostConfig TOML/JSON (default: the defaults)")
     p.add_argument("--technology", default=None, help="technology preset (isaac32, survey22) or JSON file")
     p.add_argument("--columns-per-adc", type=int, default=None, help="converted columns sharing one ADC")
@@ -206,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.images < 1 or ns.chips < 1:
             raise UsageError("--images and --chips must be >= 1")
+        if not (np.isfinite(ns.amortise) and ns.amortise >= 1):
+            raise UsageError(f"--amortise must be a finite number >= 1, got {ns.amortise}")
+        tol = ns.write_verify_tol_uS
+        if tol is not None and not (np.isfinite(tol) and tol > 0):
+            raise UsageError(f"--write-verify-tol-uS must be a finite number > 0, got {tol}")
+        tol_S = None if tol is None else tol * 1e-6
         if not (Path(ns.run) / "best.pt").is_file() or not (Path(ns.run) / "config.json").is_file():
             raise UsageError(f"--run {ns.run}: no best.pt and config.json (not a finished training run folder)")
         chip = ChipCostConfig.load(ns.chip_config) if ns.chip_config else ChipCostConfig()
@@ -222,12 +266,16 @@ def main(argv: list[str] | None = None) -> int:
         files: dict[Path, bytes | str] = {out / "chip_cost_config.toml": chip.to_toml(),
                                           out / "eval_overrides.json": json.dumps(overrides, indent=1) + "\n"}
         if ns.pareto:
-            rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, quiet=ns.quiet)
+            rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, ns.quiet, tol_S, ns.amortise)
             files.update(more)
         else:
-            cost, accs, cfg = run_cost(ns.run, overrides, chip, ns.images, chips)
+            cost, accs, cfg, prog = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S)
             result = {"run": str(ns.run), "chips": list(chips), "images_per_chip": ns.images,
                       "accuracy_per_chip": accs, "accuracy": float(np.mean(accs)), **cost.to_dict()}
+            if prog is not None:
+                result["write_verify"] = {"policy": "full", "algorithm": "ispp", "tolerance_S": tol_S,
+                                          "chip": 0, **prog.to_dict(), "amortised_over_inferences": ns.amortise,
+                                          "energy_per_inference_J": prog.energy_J / ns.amortise}
             files.update({out / "cost.txt": cost.table() + "\n", out / "cost.csv": cost.to_csv(),
                           out / "cost.json": json.dumps(result, indent=1) + "\n"})
         write_outputs(files)
@@ -242,12 +290,18 @@ def main(argv: list[str] | None = None) -> int:
             for r in json.loads(files[out / "pareto.json"])["skipped"]:
                 print(f"skipped: {r['varied']} {r[r['varied']]}: {r['reason']}")
             for r in rows:
+                wv = (f"  write-verify {r['write_verify_per_inference_J'] * 1e9:.4f} nJ/inference"
+                      if "write_verify_J" in r else "")
                 print(f"{r['varied']:>14} adc {r['adc_bits']:>2} b/cell {r['bits_per_cell']} tile {r['tile']:>3} "
                       f"{r['dac']:<10} acc {100 * r['acc_mean']:6.2f} +- {100 * r['acc_std']:5.2f} %  "
-                      f"{r['energy_J'] * 1e9:10.2f} nJ  {r['area_mm2']:8.3f} mm^2")
+                      f"{r['energy_J'] * 1e9:10.2f} nJ  {r['area_mm2']:8.3f} mm^2{wv}")
         else:
             print(cost.table())
             print(f"accuracy on {ns.images} test images per chip, {ns.chips} chip(s): {100 * np.mean(accs):.2f} %")
+            if prog is not None:
+                print(f"programming (full write-verify, ISPP, {tol:g} uS): {prog.energy_J * 1e6:.3f} uJ, "
+                      f"{prog.latency_s:.3f} s; over {ns.amortise:g} inferences {prog.energy_J / ns.amortise * 1e9:.4f} "
+                      "nJ per inference")
         print(f"written to {out}")
     return 0
 

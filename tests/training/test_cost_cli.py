@@ -23,7 +23,8 @@ def run_dir(tmp_path_factory):
 
 def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     out = tmp_path / "c8"
-    assert main(["--run", str(run_dir), "--images", "40", "--out", str(out), "--set", "adc_bits=8"]) == 0
+    assert main(["--run", str(run_dir), "--images", "40", "--out", str(out), "--set", "adc_bits=8",
+                 "--write-verify-tol-uS", "2", "--amortise", "1000"]) == 0
     assert "per inference:" in capsys.readouterr().out
     res = json.loads((out / "cost.json").read_text())
     assert res["images_per_chip"] == 40 and 0 <= res["accuracy"] <= 1
@@ -35,6 +36,8 @@ def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     assert ChipCostConfig.load(out / "chip_cost_config.toml") == ChipCostConfig()
     assert json.loads((out / "eval_overrides.json").read_text())["adc_bits"] == 8
     assert (out / "cost.txt").read_text().startswith("layer")
+    wv = res["write_verify"]
+    assert wv["energy_J"] > 0 and wv["energy_per_inference_J"] == pytest.approx(wv["energy_J"] / 1000, rel=1e-12)
     # fewer ADC bits: less ADC energy on the same chip and images
     out4 = tmp_path / "c4"
     assert main(["--run", str(run_dir), "--images", "40", "--out", str(out4), "--set", "adc_bits=4", "--quiet"]) == 0
@@ -47,6 +50,8 @@ def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     (["--images", "0"], "--images"),
     (["--technology", "isaac7"], "unknown technology 'isaac7'"),
     (["--columns-per-adc", "0"], "--columns-per-adc"),
+    (["--amortise", "0"], "--amortise"),
+    (["--write-verify-tol-uS", "nan"], "--write-verify-tol-uS"),
     (["--set", "adc_bits=12"], "prices ADCs of 4-10 bits, not 12"),
     (["--set", "epochs=3"], "evaluation cannot change"),
     (["--chip-config", "missing.toml"], "missing.toml: no such chip cost config"),
@@ -68,7 +73,8 @@ def test_pareto_one_axis_at_a_time(run_dir, tmp_path):
     from training.cost import PARETO_AXES, pareto_front
 
     out = tmp_path / "p"
-    assert main(["--run", str(run_dir), "--images", "16", "--pareto", "--out", str(out), "--quiet"]) == 0
+    assert main(["--run", str(run_dir), "--images", "16", "--pareto", "--out", str(out), "--quiet",
+                 "--write-verify-tol-uS", "2"]) == 0
     rows = list(csv.DictReader((out / "pareto.csv").open()))
     skipped = json.loads((out / "pareto.json").read_text())["skipped"]
     # the run's device (rram1) has 4 levels: 3 and 4 bits per cell cannot be programmed
@@ -81,6 +87,10 @@ def test_pareto_one_axis_at_a_time(run_dir, tmp_path):
     assert all(a < b for a, b in zip(energies, energies[1:]))  # more ADC bits, more energy
     assert {p.name for p in (out / "tiles").iterdir()} == {f"tile{t}.toml" for t in PARETO_AXES["tile"]}
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    wv = {r["bits_per_cell"]: float(r["write_verify_J"]) for r in rows}
+    assert len(wv) == 2 and all(e > 0 for e in wv.values())  # 1 and 2 bits per cell, programmed once each
+    assert all(float(r["write_verify_per_inference_J"]) == pytest.approx(float(r["write_verify_J"]) / 1e6)
+               for r in rows)
     data = json.loads((out / "pareto.json").read_text())
     front = pareto_front(data["rows"])
     assert front and all(not (o["energy_J"] < r["energy_J"] and o["acc_mean"] > r["acc_mean"])
