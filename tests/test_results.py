@@ -91,6 +91,14 @@ kind = "writeverify"
 source = "dev"
 sigma = 2.0
 args = ["--policies", "none,full", "--tolerances", "2", "--chips", "2", "--test-limit", "60"]
+
+[[stages]]
+name = "cost"
+kind = "cost"
+source = "dev"
+methods = ["nit"]
+sigma = 2.0
+args = ["--images", "30", "--chips", "2", "--write-verify-tol-uS", "2"]
 """
 
 
@@ -114,6 +122,7 @@ def test_suite_runs_every_stage_and_resumes(suite_run, capsys):
     assert ((ev["acc_mean"] > 0.1) & (ev["acc_mean"] <= 1)).all()
     rt = pd.read_csv(out / "rt" / "results.csv")
     assert set(rt["method"]) == {"nit"} and len(rt) == 2
+    assert (out / "cost" / "nit" / "pareto.csv").exists() and not (out / "cost" / "plain").exists()
     assert (out / "wv" / "budget.csv").exists() and (out / "suite.toml").read_text() == (root / "tiny.toml").read_text()
     # a second run has nothing left to do and leaves the rows as they were
     before = (out / "xbar" / "results.csv").read_text()
@@ -140,12 +149,14 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     md = (docs / "results.md").read_text()
     for text in ("paper noise", "**headline**: OVF beats NIT", "verdict", "xbar", "crossbar 6b", "wv", "no write-verify",
                  "Total single-thread CPU time", "#### Against stage `repro`",
-                 "| OVF (NeFT) (repro) beats NIT (noise injection) (this stage) | 0.3 |"):
+                 "| OVF (NeFT) (repro) beats NIT (noise injection) (this stage) | 0.3 |",
+                 "python -m training.cost --pareto", "write-verify (nJ/inference)"):
         assert text in md, text
     longer = md.split("#### Against stage `repro`")[1].split("###")[0]
     assert longer.count(" beats ") == 3 and "not run" not in longer  # plain, NIT, OVF of repro at sigma 0.3
     files = {p.name for p in (docs / "results").iterdir()}
-    assert {"repro_accuracy.png", "repro.csv", "repro_summary.csv", "xbar.csv", "wv_budget.csv"} <= files
+    assert {"repro_accuracy.png", "repro.csv", "repro_summary.csv", "xbar.csv", "wv_budget.csv",
+            "cost_nit_pareto.png", "cost_nit_pareto.csv"} <= files
     for link in [ln.split("](")[1].split(")")[0] for ln in md.splitlines() if "](results/" in ln]:
         assert (docs / link).exists(), link
     assert not (docs / ".results.tmp").exists()

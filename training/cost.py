@@ -1,7 +1,7 @@
 """Energy, latency and area per inference of a trained run on a simulated chip, beside its accuracy.
 
 ``python -m training.cost --run RUN [--set FIELD=VALUE ...] [--images N] [--chips K] [--pareto]
-[--write-verify-tol-uS T [--amortise N]] [--chip-config F] [--technology T] [--columns-per-adc N]
+[--sigma S] [--write-verify-tol-uS T [--amortise N]] [--chip-config F] [--technology T] [--columns-per-adc N]
 [--t-read-s S] [--out DIR]``
 
 Loads the run on the crossbar backend (``noise=crossbar`` unless ``--set`` says otherwise; any
@@ -37,21 +37,23 @@ from .cli import Parser, UsageError
 
 
 def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images: int = 100,
-             chips: Sequence[int] = (0,), write_verify_tol_S: float | None = None):
+             chips: Sequence[int] = (0,), write_verify_tol_S: float | None = None, sigma: float | None = None):
     """``(InferenceCost, accuracy per chip, evaluated RunConfig, programming Cost or None)``: chips
     ``chips`` of the run (as ``python -m training.evaluate`` numbers them) each read the first
     ``images`` test images; the cost is per inference over all of them (array energy follows each
     chip's conductances). ``write_verify_tol_S``: also the energy and latency of programming the
-    first chip with full write-verify (ISPP) to that tolerance (:func:`programming_cost`)."""
+    first chip with full write-verify (ISPP) to that tolerance (:func:`programming_cost`).
+    ``sigma``: the variation of the chips (default: the run's eval sigma)."""
     from .evaluate import load_run
 
     cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides)
+    sigma = cfg.eval_sigma_value if sigma is None else float(sigma)
     n = min(int(images), len(test))
     model.eval()
     accs = []
     with recording(model, chip.accumulator_bits) as acts, torch.no_grad():
         for c in chips:
-            the_chip = variation.chip(model, cfg.eval_sigma_value, chip_seed(cfg.seed, int(c)))
+            the_chip = variation.chip(model, sigma, chip_seed(cfg.seed, int(c)))
             correct = 0
             for k in range(0, n, cfg.eval_batch_size):
                 x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
@@ -59,17 +61,17 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
             accs.append(correct / n)
     prog = None
     if write_verify_tol_S is not None:
-        prog = programming_cost(model, variation, cfg, write_verify_tol_S, chip_seed(cfg.seed, int(chips[0])))
+        prog = programming_cost(model, variation, sigma, write_verify_tol_S, chip_seed(cfg.seed, int(chips[0])))
     return price(list(acts.values()), chip), accs, cfg, prog
 
 
-def programming_cost(model, variation, cfg, tol_S: float, seed: int):
+def programming_cost(model, variation, sigma: float, tol_S: float, seed: int):
     """:class:`cimsim.cost.Cost` of programming every backbone crossbar layer of ``model`` once with
-    full write-verify (ISPP, ``tol_S`` siemens, the backend's device model at the run's eval sigma
-    and read time; :mod:`training.programming`)."""
+    full write-verify (ISPP, ``tol_S`` siemens, the backend's device model at ``sigma`` and its read
+    time; :mod:`training.programming`)."""
     from .programming import Policy, ProgrammingSetup, prepare_layers, program_chip
 
-    device = variation.device_models(variation.sigma_eff(cfg.eval_sigma_value))[0]
+    device = variation.device_models(variation.sigma_eff(sigma))[0]
     xb = variation.config
     setup = ProgrammingSetup(device_model=device, crossbar=xb, t_read_s=xb.read_time_s)
     return program_chip(prepare_layers(model, setup), setup, Policy("full", tol_S), seed).cost.total
@@ -96,7 +98,7 @@ def pareto_variants(base: dict, axes: Mapping[str, Sequence] = PARETO_AXES) -> l
 
 def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipCostConfig, images: int,
                chips: Sequence[int], quiet: bool = False, write_verify_tol_S: float | None = None,
-               amortise: float = 1e6) -> tuple[list[dict], dict[Path, bytes | str]]:
+               amortise: float = 1e6, sigma: float | None = None) -> tuple[list[dict], dict[Path, bytes | str]]:
     """Accuracy (mean, std over ``chips``) and cost per inference of every :func:`pareto_variants`
     variant around the run's settings under ``base_overrides``; returns the rows and the files to
     write (the tile configs used, CSV, JSON, plot). A variant the chip cannot hold (more bits per
@@ -129,7 +131,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                   "crossbar_config": str(loaded)}
             tol = write_verify_tol_S if v["bits_per_cell"] not in programmed else None
             try:
-                cost, accs, _, prog = run_cost(run_dir, ov, chip, images, chips, tol)
+                cost, accs, _, prog = run_cost(run_dir, ov, chip, images, chips, tol, sigma)
             except VariationError as e:  # e.g. more bits per cell than the device has levels
                 skipped.append({**v, "reason": str(e)})
                 bar.update(1)
@@ -155,7 +157,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     w.writerows(rows)
     files[out / "pareto.csv"] = buf.getvalue()
     files[out / "pareto.json"] = json.dumps({"run": str(run_dir), "base": base, "crossbar": base_crossbar.to_dict(), "chips": list(chips),
-                                             "images": images, "chip_cost_config": chip.to_dict(),
+                                             "images": images, "sigma": sigma, "chip_cost_config": chip.to_dict(),
                                              "write_verify": None if write_verify_tol_S is None else
                                              {"policy": "full", "algorithm": "ispp", "tolerance_S": write_verify_tol_S,
                                               "amortised_over_inferences": amortise},
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pareto", action="store_true",
                    help="accuracy and cost over ADC bits 4-10, bits/cell 1-4, tiles 64-512 and both DACs, one at a "
                         "time around the run's settings: pareto.csv, pareto.json, pareto.png")
+    p.add_argument("--sigma", type=float, default=None, help="variation of the chips (default: the run's eval sigma)")
     p.add_argument("--write-verify-tol-uS", type=float, default=None,
                    help="also price programming the chip with full write-verify (ISPP) to this tolerance (uS)")
     p.add_argument("--amortise", type=float, default=1e6,
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if tol is not None and not (np.isfinite(tol) and tol > 0):
             raise UsageError(f"--write-verify-tol-uS must be a finite number > 0, got {tol}")
         tol_S = None if tol is None else tol * 1e-6
+        if ns.sigma is not None and not (np.isfinite(ns.sigma) and ns.sigma >= 0):
+            raise UsageError(f"--sigma must be a finite number >= 0, got {ns.sigma}")
         if not (Path(ns.run) / "best.pt").is_file() or not (Path(ns.run) / "config.json").is_file():
             raise UsageError(f"--run {ns.run}: no best.pt and config.json (not a finished training run folder)")
         chip = ChipCostConfig.load(ns.chip_config) if ns.chip_config else ChipCostConfig()
@@ -266,11 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         files: dict[Path, bytes | str] = {out / "chip_cost_config.toml": chip.to_toml(),
                                           out / "eval_overrides.json": json.dumps(overrides, indent=1) + "\n"}
         if ns.pareto:
-            rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, ns.quiet, tol_S, ns.amortise)
+            rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, ns.quiet, tol_S, ns.amortise,
+                                    ns.sigma)
             files.update(more)
         else:
-            cost, accs, cfg, prog = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S)
+            cost, accs, cfg, prog = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma)
             result = {"run": str(ns.run), "chips": list(chips), "images_per_chip": ns.images,
+                      "sigma": cfg.eval_sigma_value if ns.sigma is None else ns.sigma,
                       "accuracy_per_chip": accs, "accuracy": float(np.mean(accs)), **cost.to_dict()}
             if prog is not None:
                 result["write_verify"] = {"policy": "full", "algorithm": "ispp", "tolerance_S": tol_S,

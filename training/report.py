@@ -519,6 +519,49 @@ class Report:
                  f"[{name}_settings.csv]({self.copy_csv(folder / 'writeverify.csv', name + '_settings.csv')}).\n")
 
 
+    def cost_section(self, name: str) -> None:
+        """Accuracy against energy per inference of each run of a ``cost`` stage (``training.cost --pareto``)."""
+        folder = self.out / name
+        found = sorted(folder.glob("*/pareto.json")) if folder.is_dir() else []
+        if not found:
+            return
+        st = self.stages.get(name, {})
+        self.add(f"### {st.get('title') or name}\n")
+        self.add(f"Runs of `{st.get('source')}` at sigma {st.get('sigma')}, seed {st.get('seed', 0)}; "
+                 f"`python -m training.cost --pareto {' '.join(st.get('args', []))}`: the hardware choices one at a "
+                 "time around the run's crossbar settings (*base*), accuracy over chips (mean ± std) on the same chips "
+                 "that are priced; energy, latency and area per inference from the counts of `cimsim.cost` "
+                 "(docs/design.md, 'Inference cost').\n")
+        for path in found:
+            d = json.loads(path.read_text())
+            method = path.parent.name
+            chip = d.get("chip_cost_config", {})
+            wv = d.get("write_verify")
+            self.add(f"**{METHOD_NAMES.get(method, method)}** ({d.get('chips') and len(d['chips'])} chips x "
+                     f"{d.get('images')} test images; technology `{chip.get('technology')}`, "
+                     f"{chip.get('columns_per_adc')} columns per ADC, read {chip.get('t_read_s', 0) * 1e9:g} ns"
+                     + (f"; programming: full write-verify (ISPP) to {wv['tolerance_S'] * 1e6:g} uS, amortised over "
+                        f"{wv['amortised_over_inferences']:g} inferences" if wv else "") + "):\n")
+            header = ["varied", "ADC bits", "bits/cell", "tile", "DAC", "accuracy (%)", "energy (nJ)", "ADC share",
+                      "latency (us)", "area (mm^2)", "TOPS/W"] + (["write-verify (nJ/inference)"] if wv else [])
+            rows = []
+            for r in d["rows"]:
+                rows.append([r["varied"], r["adc_bits"], r["bits_per_cell"], r["tile"], r["dac"],
+                             f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}", f"{r['energy_J'] * 1e9:.1f}",
+                             f"{100 * r['adc_share']:.0f} %", f"{r['latency_s'] * 1e6:.1f}", f"{r['area_mm2']:.3f}",
+                             f"{r['tops_per_W']:.2f}"]
+                            + ([f"{r['write_verify_per_inference_J'] * 1e9:.4f}"] if wv else []))
+            self.add(md_table(header, rows) + "\n")
+            for r in d.get("skipped", []):
+                self.add(f"Not run: {r['varied']} = {r[r['varied']]} ({r['reason']}).\n")
+            if (path.parent / "pareto.png").exists():
+                fig = f"{name}_{method}_pareto.png"
+                shutil.copyfile(path.parent / "pareto.png", self.fig(fig))
+                self.add(f"![{name} {method}](results/{fig})\n")
+            self.add(f"Data: [{name}_{method}_pareto.csv]("
+                     f"{self.copy_csv(path.parent / 'pareto.csv', f'{name}_{method}_pareto.csv')}).\n")
+
+
 def _setting(r, which: str) -> str:
     """The write-verify setting of a budget row's least-``which`` column, in words."""
     pol = r.get(f"{which}_policy")
@@ -684,6 +727,8 @@ def _build(out: Path, tmp_docs: Path, paper_csv) -> "Report":
             rep.evaluate_section(name, numeric, "read time after programming (s)" if numeric else "", logx=bool(numeric))
         elif kind == "writeverify":
             rep.writeverify_section(name)
+        elif kind == "cost":
+            rep.cost_section(name)
     rep.add(f"---\nTotal single-thread CPU time behind these numbers: {rep.compute_s / 3600:.2f} h "
             f"(training and evaluation as logged by the runs; write-verify not included).\n")
     return rep

@@ -9,7 +9,9 @@ A *suite* (a TOML file; ``--suite NAME`` reads ``training/suites/NAME.toml``) is
 each writing into ``<out>/<stage name>/``: ``kind = "sweep"`` (:func:`training.sweep.sweep` over
 ``methods`` x ``sigmas`` x ``seeds``), ``"evaluate"`` (the runs of stage ``source`` under each
 ``[[stages.variants]]``, ``chips`` chips each) or ``"writeverify"`` (:mod:`training.writeverify_budget`
-on the runs of ``source`` at ``sigma`` and ``seed``, options ``args``). Stages run in order and
+on the runs of ``source`` at ``sigma`` and ``seed``, options ``args``) or ``"cost"``
+(``python -m training.cost --pareto`` on each such run of ``methods``, options ``args``: accuracy
+and energy per inference over the hardware choices). Stages run in order and
 resume; ``--stages a,b`` runs only those; the suite is copied to ``<out>/suite.toml``.
 ``report`` writes ``<docs>/results.md``, the CSVs it cites under ``<docs>/results/`` and the PNG
 figures beside them, replacing only what it wrote itself.
@@ -36,7 +38,7 @@ from .run_config import DATASETS, ConfigError, RunConfig
 from .sweep import EVAL_LEDGER
 
 SUITES_DIR = Path(__file__).with_name("suites")
-KINDS = ("sweep", "evaluate", "writeverify")
+KINDS = ("sweep", "evaluate", "writeverify", "cost")
 EVAL_FIELDS = list(EVAL_LEDGER.fields)  # the columns of an evaluate stage's results.csv
 
 
@@ -203,8 +205,8 @@ def load_suite(name_or_path: str) -> Suite:
                     eval_config(RunConfig(), {k: x for k, x in v.items() if k != "label"})
                 except (ConfigError, ValueError, TypeError) as e:
                     raise SuiteError(f"{where}: variant {v['label']!r}: {e}") from None
-        if kind == "writeverify" and stage.sigma is None:
-            raise SuiteError(f"{where}: a writeverify stage needs the sigma of the runs it programs")
+        if kind in ("writeverify", "cost") and stage.sigma is None:
+            raise SuiteError(f"{where}: a {kind} stage needs the sigma of the runs it uses")
         stages.append(stage)
         names.add(name)
         if kind == "sweep":
@@ -325,6 +327,27 @@ def run_writeverify(stage: Stage, out: Path) -> int:
     argv = [a for r in runs for a in ("--run", r["run_dir"])] + list(stage.args) + ["--out", str(folder)]
     _log(f"{stage.name}: python -m training.writeverify_budget {' '.join(argv)}")
     return writeverify_budget.main(argv)
+
+
+def run_cost_stage(stage: Stage, out: Path) -> int:
+    """``python -m training.cost --pareto`` on every run of ``source`` at ``sigma``/``seed`` (of
+    ``methods``), each into ``<out>/<stage>/<method>/``; a run already done is kept."""
+    from . import cost
+
+    runs = source_runs(out, stage, stage.methods, (stage.sigma,), (stage.seed,))
+    if not runs:
+        _log(f"{stage.name}: no finished runs of {stage.source} at sigma {stage.sigma} seed {stage.seed}")
+        return 1
+    rc = 0
+    for r in runs:
+        dest = out / stage.name / r["method"]
+        if (dest / "pareto.json").exists():
+            _log(f"{stage.name}: done already ({dest / 'pareto.json'})")
+            continue
+        argv = ["--run", r["run_dir"], "--pareto", *stage.args, "--out", str(dest)]
+        _log(f"{stage.name}: python -m training.cost {' '.join(argv)}")
+        rc = max(rc, cost.main(argv))
+    return rc
 
 
 def _append(path: Path, row: dict, fields: list[str]) -> None:
@@ -459,6 +482,8 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
             rc = run_sweep(suite, st, out, workers)
         elif stage.kind == "evaluate":
             rc = run_evaluate(stage, out, workers)
+        elif stage.kind == "cost":
+            rc = run_cost_stage(stage, out)
         else:
             rc = run_writeverify(stage, out)
         _log(f"== stage {stage.name}: exit {rc} after {time.time() - t0:.0f} s")
