@@ -218,3 +218,22 @@ def test_chip_config_round_trip(tmp_path):
     for suffix in (".toml", ".json"):
         assert ChipCostConfig.load(c.save(tmp_path / f"c{suffix}")) == c
     assert math.isclose(c.tech.node_nm, 22)
+
+
+def test_images_are_counted_at_the_model_and_shared_layers_add_up():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.fc(x)))
+
+    cfg = CrossbarConfig(tile_rows=8, tile_cols=8, device="rram")
+    m = convert(Twice(), cfg)
+    x = torch.randn(5, 6)
+    c = inference_cost(m, [x])
+    once = layer_activity(m.fc.chip(), x, images=5)
+    assert c.images == 5 and len(c.layers) == 1
+    assert c.layers[0].activity.macs == 2 * once.macs  # two passes through the same array per image
+    assert c.macs() == 2 * 6 * 6

@@ -277,33 +277,42 @@ def price(activities: list[LayerActivity], chip: ChipCostConfig = ChipCostConfig
 @contextlib.contextmanager
 def recording(model, accumulator_bits: int = 16) -> Iterator[dict[str, LayerActivity]]:
     """Record, while the block runs, every crossbar layer's activity (layer name -> summed
-    :class:`LayerActivity`). Each forward through the model counts its batch as images."""
+    :class:`LayerActivity`, complete when the block ends). Images are counted at the model: the
+    first dimension of its first input, per forward call (batch-first inputs); a layer that runs
+    several times per forward (shared weights) adds all its reads to the same images."""
     from cimsim.nn.modules import cim_layers
 
     layers = cim_layers(model)
     if not layers:
         raise CostError("the model has no crossbar layers (convert it with cimsim.nn.convert first)")
     acts: dict[str, LayerActivity] = {}
-    handles = []
+    seen = {"images": 0}
 
-    def hook(name, module):
+    def count(mod, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not hasattr(x, "shape") or len(x.shape) == 0:
+            raise CostError(f"cannot count images: the model's first input is a {type(x).__name__}, not a batch")
+        seen["images"] += int(x.shape[0])
+
+    def hook(name):
         def fn(mod, inputs, output):
             if mod.mode != "chip":
                 raise CostError(f"layer {name!r} is in mode {mod.mode!r}: the cost needs a programmed chip "
                                 "(cimsim.nn.program(model, seed) or set_mode(model, 'chip'))")
-            x = inputs[0]
-            a = layer_activity(mod.chip(), mod.input_rows(x), images=x.shape[0], name=name,
+            a = layer_activity(mod.chip(), mod.input_rows(inputs[0]), images=0, name=name,
                                accumulator_bits=accumulator_bits)
             acts[name] = acts[name] + a if name in acts else a
         return fn
 
-    for name, m in layers:
-        handles.append(m.register_forward_hook(hook(name, m)))
+    handles = [model.register_forward_pre_hook(count, with_kwargs=True)]
+    handles += [m.register_forward_hook(hook(name)) for name, m in layers]
     try:
         yield acts
     finally:
         for h in handles:
             h.remove()
+        for name in acts:
+            acts[name] = dataclasses.replace(acts[name], images=seen["images"])
 
 
 def inference_cost(model, batches, chip: ChipCostConfig = ChipCostConfig()) -> InferenceCost:
