@@ -31,8 +31,10 @@ def reference_counts(arr, x: np.ndarray) -> dict:
     tiles = list(layer_tiles(arr.n_in, arr.n_out, cfg.n_slices, cfg.tile_rows, cfg.tile_cols))
     col_tiles = len({(t[1].start, t[1].stop) for t in tiles})
     row_tiles = sorted({(t[0].start, t[0].stop) for t in tiles})
-    out = dict(reads=0, dac_drives=0, adc_conversions=0, array_charge_S=0.0)
+    out = dict(reads=0, dac_drives=0, adc_conversions=0, array_charge_S=0.0, buffer_bits=0)
     for b in range(x.shape[0]):
+        # the row's inputs (sign + magnitude) to every column tile; a partial sum per output and row tile
+        out["buffer_bits"] += arr.n_in * (cfg.input_bits + 1) * col_tiles + arr.n_out * len(row_tiles) * 16
         for mag in (np.maximum(xq[b], 0), np.maximum(-xq[b], 0)):
             if not mag.any():
                 continue
@@ -74,6 +76,7 @@ def test_activity_matches_read_by_read_reference(n_in, n_out, batch, tile, dac, 
     assert act.adc_conversions == ref["adc_conversions"] == act.shift_adds
     assert act.array_charge_S == pytest.approx(ref["array_charge_S"], rel=1e-9, abs=1e-30)
     assert act.macs == batch * n_in * n_out and act.rows == batch
+    assert act.input_buffer_bits + act.output_buffer_bits == ref["buffer_bits"]
 
 
 def _model(cfg: CrossbarConfig, seed: int = 0) -> nn.Module:

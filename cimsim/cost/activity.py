@@ -19,7 +19,8 @@ position), with the chip's own conductances and input quantization:
   the summed conductance of every cell on row ``i`` (both pair sides, every slice, the unused
   side at its lowest level): the array energy is ``V_read^2 * t_read`` times it;
 * buffer traffic: each row's sign-magnitude inputs (``input_bits + 1`` bits) read once per column
-  tile, and ``accumulator_bits`` per output written.
+  tile, and one ``accumulator_bits`` partial sum per output and row tile written (the row tiles'
+  partial sums of an output meet in one accumulator).
 
 Shapes: ``rows`` (N, n_in). Counts are exact integers; charge in siemens. Units in names.
 """
@@ -128,7 +129,7 @@ def layer_activity(arr, rows, images: int, name: str = "layer", accumulator_bits
         adc_conversions=adc,
         shift_adds=adc,
         input_buffer_bits=n * n_in * (cfg.input_bits + 1) * col_tiles,
-        output_buffer_bits=n * n_out * int(accumulator_bits),
+        output_buffer_bits=n * n_out * row_tiles * int(accumulator_bits),
         array_charge_S=float(drive_sq.sum(axis=0) @ g_row),
         macs=n * n_in * n_out,
         row_tiles=row_tiles, col_tiles=col_tiles,
