@@ -240,3 +240,16 @@ def test_images_are_counted_at_the_model_and_shared_layers_add_up():
     assert c.images == 5 and len(c.layers) == 1
     assert c.layers[0].activity.macs == 2 * once.macs  # two passes through the same array per image
     assert c.macs() == 2 * 6 * 6
+
+
+def test_counts_do_not_depend_on_the_chunking(monkeypatch):
+    import cimsim.cost.activity as activity
+
+    rng = np.random.default_rng(3)
+    arr = program(rng.normal(size=(5, 20)), CrossbarConfig(tile_rows=8, tile_cols=8, device="rram", dac="bit_serial"), 3)
+    x = rng.normal(size=(50, 20))
+    whole = layer_activity(arr, x, images=50)
+    monkeypatch.setattr(activity, "_CHUNK_ROWS", 7)
+    chunked = layer_activity(arr, x, images=50)
+    assert chunked.array_charge_S == pytest.approx(whole.array_charge_S, rel=1e-12)
+    assert chunked.to_dict() | {"array_charge_S": 0} == whole.to_dict() | {"array_charge_S": 0}

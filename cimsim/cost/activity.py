@@ -94,43 +94,51 @@ def _popcount(m: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
+_CHUNK_ROWS = 16384
+
+
 def layer_activity(arr, rows, images: int, name: str = "layer", accumulator_bits: int = 16) -> LayerActivity:
     """The counts of :class:`LayerActivity` for the programmed chip ``arr`` reading ``rows`` (N, n_in)
     (numpy or torch; non-finite rows are left out: the chip gives them no DAC code), ``images`` the
     number of network inputs they belong to."""
     cfg = arr.config
     x = rows.detach().cpu().numpy() if hasattr(rows, "detach") else np.asarray(rows)
-    x = np.asarray(x, dtype=np.float64).reshape(-1, arr.n_in)
+    x = x.reshape(-1, arr.n_in)
     x = x[np.isfinite(x).all(axis=1)]
     n = x.shape[0]
-    xq = quantize_inputs(x, arr.resolved_input_clip(x), cfg.input_bits).astype(np.int64)
-    pos, neg = np.maximum(xq, 0), np.maximum(-xq, 0)
-    phases_per_row = (pos > 0).any(axis=1).astype(np.int64) + (neg > 0).any(axis=1)
+    clip = arr.resolved_input_clip(x)  # one clip for all the rows, as the layer's forward uses
     C = cfg.n_cycles
     S = cfg.n_slices
     n_in, n_out = arr.n_in, arr.n_out
     row_tiles = -(-n_in // cfg.tile_rows)
     col_tiles = -(-(2 * S * n_out) // cfg.tile_cols)
-    g_row = row_conductance_S(arr)
-    if cfg.dac == "bit_serial":
-        drive_sq = (_popcount(pos, cfg.input_bits) + _popcount(neg, cfg.input_bits)).astype(np.float64)
-        drives = int(drive_sq.sum())  # one 0/1 pulse per set bit
-    else:
-        drive_sq = (pos.astype(np.float64) ** 2 + neg.astype(np.float64) ** 2) / float(cfg.x_max_int) ** 2
-        drives = int((pos > 0).sum() + (neg > 0).sum())
-    reads = int(phases_per_row.sum()) * C
+    phases = drives = 0
+    drive_sq_per_row = np.zeros(n_in)  # sum over the rows read of (V_i / V_read)^2
+    for k in range(0, n, _CHUNK_ROWS):  # bounded memory for large convolutions
+        xq = quantize_inputs(np.asarray(x[k:k + _CHUNK_ROWS], dtype=np.float64), clip, cfg.input_bits)
+        xq = xq.astype(np.int64)
+        pos, neg = np.maximum(xq, 0), np.maximum(-xq, 0)
+        phases += int((pos > 0).any(axis=1).sum() + (neg > 0).any(axis=1).sum())
+        if cfg.dac == "bit_serial":
+            d = (_popcount(pos, cfg.input_bits) + _popcount(neg, cfg.input_bits)).astype(np.float64)
+            drives += int(d.sum())  # one 0/1 pulse per set bit
+        else:
+            d = (pos.astype(np.float64) ** 2 + neg.astype(np.float64) ** 2) / float(cfg.x_max_int) ** 2
+            drives += int((pos > 0).sum() + (neg > 0).sum())
+        drive_sq_per_row += d.sum(axis=0)
+    reads = phases * C
     groups = S * (1 if cfg.adc_convert == "differential" else 2)
     adc = reads * row_tiles * groups * n_out
     conv_cols_tile = cfg.tile_cols // 2 if cfg.adc_convert == "differential" else cfg.tile_cols
     return LayerActivity(
         name=name, n_in=n_in, n_out=n_out, images=int(images), rows=n,
-        phases=int(phases_per_row.sum()), reads=reads,
+        phases=phases, reads=reads,
         dac_drives=drives * col_tiles,
         adc_conversions=adc,
         shift_adds=adc,
         input_buffer_bits=n * n_in * (cfg.input_bits + 1) * col_tiles,
         output_buffer_bits=n * n_out * row_tiles * int(accumulator_bits),
-        array_charge_S=float(drive_sq.sum(axis=0) @ g_row),
+        array_charge_S=float(drive_sq_per_row @ row_conductance_S(arr)),
         macs=n * n_in * n_out,
         row_tiles=row_tiles, col_tiles=col_tiles,
         max_conversions_per_tile_read=min(conv_cols_tile, groups * n_out),
