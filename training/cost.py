@@ -106,6 +106,8 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     ``write_verify_tol_S``: each row also gets the energy of programming the chip with full
     write-verify (once per bits-per-cell setting; the other axes do not change the cells) and that
     energy over ``amortise`` inferences."""
+    import tempfile
+
     from cimsim.progress import Progress
 
     from .evaluate import eval_config
@@ -116,8 +118,6 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     base_crossbar = crossbar_config(cfg)
     base = {"adc_bits": base_crossbar.adc_bits, "bits_per_cell": base_crossbar.bits_per_cell,
             "tile": base_crossbar.tile_rows, "dac": base_crossbar.dac}
-
-    import tempfile
 
     rows, skipped, files, programmed = [], [], {}, {}
     variants = pareto_variants(base)
@@ -156,13 +156,13 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     w.writeheader()
     w.writerows(rows)
     files[out / "pareto.csv"] = buf.getvalue()
-    files[out / "pareto.json"] = json.dumps({"run": str(run_dir), "base": base, "crossbar": base_crossbar.to_dict(), "chips": list(chips),
-                                             "images": images, "sigma": sigma, "chip_cost_config": chip.to_dict(),
-                                             "write_verify": None if write_verify_tol_S is None else
-                                             {"policy": "full", "algorithm": "ispp", "tolerance_S": write_verify_tol_S,
-                                              "amortised_over_inferences": amortise},
-                                             "eval_overrides": base_overrides, "rows": rows, "skipped": skipped},
-                                            indent=1) + "\n"
+    record = {"run": str(run_dir), "base": base, "crossbar": base_crossbar.to_dict(), "chips": list(chips),
+              "images": images, "sigma": sigma, "chip_cost_config": chip.to_dict(),
+              "write_verify": None if write_verify_tol_S is None else
+              {"policy": "full", "algorithm": "ispp", "tolerance_S": write_verify_tol_S,
+               "amortised_over_inferences": amortise},
+              "eval_overrides": base_overrides, "rows": rows, "skipped": skipped}
+    files[out / "pareto.json"] = json.dumps(record, indent=1) + "\n"
     files[out / "pareto.png"] = pareto_plot(rows, f"{Path(run_dir).name}: accuracy vs energy per inference "
                                                   f"({chip.technology}, {len(chips)} chips x {images} images)")
     return rows, files

@@ -4,7 +4,8 @@
 LeNet-5 training step simulated vs plain torch (:mod:`cimsim.bench.training_step`); ``writeverify``:
 the write-verify kernel (:mod:`cimsim.bench.writeverify`); ``sampling``: programmed cells per second
 of every device family (:mod:`cimsim.bench.sampling`); ``ir_drop``: the IR-drop solvers
-(:mod:`cimsim.bench.ir_drop`); ``all``: the five.
+(:mod:`cimsim.bench.ir_drop`; without ``--quick`` also a frozen chip's 1024x1024 layer and a
+fresh-chip LeNet-5 training step, with and without IR drop); ``all``: the five.
 """
 from __future__ import annotations
 
@@ -61,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
         ok &= bench_sampling()["quantile numba"] >= TARGET_CELLS_PER_S
     if a.what in ("ir_drop", "all"):
-        from cimsim.bench.ir_drop import bench_ir_drop
+        from cimsim.bench.ir_drop import (
+            TARGET_LAYER_RATIO, TARGET_STEP_RATIO, bench_ir_drop, bench_ir_drop_layer, bench_ir_drop_training_step,
+        )
 
         bench_ir_drop((64, 128) if a.quick else (64, 128, 256))
+        if not a.quick:
+            ok &= all(r["ratio"] <= TARGET_LAYER_RATIO for r in bench_ir_drop_layer())
+            ok &= bench_ir_drop_training_step()["ratio"] <= TARGET_STEP_RATIO
     return 0 if ok else 1

@@ -48,3 +48,78 @@ def bench_ir_drop(sizes=(64, 128, 256), batch: int = 64, quiet: bool = False) ->
                   f"{numpy_part}effective matrix built once in {build:.3g} s (Numba); then a read "
                   f"{read * 1e3:.3g} ms = {read / ideal:.2f}x the IR-free product")
     return rows
+
+
+#: NeuroSim V1.3's 1T1R cell at 22 nm (docs/design.md, 'IR drop'): wire segments along the 4F and
+#: 12F pitches and an access transistor of 0.25 x the 6 kohm on-resistance
+LITERATURE_22NM = dict(r_row_segment_ohm=2.12, r_col_segment_ohm=6.36, r_access_ohm=1500.0)
+TARGET_LAYER_RATIO = 1.5  # issue #20: a frozen chip's forward with IR drop / without
+TARGET_STEP_RATIO = 3.0  # issue #20: a fresh-chip LeNet-5 training step with IR drop / without
+
+
+def bench_ir_drop_layer(n: int = 1024, tile: int = 256, batch: int = 256, reps: int = 5,
+                        log=print) -> list[dict[str, float]]:
+    """A frozen chip's ``n x n`` layer of ``tile x tile`` tiles (8-bit weights on four 2-bit slices,
+    8-bit calibrated ADC, NeuRRAM cells) with and without the 22 nm 1T1R interconnect of
+    :data:`LITERATURE_22NM`, multi-bit and bit-serial DAC: programming once (IR drop: every tile's
+    effective conductance matrix built) and the forward at ``batch``, interleaved, medians."""
+    import torch
+
+    from cimsim.bench.training_step import _interleaved
+    from cimsim.crossbar.config import CrossbarConfig
+    from cimsim.crossbar.mvm import crossbar_matmul_torch
+    from cimsim.crossbar.program import program
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(n, n))
+    x = torch.from_numpy(np.abs(rng.normal(size=(batch, n))).astype(np.float32))
+    out = []
+    for dac in ("multibit", "bit_serial"):
+        base = CrossbarConfig(tile_rows=tile, tile_cols=tile, dac=dac, input_bits=8, weight_bits=8, bits_per_cell=2,
+                              adc_bits=8, adc_range="calibrated", device="neurram")
+        t0 = time.perf_counter()
+        plain = program(w, base, 0)
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ir = program(w, base.replace(**LITERATURE_22NM), 0)
+        t_ir = time.perf_counter() - t0
+        t = _interleaved({"plain": lambda: crossbar_matmul_torch(plain, x),
+                          "ir": lambda: crossbar_matmul_torch(ir, x)}, reps)
+        tiles = -(-n // tile) * -(-(2 * base.n_slices * n) // tile)
+        r = dict(n=n, tile=tile, batch=batch, dac=dac, tiles=tiles, program_s=t_plain, program_ir_s=t_ir,
+                 forward_s=t["plain"], forward_ir_s=t["ir"], ratio=t["ir"] / t["plain"])
+        out.append(r)
+        log(f"IR drop, {n}x{n} layer of {tile}x{tile} tiles ({tiles} tiles), {dac} DAC, batch {batch}: programming "
+            f"{t_plain:.2f} s without, {t_ir:.1f} s with IR drop ({(t_ir - t_plain) / tiles:.2f} s per tile build); "
+            f"forward {t['plain'] * 1e3:.1f} ms without, {t['ir'] * 1e3:.1f} ms with: ratio {r['ratio']:.2f} "
+            f"(target <= {TARGET_LAYER_RATIO:g}: {'ok' if r['ratio'] <= TARGET_LAYER_RATIO else 'MISSED'})")
+    return out
+
+
+def bench_ir_drop_training_step(batch: int = 128, reps: int = 5, seed: int = 0, log=print) -> dict[str, float]:
+    """A LeNet-5 training step (forward + backward) against a fresh chip every step (``fresh`` mode,
+    :mod:`cimsim.bench.training_step`'s setup) with and without the interconnect of
+    :data:`LITERATURE_22NM`, and plain torch; interleaved, medians."""
+    import copy
+
+    import torch
+
+    from cimsim.bench.training_step import _interleaved, _mnist_like, _step, default_config, lenet5
+    from cimsim.nn import calibrate, convert, set_mode
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    plain = lenet5()
+    x, y = _mnist_like(batch, gen)
+    models = {}
+    for name, cfg in (("fresh", default_config()), ("fresh_ir", default_config().replace(**LITERATURE_22NM))):
+        m = convert(copy.deepcopy(plain), cfg, seed=seed)
+        calibrate(m, [(x, y)], batches=1)
+        models[name] = set_mode(m, "fresh")
+    t = _interleaved({"plain": _step(plain, x, y), **{k: _step(m, x, y) for k, m in models.items()}}, reps)
+    r = dict(batch=batch, plain_s=t["plain"], fresh_s=t["fresh"], fresh_ir_s=t["fresh_ir"],
+             ratio=t["fresh_ir"] / t["fresh"])
+    log(f"IR drop, LeNet-5 training step against a fresh chip, batch {batch}: plain torch {t['plain'] * 1e3:.1f} ms, "
+        f"without IR drop {t['fresh'] * 1e3:.1f} ms, with {t['fresh_ir'] * 1e3:.1f} ms: ratio {r['ratio']:.2f} "
+        f"(target <= {TARGET_STEP_RATIO:g}: {'ok' if r['ratio'] <= TARGET_STEP_RATIO else 'MISSED'})")
+    return r
