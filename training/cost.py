@@ -98,7 +98,8 @@ def pareto_variants(base: dict, axes: Mapping[str, Sequence] = PARETO_AXES) -> l
 
 def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipCostConfig, images: int,
                chips: Sequence[int], quiet: bool = False, write_verify_tol_S: float | None = None,
-               amortise: float = 1e6, sigma: float | None = None) -> tuple[list[dict], dict[Path, bytes | str]]:
+               amortise: float = 1e6, sigma: float | None = None,
+               axes: Mapping[str, Sequence] = PARETO_AXES) -> tuple[list[dict], dict[Path, bytes | str]]:
     """Accuracy (mean, std over ``chips``) and cost per inference of every :func:`pareto_variants`
     variant around the run's settings under ``base_overrides``; returns the rows and the files to
     write (the tile configs used, CSV, JSON, plot). A variant the chip cannot hold (more bits per
@@ -120,7 +121,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
             "tile": base_crossbar.tile_rows, "dac": base_crossbar.dac}
 
     rows, skipped, files, programmed = [], [], {}, {}
-    variants = pareto_variants(base)
+    variants = pareto_variants(base, axes)
     with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:
         for v in variants:
             text = base_crossbar.replace(tile_rows=v["tile"], tile_cols=v["tile"]).to_toml()
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also price programming the chip with full write-verify (ISPP) to this tolerance (uS)")
     p.add_argument("--amortise", type=float, default=1e6,
                    help="inferences the programming energy is spread over (default 1e6)")
+    p.add_argument("--tiles", default=None,
+                   help="--pareto: comma list of square tile sizes (default 64,128,256,512; the simulator's memory "
+                        "grows as 1/tile on large convolutions)")
     p.add_argument("--chip-config", default=None, help="ChipCostConfig TOML/JSON (default: the defaults)")
     p.add_argument("--technology", default=None, help="technology preset (isaac32, survey22) or JSON file")
     p.add_argument("--columns-per-adc", type=int, default=None, help="converted columns sharing one ADC")
@@ -253,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         if tol is not None and not (np.isfinite(tol) and tol > 0):
             raise UsageError(f"--write-verify-tol-uS must be a finite number > 0, got {tol}")
         tol_S = None if tol is None else tol * 1e-6
+        axes = dict(PARETO_AXES)
+        if ns.tiles is not None:
+            try:
+                axes["tile"] = tuple(int(t) for t in ns.tiles.split(","))
+            except ValueError:
+                raise UsageError(f"--tiles must be a comma list of integers, got {ns.tiles!r}") from None
+            if not axes["tile"] or any(t < 2 for t in axes["tile"]):
+                raise UsageError(f"--tiles must list sizes >= 2, got {ns.tiles!r}")
         if ns.sigma is not None and not (np.isfinite(ns.sigma) and ns.sigma >= 0):
             raise UsageError(f"--sigma must be a finite number >= 0, got {ns.sigma}")
         if not (Path(ns.run) / "best.pt").is_file() or not (Path(ns.run) / "config.json").is_file():
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                           out / "eval_overrides.json": json.dumps(overrides, indent=1) + "\n"}
         if ns.pareto:
             rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, ns.quiet, tol_S, ns.amortise,
-                                    ns.sigma)
+                                    ns.sigma, axes)
             files.update(more)
         else:
             cost, accs, cfg, prog = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma)

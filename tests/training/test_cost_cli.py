@@ -51,6 +51,7 @@ def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     (["--technology", "isaac7"], "unknown technology 'isaac7'"),
     (["--columns-per-adc", "0"], "--columns-per-adc"),
     (["--amortise", "0"], "--amortise"),
+    (["--pareto", "--tiles", "64,x"], "--tiles must be a comma list"),
     (["--write-verify-tol-uS", "nan"], "--write-verify-tol-uS"),
     (["--set", "adc_bits=12"], "prices ADCs of 4-10 bits, not 12"),
     (["--set", "epochs=3"], "evaluation cannot change"),
@@ -75,6 +76,10 @@ def test_pareto_one_axis_at_a_time(run_dir, tmp_path):
     out = tmp_path / "p"
     assert main(["--run", str(run_dir), "--images", "16", "--pareto", "--out", str(out), "--quiet",
                  "--write-verify-tol-uS", "2"]) == 0
+    small = tmp_path / "small"
+    assert main(["--run", str(run_dir), "--images", "8", "--pareto", "--tiles", "128,256", "--out", str(small),
+                 "--quiet"]) == 0
+    assert {p.name for p in (small / "tiles").iterdir()} == {"tile128.toml", "tile256.toml"}
     rows = list(csv.DictReader((out / "pareto.csv").open()))
     skipped = json.loads((out / "pareto.json").read_text())["skipped"]
     # the run's device (rram1) has 4 levels: 3 and 4 bits per cell cannot be programmed
