@@ -272,17 +272,26 @@ def crossbar_matmul(arr: ChipReadout, x: np.ndarray, **kw) -> np.ndarray:
     return y[0] if one else y
 
 
-def partial_sums(arr: ChipReadout, x: np.ndarray) -> np.ndarray:
+def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None) -> np.ndarray:
     """|Noise-free partial sums| of every tile read for inputs ``x`` (B, in), for ADC calibration.
 
     Returns (n_groups, n_reads, out) float32 where n_reads = phases x tiles x cycles x B
-    (n_groups: slices, or slices x 2 sides for separate conversion).
+    (n_groups: slices, or slices x 2 sides for separate conversion); with ``group``, only that
+    column group's (n_reads, out), in 1/n_groups of the memory.
     """
     cfg = arr.config
     rows = min(cfg.tile_rows, arr.n_in)
-    G = _to_tiles(group_conductances(arr), rows, "cpu", torch.float32)
+    G = _to_tiles(group_conductances(arr), rows, "cpu", torch.float32)  # (tiles, rows, groups * out)
+    n_groups = G.shape[2] // arr.n_out
+    if group is not None:
+        G = G[:, :, group * arr.n_out:(group + 1) * arr.n_out]
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
     pos, neg, any_neg = _drive_torch(xt, arr.resolved_input_clip(x), cfg, G.shape[0], rows, torch.float32)
-    out = [torch.bmm(d, G).abs_().reshape(-1, G.shape[2]) for d in ((pos, neg) if any_neg else (pos,))]
-    P = torch.cat(out)  # (reads, Gc*out)
-    return P.view(P.shape[0], -1, arr.n_out).permute(1, 0, 2).numpy()
+    drives = (pos, neg) if any_neg else (pos,)
+    per = pos.shape[0] * pos.shape[1]  # reads of one phase
+    P = torch.empty(len(drives) * per, G.shape[2])
+    for i, d in enumerate(drives):  # written in place: no concatenated copy
+        torch.bmm(d, G, out=P[i * per:(i + 1) * per].view(pos.shape[0], pos.shape[1], G.shape[2])).abs_()
+    if group is not None:
+        return P.numpy()
+    return P.view(P.shape[0], n_groups, arr.n_out).permute(1, 0, 2).numpy()

@@ -158,12 +158,17 @@ class ProgrammedArray(ChipReadout):
             m = float(np.percentile(np.abs(x), q))
             self.input_clip = m if m > 0 else float(np.abs(x).max())
         if self.config.adc_range == "calibrated":
-            ps = partial_sums(self, x)  # (n_groups, n_reads, out): |partial sums| per column group
-            if self.config.adc_per_column:
-                r, top = np.percentile(ps, q, axis=1), ps.max(axis=1)
-            else:
-                flat = ps.reshape(ps.shape[0], -1)
-                r, top = np.percentile(flat, q, axis=1)[:, None], flat.max(axis=1)[:, None]
+            r, top = [], []
+            for k in range(self.n_groups):  # one column group at a time: bounded memory on large layers
+                ps = partial_sums(self, x, k)  # (n_reads, out): |partial sums| of group k
+                if self.config.adc_per_column:
+                    r.append(np.percentile(ps, q, axis=0))
+                    top.append(ps.max(axis=0))
+                else:
+                    r.append(np.percentile(ps, q)[None])
+                    top.append(ps.max()[None])
+                del ps
+            r, top = np.stack(r), np.stack(top)
             r = np.where(r > 0, r, top)  # sparse sums (percentile 0, some non-zero): the largest seen
             self.adc_range = np.maximum(np.asarray(r, dtype=np.float64), 1.0)
         self._cache.pop("plan", None)
