@@ -15,6 +15,8 @@ while :func:`cimsim.cost.recording` counts what every crossbar layer does, and p
 ``chip_cost_config.toml`` + ``eval_overrides.json`` (what it ran with). ``--pareto`` instead
 repeats that for every variant of :data:`PARETO_AXES` (one axis at a time around the run's
 settings) into ``pareto.csv``, ``pareto.json``, ``pareto.png`` and the tile configs used.
+``--tiles`` / ``--dacs`` narrow those axes; a ``--pareto`` that stops (killed, out of memory)
+keeps its finished variants in ``DIR/.pareto_progress.jsonl`` and the same command resumes.
 ``--write-verify-tol-uS`` adds the energy and latency of programming chip 0 with full write-verify
 (ISPP, :mod:`training.programming`) and that energy spread over ``--amortise`` inferences.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cimsim.cost import ChipCostConfig, CostError, price, recording
+from cimsim.cost import ChipCostConfig, Cost, CostError, price, recording
 from cimsim.seeds import chip_seed
 
 from .cli import Parser, UsageError
@@ -77,6 +79,9 @@ def programming_cost(model, variation, sigma: float, tol_S: float, seed: int):
     return program_chip(prepare_layers(model, setup), setup, Policy("full", tol_S), seed).cost.total
 
 
+#: where ``--pareto`` keeps finished variants until its results are written (rerun to resume)
+PROGRESS_FILE = ".pareto_progress.jsonl"
+
 # The hardware choices of the accuracy-vs-energy study, one at a time around the run's own settings.
 PARETO_AXES = {"adc_bits": (4, 5, 6, 7, 8, 9, 10), "bits_per_cell": (1, 2, 3, 4), "tile": (64, 128, 256, 512),
                "dac": ("multibit", "bit_serial")}
@@ -98,15 +103,17 @@ def pareto_variants(base: dict, axes: Mapping[str, Sequence] = PARETO_AXES) -> l
 
 def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipCostConfig, images: int,
                chips: Sequence[int], quiet: bool = False, write_verify_tol_S: float | None = None,
-               amortise: float = 1e6, sigma: float | None = None,
-               axes: Mapping[str, Sequence] = PARETO_AXES) -> tuple[list[dict], dict[Path, bytes | str]]:
+               amortise: float = 1e6, sigma: float | None = None, axes: Mapping[str, Sequence] = PARETO_AXES,
+               progress: Path | None = None) -> tuple[list[dict], dict[Path, bytes | str]]:
     """Accuracy (mean, std over ``chips``) and cost per inference of every :func:`pareto_variants`
     variant around the run's settings under ``base_overrides``; returns the rows and the files to
     write (the tile configs used, CSV, JSON, plot). A variant the chip cannot hold (more bits per
     cell than the device has levels) is listed under ``skipped`` in the JSON with the reason.
     ``write_verify_tol_S``: each row also gets the energy of programming the chip with full
     write-verify (once per bits-per-cell setting; the other axes do not change the cells) and that
-    energy over ``amortise`` inferences."""
+    energy over ``amortise`` inferences. ``progress``: a JSON-lines file that gets every finished
+    variant as it finishes; a later call with the same settings takes those from it instead of
+    running them again (the caller removes it once the results are written)."""
     import tempfile
 
     from cimsim.progress import Progress
@@ -122,8 +129,21 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
 
     rows, skipped, files, programmed = [], [], {}, {}
     variants = pareto_variants(base, axes)
+    context = {"run": str(run_dir), "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
+               "chips": list(chips), "sigma": sigma, "write_verify_tol_S": write_verify_tol_S}
+    done = _read_progress(progress, context)
     with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:
         for v in variants:
+            key = json.dumps(v, sort_keys=True)
+            if key in done:  # finished by an earlier call with the same settings
+                entry = done[key]
+                (rows if "row" in entry else skipped).append(entry.get("row") or entry["skipped"])
+                if "row" in entry and "write_verify_J" in entry["row"]:
+                    programmed[v["bits_per_cell"]] = Cost(entry["row"]["write_verify_J"], entry["row"]["write_verify_s"])
+                files[out / "tiles" / f"tile{v['tile']}.toml"] = \
+                    base_crossbar.replace(tile_rows=v["tile"], tile_cols=v["tile"]).to_toml()
+                bar.update(1)
+                continue
             text = base_crossbar.replace(tile_rows=v["tile"], tile_cols=v["tile"]).to_toml()
             files[out / "tiles" / f"tile{v['tile']}.toml"] = text  # written with the results
             loaded = Path(tmp) / f"tile{v['tile']}.toml"  # what the run loads meanwhile
@@ -135,6 +155,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                 cost, accs, _, prog = run_cost(run_dir, ov, chip, images, chips, tol, sigma)
             except VariationError as e:  # e.g. more bits per cell than the device has levels
                 skipped.append({**v, "reason": str(e)})
+                _append_progress(progress, context, key, {"skipped": skipped[-1]})
                 bar.update(1)
                 continue
             if prog is not None:
@@ -149,6 +170,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                 wv = programmed[v["bits_per_cell"]]
                 rows[-1].update(write_verify_J=wv.energy_J, write_verify_s=wv.latency_s,
                                 write_verify_per_inference_J=wv.energy_J / amortise)
+            _append_progress(progress, context, key, {"row": rows[-1]})
             bar.update(1)
     if not rows:
         raise CostError(f"no variant could be configured: {skipped[0]['reason'] if skipped else 'none'}")
@@ -167,6 +189,35 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     files[out / "pareto.png"] = pareto_plot(rows, f"{Path(run_dir).name}: accuracy vs energy per inference "
                                                   f"({chip.technology}, {len(chips)} chips x {images} images)")
     return rows, files
+
+
+def _read_progress(path: Path | None, context: dict) -> dict[str, dict]:
+    """Variant key -> finished entry, from the lines of ``path`` made with ``context`` (others and
+    damaged lines are ignored)."""
+    out: dict[str, dict] = {}
+    if path is None or not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(e, dict) and e.get("context") == json.loads(json.dumps(context)) and "key" in e:
+            out[e["key"]] = e
+    return out
+
+
+def _append_progress(path: Path | None, context: dict, key: str, entry: dict) -> None:
+    """One finished variant appended to ``path`` as a whole line, synced."""
+    import os
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"context": context, "key": key, **entry}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def pareto_front(rows: Sequence[Mapping]) -> list[Mapping]:
@@ -240,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", default=None,
                    help="--pareto: comma list of square tile sizes (default 64,128,256,512; the simulator's memory "
                         "grows as 1/tile on large convolutions)")
+    p.add_argument("--dacs", default=None, help="--pareto: comma list of DAC modes (default multibit,bit_serial)")
     p.add_argument("--chip-config", default=None, help="ChipCostConfig TOML/JSON (default: the defaults)")
     p.add_argument("--technology", default=None, help="technology preset (isaac32, survey22) or JSON file")
     p.add_argument("--columns-per-adc", type=int, default=None, help="converted columns sharing one ADC")
@@ -265,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--tiles must be a comma list of integers, got {ns.tiles!r}") from None
             if not axes["tile"] or any(t < 2 for t in axes["tile"]):
                 raise UsageError(f"--tiles must list sizes >= 2, got {ns.tiles!r}")
+        if ns.dacs is not None:
+            axes["dac"] = tuple(d.strip() for d in ns.dacs.split(","))
+            if not set(axes["dac"]) <= set(PARETO_AXES["dac"]):
+                raise UsageError(f"--dacs must list {' and/or '.join(PARETO_AXES['dac'])}, got {ns.dacs!r}")
         if ns.sigma is not None and not (np.isfinite(ns.sigma) and ns.sigma >= 0):
             raise UsageError(f"--sigma must be a finite number >= 0, got {ns.sigma}")
         if not (Path(ns.run) / "best.pt").is_file() or not (Path(ns.run) / "config.json").is_file():
@@ -283,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         files: dict[Path, bytes | str] = {out / "chip_cost_config.toml": chip.to_toml(),
                                           out / "eval_overrides.json": json.dumps(overrides, indent=1) + "\n"}
         if ns.pareto:
+            progress = out / PROGRESS_FILE
             rows, more = run_pareto(ns.run, out, overrides, chip, ns.images, chips, ns.quiet, tol_S, ns.amortise,
-                                    ns.sigma, axes)
+                                    ns.sigma, axes, progress)
             files.update(more)
         else:
             cost, accs, cfg, prog = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma)
@@ -298,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             files.update({out / "cost.txt": cost.table() + "\n", out / "cost.csv": cost.to_csv(),
                           out / "cost.json": json.dumps(result, indent=1) + "\n"})
         write_outputs(files)
+        if ns.pareto:
+            progress.unlink(missing_ok=True)
     except (UsageError, ConfigError, CostError, RunFolderError, DataError, VariationError, DeviceModelError,
             CircuitNotConverged, OutputError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)

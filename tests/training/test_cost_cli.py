@@ -52,6 +52,7 @@ def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     (["--columns-per-adc", "0"], "--columns-per-adc"),
     (["--amortise", "0"], "--amortise"),
     (["--pareto", "--tiles", "64,x"], "--tiles must be a comma list"),
+    (["--pareto", "--dacs", "multibit,pwm"], "--dacs must list"),
     (["--write-verify-tol-uS", "nan"], "--write-verify-tol-uS"),
     (["--set", "adc_bits=12"], "prices ADCs of 4-10 bits, not 12"),
     (["--set", "epochs=3"], "evaluation cannot change"),
@@ -100,3 +101,31 @@ def test_pareto_one_axis_at_a_time(run_dir, tmp_path):
     front = pareto_front(data["rows"])
     assert front and all(not (o["energy_J"] < r["energy_J"] and o["acc_mean"] > r["acc_mean"])
                          for r in front for o in data["rows"])
+
+
+def test_pareto_resumes_after_a_crash(run_dir, tmp_path, monkeypatch):
+    import training.cost as tc
+
+    out = tmp_path / "r"
+    args = ["--run", str(run_dir), "--images", "8", "--pareto", "--tiles", "128,256", "--dacs", "multibit",
+            "--out", str(out), "--quiet"]
+    real, calls = tc.run_cost, []
+
+    def dying(run_dir, ov, *a, **k):
+        calls.append((ov["adc_bits"], ov["bits_per_cell"], ov["crossbar_config"][-12:]))
+        if ov["adc_bits"] == 9:
+            raise KeyboardInterrupt  # killed in the middle of the sweep
+        return real(run_dir, ov, *a, **k)
+
+    monkeypatch.setattr(tc, "run_cost", dying)
+    assert main(args) == 130
+    assert not (out / "pareto.csv").exists()
+    finished = len((out / tc.PROGRESS_FILE).read_text().splitlines())
+    assert finished == 5  # ADC bits 4-8; 9 was running
+    counted = []
+    monkeypatch.setattr(tc, "run_cost", lambda *a, **k: counted.append(1) or real(*a, **k))
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    variants = 7 + 3 + 1  # ADC bits, bits per cell (3 and 4 skipped: rram1 has 4 levels), tile 128
+    assert len(rows) == variants - 2 and len(counted) == variants - finished  # only the unfinished ran
+    assert not (out / tc.PROGRESS_FILE).exists()
