@@ -175,3 +175,29 @@ def parse_json_object(text: str, what: str, error: type[Exception]) -> dict:
     if not isinstance(d, dict):
         raise error(f"a {what} is a JSON object of fields, got {type(d).__name__}")
     return d
+
+
+def read_table(path: str | os.PathLike, what: str, error: type[Exception]) -> dict:
+    """The fields of a config file: TOML for a ``.toml`` suffix, JSON otherwise (UTF-8, a byte-order
+    mark allowed). Anything else raises ``error`` with one line naming the file and ``what`` it
+    should have been (``"no such <what> file"``, ``"cannot read"``, ``"cannot parse"``, not a table)."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: cannot read the {what} file (it is a folder)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+        d = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot parse the {what}: {e}") from None
+    if not isinstance(d, dict):
+        raise error(f"{path}: a {what} is a table of fields, got {type(d).__name__}")
+    return d

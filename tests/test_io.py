@@ -174,3 +174,22 @@ def test_quickstart_device_unfit_for_the_study_is_one_line(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err
     assert "two.csv" in err and "has only 2" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_read_table_reads_toml_and_json_and_says_what_is_wrong_in_one_line(tmp_path):
+    from cimsim.io import read_table
+
+    class Bad(ValueError):
+        pass
+
+    (tmp_path / "a.toml").write_text("x = 1\n")
+    (tmp_path / "a.json").write_bytes(b"\xef\xbb\xbf" + b'{"x": 1}')  # a byte-order mark is fine
+    assert read_table(tmp_path / "a.toml", "thing", Bad) == read_table(tmp_path / "a.json", "thing", Bad) == {"x": 1}
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "bad.toml").write_text("x = [")
+    for path, match in ((tmp_path / "missing.json", "no such thing file"), (tmp_path, "cannot read the thing file"),
+                        (tmp_path / "list.json", "a thing is a table of fields, got list"),
+                        (tmp_path / "bad.toml", "cannot parse the thing")):
+        with pytest.raises(Bad, match=match) as e:
+            read_table(path, "thing", Bad)
+        assert "\n" not in str(e.value) and str(path) in str(e.value)

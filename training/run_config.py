@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,19 +324,10 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         """Read a config from a ``.json`` or ``.toml`` file."""
+        from cimsim.io import read_table
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror if isinstance(e, OSError) else e})") from None
-        try:
-            d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot parse config ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: a config is a table of fields, got {type(d).__name__}")
+        d = read_table(path, "config", ConfigError)
         try:
             return cls.from_dict(d)
         except ConfigError as e:

@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -100,17 +99,9 @@ class ChipCostConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ChipCostConfig":
-        path = Path(path)
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-            d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except FileNotFoundError:
-            raise CostError(f"{path}: no such chip cost config") from None
-        except OSError as e:
-            raise CostError(f"{path}: cannot read ({e.strerror})") from None
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CostError(f"{path}: cannot parse: {e}") from None
-        return cls.from_dict(d, str(path))
+        from cimsim.io import read_table
+
+        return cls.from_dict(read_table(path, "chip cost config", CostError), str(path))
 
 
 @dataclass(frozen=True)

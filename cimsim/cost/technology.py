@@ -228,16 +228,9 @@ class Technology:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Technology":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_bytes().decode("utf-8-sig"))
-        except FileNotFoundError:
-            raise CostError(f"{path}: no such technology file (or preset: {sorted(TECHNOLOGIES)})") from None
-        except OSError as e:
-            raise CostError(f"{path}: cannot read ({e.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CostError(f"{path}: cannot parse the technology JSON: {e}") from None
-        return cls.from_dict(d, str(path))
+        from cimsim.io import read_table
+
+        return cls.from_dict(read_table(path, "technology", CostError), str(path))
 
 
 # BRAHMS 8-bit DAC at 40 nm (see the module docstring)
@@ -297,4 +290,6 @@ def technology(name_or_path: str | os.PathLike | Technology) -> Technology:
     p = Path(name_or_path)
     if p.suffix.lower() != ".json":
         raise CostError(f"unknown technology {str(name_or_path)!r}: presets {sorted(TECHNOLOGIES)}, or a .json file")
+    if not p.exists():
+        raise CostError(f"{p}: no such technology file (presets: {sorted(TECHNOLOGIES)})")
     return Technology.load(p)

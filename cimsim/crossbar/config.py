@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -273,20 +272,10 @@ class CrossbarConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CrossbarConfig":
+        from cimsim.io import read_table
+
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        try:
-            text = raw.decode("utf-8-sig")
-            d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot parse: {e}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: a CrossbarConfig is a table of fields, got {type(d).__name__}")
+        d = read_table(path, "config", ConfigError)
         try:
             return cls.from_dict(d, source=str(path))
         except ConfigError as e:
