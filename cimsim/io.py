@@ -177,10 +177,24 @@ def parse_json_object(text: str, what: str, error: type[Exception]) -> dict:
     return d
 
 
-def read_table(path: str | os.PathLike, what: str, error: type[Exception]) -> dict:
+class _DuplicateKey(Exception):
+    """A JSON object with the same key twice (``json.loads`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def read_table(path: str | os.PathLike, what: str, error: type[Exception], check_table: bool = True) -> dict:
     """The fields of a config file: TOML for a ``.toml`` suffix, JSON otherwise (UTF-8, a byte-order
-    mark allowed). Anything else raises ``error`` with one line naming the file and ``what`` it
-    should have been (``"no such <what> file"``, ``"cannot read"``, ``"cannot parse"``, not a table)."""
+    mark allowed; a JSON key twice in one object is refused, as TOML refuses it). Anything else
+    raises ``error`` with one line naming the file and ``what`` it should have been
+    (``check_table=False``: any JSON value is returned, for a caller with its own message)."""
     import json
     import tomllib
 
@@ -190,14 +204,23 @@ def read_table(path: str | os.PathLike, what: str, error: type[Exception]) -> di
     except FileNotFoundError:
         raise error(f"{path}: no such {what} file") from None
     except IsADirectoryError:
-        raise error(f"{path}: cannot read the {what} file (it is a folder)") from None
+        raise error(f"{path}: cannot read the {what} file: it is a directory") from None
     except OSError as e:
         raise error(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    bad = f"{path}: cannot parse the {what}"
     try:
         text = raw.decode("utf-8-sig")
-        d = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path}: cannot parse the {what}: {e}") from None
-    if not isinstance(d, dict):
+        d = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text, object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as e:
+        raise error(f"{bad}: not a text file (not UTF-8 at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{bad}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{bad}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except _DuplicateKey as e:
+        raise error(f"{bad}: the key {e.args[0]!r} appears twice in one JSON object") from None
+    except RecursionError:
+        raise error(f"{bad}: nested too deeply") from None
+    if check_table and not isinstance(d, dict):
         raise error(f"{path}: a {what} is a table of fields, got {type(d).__name__}")
     return d

@@ -652,26 +652,12 @@ class DeviceModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DeviceModel":
         """Read a JSON device model (UTF-8, a byte-order mark allowed); raises :class:`DeviceModelError`."""
+        from cimsim.io import read_table
+
         path = Path(path)
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except FileNotFoundError:
-            raise DeviceModelError(f"{path}: no such device model file") from None
-        except IsADirectoryError:
-            raise DeviceModelError(f"{path}: is a directory, not a device model file") from None
-        except UnicodeDecodeError as e:
-            raise DeviceModelError(f"{path}: not a JSON text file (not UTF-8 at byte {e.start})") from None
-        except OSError as e:
-            raise DeviceModelError(f"{path}: cannot read the device model file ({e.strerror or e})") from None
-        try:
-            d = json.loads(text, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as e:
-            raise DeviceModelError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-        except _DuplicateKey as e:
-            raise DeviceModelError(f"{path}: the key {e.args[0]!r} appears twice in one JSON object") from None
-        except RecursionError:
-            raise DeviceModelError(f"{path}: not a device model (JSON nested too deeply)") from None
-        return cls.from_dict(d, source=str(path))
+        if path.suffix.lower() == ".toml":
+            raise DeviceModelError(f"{path}: a device model is a JSON file")
+        return cls.from_dict(read_table(path, "device model", DeviceModelError, check_table=False), source=str(path))
 
 
 # ---------------------------------------------------------------------- presets
@@ -718,19 +704,6 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceModel:
 
 
 # ---------------------------------------------------------------------- helpers
-class _DuplicateKey(Exception):
-    """A JSON object with the same key twice (``json.loads`` would keep the last silently)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
 def _is_num(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
