@@ -162,6 +162,45 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     assert not (docs / ".results.tmp").exists()
 
 
+def _section(md: str, title: str) -> list[str]:
+    """The lines of a report's section ``### title``, without the note on stages run earlier."""
+    lines = md.splitlines()
+    start = lines.index(f"### {title}")
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("### ")), len(lines))
+    return [ln for ln in lines[start:end] if ln.strip() and not ln.startswith("*Stage `")]
+
+
+def test_report_keeps_records_and_reports_stages_run_earlier(suite_run, tmp_path, capsys):
+    """A stage missing from --out is reported from the records the previous report kept (ledgers
+    and configurations, never run folders), said so in the text; its numbers are unchanged."""
+    import shutil
+
+    _, out, _ = suite_run
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
+    first = (docs / "results.md").read_text()
+    rec = docs / "results" / report.RECORDS
+    assert (rec / "repro" / "results.csv").read_text() == (out / "repro" / "results.csv").read_text()
+    assert (rec / "repro" / "sweep_config.json").exists() and (rec / "wv" / "budget.csv").exists()
+    assert (rec / "cost" / "nit" / "pareto.json").exists() and (rec / "dev" / "RECORD.json").exists()
+    assert not any(p.name == "runs" or p.suffix == ".pt" for p in rec.rglob("*"))
+    # a later run of only some stages: the others come from the records
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copyfile(out / "suite.toml", part / "suite.toml")
+    shutil.copytree(out / "dev", part / "dev")
+    assert results.main(["report", "--out", str(part), "--docs", str(docs)]) == 0
+    err = capsys.readouterr().err
+    assert "stage repro: not in --out" in err and "stage dev: not in --out" not in err
+    md = (docs / "results.md").read_text()
+    assert "Stage `repro` was not rerun for this report" in md and "Stage `dev` was not rerun" not in md
+    for title in ("paper noise", "longer", "xbar", "rt", "wv", "cost"):  # the same sections as the first report
+        assert _section(md, title) == _section(first, title) and _section(md, title), title
+    assert (docs / "results" / report.RECORDS / "repro" / "results.csv").exists()  # carried on for the next report
+    for link in [ln.split("](")[1].split(")")[0] for ln in md.splitlines() if "](results/" in ln]:
+        assert (docs / link).exists(), link
+
+
 def test_diff_interval_and_verdict():
     df = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "sigma": [0.1] * 6, "status": ["ok"] * 6,
                        "acc_mean": [0.9, 0.91, 0.92, 0.5, 0.52, 0.51],
