@@ -162,3 +162,50 @@ def test_chips_drawn_in_torch_read_through_the_same_wires():
 
     with pytest.raises(CircuitNotConverged, match="7x5 tile"):
         effective_conductance_torch(g, c, max_iter=1)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_fresh_chips_between_solves_read_through_the_last_solve(on_device):
+    """ir_fresh_solve_every = 3: fresh draws 1, 4, 7 are solved exactly (as a chip of that seed
+    programmed alone), draws 2-3 and 5-6 are their own cells read through the block's solve; 1
+    solves them all."""
+    from cimsim.crossbar.circuit import read_through_solve
+    from cimsim.crossbar.program_torch import level_table, program_on_device
+    from cimsim.nn import CIMLinear
+    from cimsim.nn.modules import fresh_seed
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 4)
+    x = torch.rand(5, 12)
+    cfg = CrossbarConfig(tile_rows=8, tile_cols=8, device="rram", ir_fresh_solve_every=3, **WIRES)
+    no_wires = cfg.replace(**NO_WIRES)
+    layer = CIMLinear.from_module(lin, cfg, seed=7, mode="fresh")
+    layer.program_on_device = on_device
+    layer.calibrate(x)
+    dm = layer.device_model()
+
+    def alone(config, seed):  # (G+) of the chip of this seed programmed by itself, as the layer would
+        if on_device:
+            clip, adc = layer._calibration()
+            return program_on_device(layer.weight_matrix().detach(), config, dm, seed, clip, adc,
+                                     level_table(dm, config, torch.device("cpu"))).g_pos.numpy()
+        return program(lin.weight.detach().double().numpy(), config, seed, device_model=dm).g_pos_S
+
+    chips = [layer.fresh_chip() for _ in range(7)]
+    assert [c.ir_exact for c in chips] == [True, False, False, True, False, False, True]
+    for k, chip in enumerate(chips):
+        seed = fresh_seed(7, k + 1)
+        g = chip.g_pos.numpy() if on_device else chip.g_pos_S
+        exact, own = alone(cfg, seed), alone(no_wires, seed)
+        if chip.ir_exact:
+            np.testing.assert_allclose(g, exact, rtol=1e-9, atol=1e-12 * exact.max())
+            solved = (own, exact)
+        else:
+            np.testing.assert_allclose(g, read_through_solve(own, *solved), rtol=1e-12, atol=1e-15)
+            assert not np.allclose(g, exact, rtol=1e-6)  # not this chip's own solve
+    every_chip = CIMLinear.from_module(lin, cfg.replace(ir_fresh_solve_every=1), seed=7, mode="fresh")
+    every_chip.program_on_device = on_device
+    every_chip.calibrate(x)
+    assert all(every_chip.fresh_chip().ir_exact for _ in range(3))
+    with pytest.raises(ConfigError, match="ir_fresh_solve_every = 0: must be a positive integer"):
+        cfg.replace(ir_fresh_solve_every=0)

@@ -496,6 +496,27 @@ def effective_conductance_torch(g_S: "torch.Tensor", circuit: TileCircuit, rtol:
                               f"{_circuit_fields(circuit)}")
 
 
+# --------------------------------------------------------------------------- reusing a solve
+def read_through_solve(g_cells, solved_cells, solved_eff):
+    """Effective conductances (S) of cells ``g_cells`` read through another chip's exact solve,
+    ``solved_cells`` -> ``solved_eff`` (numpy arrays or torch tensors of one shape): that chip's
+    effective matrix (sneak currents included), moved by each cell's change times the derivative a
+    cell in series with a fixed resistance has, the square of its attenuation ``a = clip(eff / cells,
+    0, 1)``: ``eff + a**2 * (g_cells - cells)``. Exact for the solved chip itself, first order in
+    the difference for another (a new draw of the same layer, or its weights some training steps
+    later); its error is measured by ``python -m cimsim.bench ir_drop`` (docs/design.md, "IR drop")."""
+    if isinstance(g_cells, np.ndarray):
+        on = solved_cells > 0
+        att = np.clip(np.where(on, solved_eff / np.where(on, solved_cells, 1.0), 1.0), 0.0, 1.0)
+    else:
+        import torch
+
+        on = solved_cells > 0
+        one = torch.ones_like(solved_cells)
+        att = torch.where(on, solved_eff / torch.where(on, solved_cells, one), one).clamp(0.0, 1.0)
+    return solved_eff + att * att * (g_cells - solved_cells)
+
+
 # --------------------------------------------------------------------------- a layer's tiles
 def layer_columns(n_out: int, n_slices: int) -> np.ndarray:
     """(n_slices, 2, n_out) the physical layer column of slice ``k``, side ``s`` (G+ 0, G- 1) and

@@ -87,6 +87,11 @@ class CrossbarConfig:
         when the chip is programmed (its effective conductance matrix; exact, the circuit is
         linear) and every read goes through it. Columns are laid out weight by weight: output
         ``j``, slice ``k``, side ``s`` (G+ 0, G- 1) at layer column ``(j * n_slices + k) * 2 + s``.
+        ir_fresh_solve_every: in fresh-chip mode (a new chip per forward, as in training), solve
+        the circuit exactly on every n-th chip of a layer and read the chips between through that
+        solve (:func:`cimsim.crossbar.circuit.read_through_solve`, first order in the difference);
+        1 (the default): every chip exact. Frozen chips are always exact. Its error and speed:
+        ``python -m cimsim.bench ir_drop``, docs/design.md "IR drop".
     """
 
     tile_rows: int = 256
@@ -118,12 +123,14 @@ class CrossbarConfig:
     r_access_ohm: float = 0.0
     drive_end: str = "first"
     sense_end: str = "last"
+    ir_fresh_solve_every: int = 1
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"CrossbarConfig.{name} = {getattr(self, name)!r}: {why}")
 
-        for name in ("tile_rows", "tile_cols", "weight_bits", "bits_per_cell", "input_bits", "adc_bits"):
+        for name in ("tile_rows", "tile_cols", "weight_bits", "bits_per_cell", "input_bits", "adc_bits",
+                     "ir_fresh_solve_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "must be a positive integer")

@@ -28,7 +28,8 @@ class ProgrammedArray(ChipReadout):
         conductances the periphery sees through the wires (tile by tile,
         :func:`cimsim.crossbar.circuit.effective_layer_S`): every read is then exact with IR drop.
     g_cells_pos_S, g_cells_neg_S: the cells' own conductances when IR drop replaced them above
-        (``None`` otherwise).
+        (``None`` otherwise). ir_exact: False when the effective conductances were not solved for
+        this chip but read through another chip's solve (``CrossbarConfig.ir_fresh_solve_every``).
     levels_S: (cell_levels,) nominal level conductances; step_S their spacing.
     mapped: the quantized weights the array was programmed from.
     input_clip: inputs are clipped to +-input_clip (None until set or calibrated).
@@ -52,6 +53,7 @@ class ProgrammedArray(ChipReadout):
     drift_scale: float = 1.0
     g_cells_pos_S: np.ndarray | None = None
     g_cells_neg_S: np.ndarray | None = None
+    ir_exact: bool = True
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ geometry
@@ -215,7 +217,8 @@ def check_seed(seed: int) -> int:
 
 
 def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.Generator | None = None,
-            device_model: DeviceModel | None = None) -> ProgrammedArray:
+            device_model: DeviceModel | None = None,
+            ir_solved=None) -> ProgrammedArray:
     """Program ``weights`` (out, in) onto crossbar tiles: one chip's draw of every cell.
 
     seed: the chip's identity, an int (the same seed gives the same chip; ``None`` means 0), or
@@ -225,7 +228,8 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
     Every cell's conductance is sampled from the device model at ``config.read_time_s``. With
     drift compensation on, the reference response is measured before drift (t0) and again at
     the read time (on the cells, without the wires); the layer's outputs are multiplied by their
-    ratio. With interconnect resistance, the chip is then read through it (:func:`with_interconnect`).
+    ratio. With interconnect resistance, the chip is then read through it (:func:`with_interconnect`;
+    ``ir_solved``: another chip's solve to read it through instead).
     """
     if device_model is None:
         device_model = config.device_model()
@@ -250,20 +254,33 @@ def program(weights: np.ndarray, config: CrossbarConfig, seed: int | np.random.G
                               levels_S=levels, seed=seed)
         if device_model.drift is not None and config.drift_compensation:
             arr.drift_scale = _drift_compensation(g0[0] - g0[1], g[0] - g[1])
-    return with_interconnect(arr)
+    return with_interconnect(arr, ir_solved)
 
 
-def with_interconnect(arr: ProgrammedArray) -> ProgrammedArray:
+def with_interconnect(arr: ProgrammedArray, solved=None) -> ProgrammedArray:
     """``arr`` read through its config's tile circuit: the cells' conductances move to
-    ``g_cells_*_S`` and ``g_*_S`` become the effective ones (unchanged without resistance)."""
+    ``g_cells_*_S`` and ``g_*_S`` become the effective ones (unchanged without resistance), solved
+    exactly, or, given ``solved`` (``((cells G+, cells G-), (effective G+, effective G-))`` of another
+    chip of the layer), read through that solve (:func:`cimsim.crossbar.circuit.read_through_solve`;
+    ``arr.ir_exact`` False)."""
     circuit = arr.config.circuit
     if circuit.is_ideal or arr.g_cells_pos_S is not None:
         return arr
-    from cimsim.crossbar.circuit import effective_layer_S
-
     arr.g_cells_pos_S, arr.g_cells_neg_S = arr.g_pos_S, arr.g_neg_S
-    arr.g_pos_S, arr.g_neg_S = effective_layer_S(arr.g_pos_S, arr.g_neg_S, circuit, arr.config.tile_rows,
-                                                 arr.config.tile_cols)
+    if solved is not None:
+        from cimsim.crossbar.circuit import read_through_solve
+
+        (c_pos, c_neg), (e_pos, e_neg) = solved
+        if c_pos.shape != arr.g_pos_S.shape:
+            raise ValueError(f"a solve of shape {c_pos.shape} for a layer of shape {arr.g_pos_S.shape}")
+        arr.g_pos_S = read_through_solve(arr.g_pos_S, c_pos, e_pos)
+        arr.g_neg_S = read_through_solve(arr.g_neg_S, c_neg, e_neg)
+        arr.ir_exact = False
+    else:
+        from cimsim.crossbar.circuit import effective_layer_S
+
+        arr.g_pos_S, arr.g_neg_S = effective_layer_S(arr.g_pos_S, arr.g_neg_S, circuit, arr.config.tile_rows,
+                                                     arr.config.tile_cols)
     arr._cache.clear()
     return arr
 

@@ -38,6 +38,9 @@ class DeviceArray(ChipReadout):
     :class:`cimsim.crossbar.program.ProgrammedArray`: shapes, calibration, output scale, read seeds, the
     GEMM plan (:meth:`make_plan`) and the effective weights (:meth:`effective_weight_tensor`).
     g_pos, g_neg: (n_slices, in, out) float64 conductances (S); scale: (out,) weight step.
+    With interconnect resistance they are the effective ones; ``ir_solved`` then holds the exact
+    solve, ``((cells G+, G-), (effective G+, G-))`` (``None`` when read through another chip's,
+    ``ir_exact`` False).
     """
 
     config: CrossbarConfig
@@ -53,6 +56,8 @@ class DeviceArray(ChipReadout):
     seed: int
     drift_scale: float = 1.0
     needs_calibration: bool = False
+    ir_exact: bool = True
+    ir_solved: tuple | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -132,7 +137,8 @@ def _tiles(a: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_model: DeviceModel, seed: int,
-                      input_clip: float, adc_range: np.ndarray | None, table: LevelTable | None = None) -> DeviceArray:
+                      input_clip: float, adc_range: np.ndarray | None, table: LevelTable | None = None,
+                      ir_solved: tuple | None = None) -> DeviceArray:
     """Program ``weights`` (out, in) on their own torch device; one chip per ``seed``.
 
     The same quantization, slicing and differential mapping as :func:`cimsim.crossbar.mapping.map_weights`
@@ -140,7 +146,8 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
     level, stuck-at-Gmin/Gmax cells and the conductance floor, as
     :meth:`DeviceModel.sample`; draws from a generator on the weights' device seeded with ``seed``.
     With interconnect resistance in ``config`` the conductances are the tiles' effective ones
-    (:func:`cimsim.crossbar.circuit.effective_layer_torch`), as on the host.
+    (:func:`cimsim.crossbar.circuit.effective_layer_torch`), as on the host, or read through
+    ``ir_solved`` (another chip's solve, :func:`cimsim.crossbar.program.with_interconnect`).
     ``table``: the per-level parameters (made once per layer with :func:`level_table`).
     """
     if device_model.drift is not None:
@@ -155,11 +162,22 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
     gen.manual_seed(int(seed) & (2**63 - 1))
     g = sample_levels_torch(torch.stack([d_pos, d_neg]), table, device_model, gen, config.read_time_s)
     g_pos, g_neg = g[0], g[1]
-    if not config.circuit.is_ideal:  # read through the wires: each tile's effective matrix, on the device
+    solved = None
+    if not config.circuit.is_ideal and ir_solved is not None:  # another chip's solve
+        from cimsim.crossbar.circuit import read_through_solve
+
+        (c_pos, c_neg), (e_pos, e_neg) = ir_solved
+        if c_pos.shape != g_pos.shape:
+            raise ValueError(f"a solve of shape {tuple(c_pos.shape)} for a layer of shape {tuple(g_pos.shape)}")
+        g_pos, g_neg = read_through_solve(g_pos, c_pos, e_pos), read_through_solve(g_neg, c_neg, e_neg)
+    elif not config.circuit.is_ideal:  # read through the wires: each tile's effective matrix, on the device
         from cimsim.crossbar.circuit import effective_layer_torch
 
-        g_pos, g_neg = effective_layer_torch(g_pos, g_neg, config.circuit, config.tile_rows, config.tile_cols)
+        a_pos, a_neg = effective_layer_torch(g_pos, g_neg, config.circuit, config.tile_rows, config.tile_cols)
+        solved = ((g_pos, g_neg), (a_pos, a_neg))
+        g_pos, g_neg = a_pos, a_neg
     return DeviceArray(config=config, device_model=device_model, g_pos=g_pos, g_neg=g_neg, table=table,
                        scale=scale_t.cpu().numpy(), scale_t=scale_t,
                        step_S=level_step_S(device_model.level_conductances(config.cell_levels)), input_clip=float(input_clip),
-                       adc_range=None if adc_range is None else np.asarray(adc_range, dtype=np.float64), seed=int(seed))
+                       adc_range=None if adc_range is None else np.asarray(adc_range, dtype=np.float64), seed=int(seed),
+                       ir_exact=ir_solved is None, ir_solved=solved)

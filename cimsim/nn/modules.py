@@ -87,6 +87,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         # fresh draws in torch on the weights' device: None = on CUDA devices only (see fresh_chip)
         self.program_on_device: bool | None = None
         self._level_tables: dict = {}  # per-level programming parameters on the weights' device
+        self._ir_solved = None  # (draw, on the torch device, solve) of the last exact fresh-chip solve
         self._init_buffers(device)
 
     def _init_buffers(self, device: torch.device | str | None) -> None:
@@ -145,11 +146,12 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         w = self.weight
         return (w._version, w.data_ptr(), str(w.device), tuple(w.shape))
 
-    def _program(self, seed: int, nominal: bool = False) -> ProgrammedArray:
+    def _program(self, seed: int, nominal: bool = False, ir_solved=None) -> ProgrammedArray:
         """Program the current weights with ``seed`` (nominal: exact target conductances)."""
         w = self.weight_matrix().detach().to("cpu", torch.float64).numpy()
         dev, ideal = self._device_models()
-        arr = program_array(w, self.config, int(seed), device_model=ideal if nominal else dev)
+        arr = program_array(w, self.config, int(seed), device_model=ideal if nominal else dev,
+                            ir_solved=ir_solved)
         if not nominal:
             self._apply_calibration(arr)
         return arr
@@ -208,16 +210,41 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         seed = fresh_seed(self.seed, self.draw_count)
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
-        if on_device and dm.drift is None:
+        on_device = on_device and dm.drift is None
+        reuse = self._ir_reuse(on_device)
+        if on_device:
             from cimsim.crossbar.program_torch import level_table, program_on_device
 
             key = (dm.name, dm.sigma_scale, str(self.weight.device))  # OVF alternates a few spreads
             if key not in self._level_tables:
                 self._level_tables[key] = level_table(dm, self.config, self.weight.device)
             clip, adc = self._calibration()
-            return program_on_device(self.weight_matrix().detach(), self.config, dm, seed, clip, adc,
-                                     self._level_tables[key])
-        return self._program(seed)
+            arr = program_on_device(self.weight_matrix().detach(), self.config, dm, seed, clip, adc,
+                                    self._level_tables[key], ir_solved=reuse)
+            solved = arr.ir_solved
+        else:
+            arr = self._program(seed, ir_solved=reuse)
+            solved = None
+            if reuse is None and arr.g_cells_pos_S is not None:
+                solved = ((arr.g_cells_pos_S, arr.g_cells_neg_S), (arr.g_pos_S, arr.g_neg_S))
+        if solved is not None and self.config.ir_fresh_solve_every > 1:
+            self._ir_solved = (self.draw_count, on_device, solved)
+        return arr
+
+    def _ir_reuse(self, on_device: bool):
+        """The layer's last exact solve when this fresh draw may read through it,
+        else None: with ``every = config.ir_fresh_solve_every``, draws 1, 1 + every, 1 + 2 every, ...
+        of the stream are solved, the others read through their block's solve (when it was made
+        here, in the same place and shape; otherwise they are solved too)."""
+        every = self.config.ir_fresh_solve_every
+        kept = self._ir_solved
+        if every <= 1 or kept is None or self.config.circuit.is_ideal or (self.draw_count - 1) % every == 0:
+            return None
+        draw, where, solved = kept
+        shape = (self.config.n_slices, self.n_in, self.n_out)
+        if where != on_device or tuple(solved[0][0].shape) != shape or not 0 < self.draw_count - draw < every:
+            return None
+        return solved
 
     # ------------------------------------------------------------ calibration
     def _calibration(self) -> tuple[float | None, np.ndarray | None]:
