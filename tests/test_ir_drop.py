@@ -209,3 +209,37 @@ def test_fresh_chips_between_solves_read_through_the_last_solve(on_device):
     assert all(every_chip.fresh_chip().ir_exact for _ in range(3))
     with pytest.raises(ConfigError, match="ir_fresh_solve_every = 0: must be a positive integer"):
         cfg.replace(ir_fresh_solve_every=0)
+
+
+def test_output_gain_calibration_recovers_the_ir_drop_attenuation():
+    """Per-output gain calibration on the programmed chip: the gain is the least-squares map of
+    the chip's outputs onto the exact digital product, it is in the reference read as well as in
+    the fast path, and on a tile with strong wires it brings the outputs closer to the digital
+    product; the nn layer calibrates every chip it programs, and says when it cannot."""
+    from cimsim.crossbar.mvm_ref import matmul_quantized
+    from cimsim.nn import CIMLinear
+
+    rng = np.random.default_rng(3)
+    w, x = rng.normal(size=(6, 40)), np.abs(rng.normal(size=(64, 40)))
+    cfg = CrossbarConfig(tile_rows=40, tile_cols=48, device="ideal", input_clip=3.0, adc_bits=12, adc_range="full",
+                         r_row_segment_ohm=20.0, r_col_segment_ohm=60.0, r_access_ohm=1500.0)
+    arr = program(w, cfg, 0)
+    target = matmul_quantized(arr, x)
+    before = np.linalg.norm(arr.matmul(x) - target)
+    y0, w0 = arr.matmul(x), arr.effective_weights()
+    gain = arr.calibrate_output_gain(x)
+    np.testing.assert_allclose(gain, (y0 * target).sum(0) / (y0 * y0).sum(0), rtol=1e-9)
+    assert np.all(gain > 1.05)  # the wires attenuate every output
+    after = np.linalg.norm(arr.matmul(x) - target)
+    assert after < 0.5 * before
+    np.testing.assert_allclose(arr.matmul(x), mvm_reference(arr, x), rtol=1e-6, atol=1e-9)  # the spec applies it too
+    np.testing.assert_allclose(arr.effective_weights(), w0 * gain[:, None], rtol=1e-12)
+    lin = torch.nn.Linear(40, 6)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w))
+    layer = CIMLinear.from_module(lin, cfg.replace(output_gain_calibration=True), seed=1, mode="chip")
+    with pytest.raises(ValueError, match="output_gain_calibration needs the layer's calibration rows"):
+        layer.chip()
+    layer.calibrate(torch.from_numpy(x).float())
+    np.testing.assert_allclose(layer.chip().output_gain, gain, rtol=1e-4)
+    assert layer.fresh_chip().output_gain is not None

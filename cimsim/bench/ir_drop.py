@@ -130,9 +130,9 @@ def bench_ir_drop_training_step(batch: int = 128, reps: int = 5, seed: int = 0, 
         calibrate(m, [(x, y)], batches=1)
         models[name] = set_mode(m, "fresh")
     reuse = models.pop("fresh_ir_reuse")
-    for layer in reuse.modules():  # draw 1 of every layer solved; the timed steps read through it
+    for layer in reuse.modules():  # the next draw of every layer solved; the timed steps read through it
         if isinstance(layer, CIMModule):
-            layer.draw_count = 0
+            layer._ir_solved = None
     _step(reuse, x, y)()
     t = _interleaved({"plain": _step(plain, x, y), **{k: _step(m, x, y) for k, m in models.items()},
                       "fresh_ir_reuse": _step(reuse, x, y)}, reps)
@@ -143,14 +143,14 @@ def bench_ir_drop_training_step(batch: int = 128, reps: int = 5, seed: int = 0, 
     # the reuse error at its stalest: solve_every - 1 training steps after a solve
     layers = [m for m in reuse.modules() if isinstance(m, CIMModule)]
     for layer in layers:
-        layer.draw_count = 0
+        layer._ir_solved = None
     opt = torch.optim.Adam(reuse.parameters(), lr=lr)
     for _ in range(solve_every - 1):
         _step(reuse, x, y)()
         opt.step()
     worst = 0.0
     for layer in layers:
-        chip = layer.fresh_chip()  # draw solve_every: read through draw 1's attenuation
+        chip = layer.fresh_chip()  # the stalest draw: read through the solve of solve_every - 1 steps ago
         assert not chip.ir_exact
         exact = program(layer.weight_matrix().detach().double().numpy(), layer.config,
                         fresh_seed(layer.seed, layer.draw_count), device_model=layer.device_model())

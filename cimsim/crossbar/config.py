@@ -75,6 +75,10 @@ class CrossbarConfig:
         output_noise: additive Gaussian noise per ADC conversion, std in ADC LSBs.
         drift_compensation: rescale each layer's output by a factor measured at read time
         with a reference input (as IBM aihwkit's global drift compensation).
+        output_gain_calibration: after a chip is programmed, give each output a digital gain that
+        maps the chip's outputs for the layer's calibration rows onto an exact digital
+        accelerator's (least squares; compensates per-column attenuation such as IR drop and
+        each output's mean conductance error; :meth:`ProgrammedArray.calibrate_output_gain`).
         sigma_scale: multiplies the device model's programming spread (``None``: the model's).
 
     Interconnect (IR drop; :class:`cimsim.crossbar.circuit.TileCircuit`, docs/design.md "IR drop")
@@ -114,6 +118,7 @@ class CrossbarConfig:
     read_noise: bool = False
     output_noise: float = 0.0
     drift_compensation: bool = False
+    output_gain_calibration: bool = False
     sigma_scale: float | None = None
     v_read_V: float = 0.2
     r_row_segment_ohm: float = 0.0
@@ -139,7 +144,7 @@ class CrossbarConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
                 raise bad(name, "must be a finite number" + (" or None" if name in _OPTIONAL else ""))
-        for name in ("read_noise", "adc_per_column", "drift_compensation"):
+        for name in ("read_noise", "adc_per_column", "drift_compensation", "output_gain_calibration"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.weight_bits > 16:

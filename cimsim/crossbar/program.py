@@ -37,6 +37,7 @@ class ProgrammedArray(ChipReadout):
         calibrated when the policy is ``calibrated``); a group is a slice's columns (differential
         conversion) or one side of a slice (separate conversion).
     drift_scale: output multiplier of global drift compensation (1.0 without).
+    output_gain: (out,) digital gain per output (:meth:`calibrate_output_gain`; None: 1).
     seed: the seed the chip was programmed from; read noise draws from a generator seeded
         from it, advanced on every read.
     """
@@ -51,6 +52,7 @@ class ProgrammedArray(ChipReadout):
     input_clip: float | None = None
     adc_range: np.ndarray | None = None
     drift_scale: float = 1.0
+    output_gain: np.ndarray | None = None
     g_cells_pos_S: np.ndarray | None = None
     g_cells_neg_S: np.ndarray | None = None
     ir_exact: bool = True
@@ -89,7 +91,8 @@ class ProgrammedArray(ChipReadout):
 
     def effective_weights(self) -> np.ndarray:
         """(out, in) float64 weights the programmed conductances realise (inverse mapping)."""
-        return unmap(self.g_pos_S, self.g_neg_S, self.levels_S, self.scale, self.config.bits_per_cell) * self.drift_scale
+        w = unmap(self.g_pos_S, self.g_neg_S, self.levels_S, self.scale, self.config.bits_per_cell) * self.drift_scale
+        return w if self.output_gain is None else w * self.output_gain[:, None]
 
     # ---------------------------------------------------------- ADC state
     @property
@@ -174,6 +177,21 @@ class ProgrammedArray(ChipReadout):
             r = np.where(r > 0, r, top)  # sparse sums (percentile 0, some non-zero): the largest seen
             self.adc_range = np.maximum(np.asarray(r, dtype=np.float64), 1.0)
         self._cache.pop("plan", None)
+
+    def calibrate_output_gain(self, x: np.ndarray) -> np.ndarray:
+        """Set ``output_gain`` (out,): per output, the gain that best maps this chip's outputs for
+        the rows ``x`` (B, in) onto an exact digital accelerator's (the same input and weight
+        quantisation, :func:`cimsim.crossbar.mvm_ref.matmul_quantized`), least squares through 0;
+        1 where the chip's output is 0 on every row. Run after the input clip and ADC ranges are
+        set: it measures through the ADC, the wires and (when on) read noise. Returns the gains."""
+        from cimsim.crossbar.mvm_ref import matmul_quantized
+
+        x = check_calibration_batch(x, self.n_in)
+        self.output_gain = None
+        y, target = self.matmul(x), matmul_quantized(self, x)
+        num, den = (y * target).sum(0), (y * y).sum(0)
+        self.output_gain = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+        return self.output_gain
 
     # ------------------------------------------------------------- compute
     def matmul(self, x: np.ndarray, **kw: Any) -> np.ndarray:

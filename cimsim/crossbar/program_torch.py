@@ -55,6 +55,7 @@ class DeviceArray(ChipReadout):
     adc_range: np.ndarray | None
     seed: int
     drift_scale: float = 1.0
+    output_gain: np.ndarray | None = None
     needs_calibration: bool = False
     ir_exact: bool = True
     ir_solved: tuple | None = None
@@ -122,7 +123,10 @@ class DeviceArray(ChipReadout):
             S = self.g_pos.shape[0]
             sig = float(1 << self.config.bits_per_cell) ** torch.arange(S, device=self.g_pos.device, dtype=torch.float64)
             w_t = torch.einsum("k,kio->io", sig, (self.g_pos - self.g_neg) / self.step_S)
-            w = (w_t * self.scale_t[None, :] * self.drift_scale).T.to(device=device, dtype=dtype)
+            w = w_t * self.scale_t[None, :] * self.drift_scale
+            if self.output_gain is not None:
+                w = w * torch.as_tensor(self.output_gain, device=w.device, dtype=w.dtype)[None, :]
+            w = w.T.to(device=device, dtype=dtype)
             self._cache[key] = w
         return w
 

@@ -13,7 +13,8 @@ class ChipReadout:
     """What every programmed chip offers the fast path, whatever holds its conductances (numpy on
     the host: :class:`cimsim.crossbar.program.ProgrammedArray`; torch on a device: :class:`cimsim.crossbar.program_torch.DeviceArray`).
 
-    Needs ``config``, ``scale`` ((out,) weight step), ``drift_scale``, ``seed`` and ``_cache``.
+    Needs ``config``, ``scale`` ((out,) weight step), ``drift_scale``, ``output_gain`` ((out,) or
+    None), ``seed`` and ``_cache``.
     """
 
     @property
@@ -23,8 +24,9 @@ class ChipReadout:
 
     def output_scale(self, clip: float) -> np.ndarray:
         """(out,) factor from integer partial-sum units to layer output units:
-        weight step x input step (clip / (2^b - 1)) x drift compensation."""
-        return self.scale * (clip / self.config.x_max_int) * self.drift_scale
+        weight step x input step (clip / (2^b - 1)) x drift compensation x output gain."""
+        s = self.scale * (clip / self.config.x_max_int) * self.drift_scale
+        return s if self.output_gain is None else s * self.output_gain
 
     def next_read_seed(self) -> int:
         """A fresh seed for one read's noise, derived from the chip seed and a read counter."""

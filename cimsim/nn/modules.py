@@ -42,6 +42,8 @@ from cimsim.seeds import fresh_seed, layer_seed
 MODES = ("ideal", "chip", "fresh")
 _MODE_ALIASES = {"train_variation": "fresh"}
 #: extra state-dict entries of a frozen chip, and their roles
+#: rows kept per layer for ``CrossbarConfig.output_gain_calibration`` (evenly spaced in the calibration batch)
+GAIN_ROWS = 512
 CHIP_KEYS = ("chip_g_pos_S", "chip_g_neg_S", "chip_w_int", "chip_scale", "chip_drift_scale")
 _STATE_FORMAT = 1
 
@@ -87,7 +89,9 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         # fresh draws in torch on the weights' device: None = on CUDA devices only (see fresh_chip)
         self.program_on_device: bool | None = None
         self._level_tables: dict = {}  # per-level programming parameters on the weights' device
-        self._ir_solved = None  # (draw, on the torch device, solve) of the last exact fresh-chip solve
+        self._fresh_draws = 0  # fresh chips drawn by this layer (ir_fresh_solve_every counts them)
+        self._ir_solved = None  # (fresh draw, on the torch device, solve) of the last exact fresh-chip solve
+        self._gain_rows: np.ndarray | None = None  # calibration rows for output_gain_calibration
         self._init_buffers(device)
 
     def _init_buffers(self, device: torch.device | str | None) -> None:
@@ -203,14 +207,15 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
 
         On a CUDA device (or with ``program_on_device = True``) the draw happens there, in torch
         (:mod:`cimsim.crossbar.program_torch`), so a fresh chip per forward copies no conductances (with
-        interconnect resistance, its tiles are solved there too); devices with drift are programmed
-        on the host.
+        interconnect resistance, its tiles are solved there too); devices with drift, and configs
+        with output gain calibration, are programmed on the host.
         """
         self.draw_count += 1
+        self._fresh_draws += 1
         seed = fresh_seed(self.seed, self.draw_count)
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
-        on_device = on_device and dm.drift is None
+        on_device = on_device and dm.drift is None and not self.config.output_gain_calibration  # host-side steps
         reuse = self._ir_reuse(on_device)
         if on_device:
             from cimsim.crossbar.program_torch import level_table, program_on_device
@@ -228,21 +233,20 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             if reuse is None and arr.g_cells_pos_S is not None:
                 solved = ((arr.g_cells_pos_S, arr.g_cells_neg_S), (arr.g_pos_S, arr.g_neg_S))
         if solved is not None and self.config.ir_fresh_solve_every > 1:
-            self._ir_solved = (self.draw_count, on_device, solved)
+            self._ir_solved = (self._fresh_draws, on_device, solved)
         return arr
 
     def _ir_reuse(self, on_device: bool):
-        """The layer's last exact solve when this fresh draw may read through it,
-        else None: with ``every = config.ir_fresh_solve_every``, draws 1, 1 + every, 1 + 2 every, ...
-        of the stream are solved, the others read through their block's solve (when it was made
-        here, in the same place and shape; otherwise they are solved too)."""
+        """The layer's last exact solve when this fresh draw may read through it, else None: with
+        ``every = config.ir_fresh_solve_every``, a solve serves the ``every - 1`` fresh draws after
+        it (counted by the layer, whatever seeds they take; in the same place and shape)."""
         every = self.config.ir_fresh_solve_every
         kept = self._ir_solved
-        if every <= 1 or kept is None or self.config.circuit.is_ideal or (self.draw_count - 1) % every == 0:
+        if every <= 1 or kept is None or self.config.circuit.is_ideal:
             return None
         draw, where, solved = kept
         shape = (self.config.n_slices, self.n_in, self.n_out)
-        if where != on_device or tuple(solved[0][0].shape) != shape or not 0 < self.draw_count - draw < every:
+        if where != on_device or tuple(solved[0][0].shape) != shape or not 0 < self._fresh_draws - draw < every:
             return None
         return solved
 
@@ -272,7 +276,10 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         """Set input clip and ADC ranges from array input rows (N, n_in): the config's percentile of
         |x| and of the nominal partial sums (:meth:`ProgrammedArray.calibrate`)."""
         nominal = self._program(0, nominal=True)
-        nominal.calibrate(rows.detach().to("cpu", torch.float64).numpy())
+        x = rows.detach().to("cpu", torch.float64).numpy()
+        nominal.calibrate(x)
+        if self.config.output_gain_calibration:  # kept for each chip's gain (evenly spaced rows)
+            self._gain_rows = x[np.unique(np.linspace(0, len(x) - 1, min(len(x), GAIN_ROWS)).astype(np.int64))]
         with torch.no_grad():
             if self.config.input_clip is None:
                 self.input_clip.fill_(float(nominal.input_clip))
@@ -288,6 +295,11 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             arr.adc_range = None if adc is None else adc.copy()
         arr._cache.pop("plan", None)
         arr._cache["calibration"] = self._calib_version
+        if self.config.output_gain_calibration:
+            if self._gain_rows is None:
+                raise ValueError(f"{type(self).__name__}: CrossbarConfig.output_gain_calibration needs the layer's "
+                                 "calibration rows: calibrate the layer (calibrate(x) or cimsim.nn.calibrate) first")
+            arr.calibrate_output_gain(self._gain_rows)
 
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
