@@ -104,9 +104,19 @@ args = ["--images", "30", "--chips", "2", "--write-verify-tol-uS", "2"]
 
 @pytest.fixture(scope="module")
 def suite_run(tmp_path_factory):
+    from cimsim.crossbar.config import CrossbarConfig
+
     root = tmp_path_factory.mktemp("suite")
     path = root / "tiny.toml"
-    path.write_text(TINY)
+    stage = ['\n[[stages]]\nname = "ir"\nkind = "evaluate"\nsource = "dev"\nmethods = ["nit"]\nchips = 2']
+    for tile in (8, 32):  # strong wires: a 32x32 tile loses far more than an 8x8 one
+        for wires, gain in ((0.0, False), (50.0, False), (50.0, True)):
+            f = root / f"t{tile}_{wires:g}_{gain}.toml"
+            CrossbarConfig(tile_rows=tile, tile_cols=tile, r_row_segment_ohm=wires, r_col_segment_ohm=wires,
+                           r_access_ohm=1000.0 if wires else 0.0, output_gain_calibration=gain).save(f)
+            stage.append(f'  [[stages.variants]]\n  label = "{tile}, {wires:g}, {gain}"\n  noise = "crossbar"\n'
+                         f'  crossbar_config = "{f}"')
+    path.write_text(TINY + "\n".join(stage) + "\n")
     out = root / "results"
     rc = results.main(["run", "--suite", str(path), "--out", str(out), "--workers", "0"])
     return root, out, rc
@@ -152,6 +162,11 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
                  "| OVF (NeFT) (repro) beats NIT (noise injection) (this stage) | 0.3 |",
                  "python -m training.cost --pareto", "write-verify (nJ/inference)"):
         assert text in md, text
+    ir = _section(md, "ir")
+    assert any("50 / 50 ohm per segment, access 1000 ohm | none |" in ln for ln in ir)
+    assert any("largest tile within 1 point" in ln for ln in ir)
+    assert any(ln.startswith("| 50 / 50 ohm per segment, access 1000 ohm | gain calibrated |") for ln in ir)
+    assert any(ln.startswith("| no wires | none |") for ln in ir)
     longer = md.split("#### Against stage `repro`")[1].split("###")[0]
     assert longer.count(" beats ") == 3 and "not run" not in longer  # plain, NIT, OVF of repro at sigma 0.3
     files = {p.name for p in (docs / "results").iterdir()}

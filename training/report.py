@@ -490,7 +490,62 @@ class Report:
             fig = f"{name}_sigma{s:g}.png"
             plot_variants(ok[np.isclose(ok["sigma"], s)], self.fig(fig), f"{name}, sigma {s:g}", numeric, xlabel, logx)
             self.add(f"![{name}](results/{fig})\n")
+        self.ir_drop_summary(ok, st)
         self.add(f"Data: [{name}.csv]({self.copy_csv(self.out / name / 'results.csv', name + '.csv', EVAL_LEDGER)}).\n")
+
+    def ir_drop_summary(self, ok, st: dict) -> None:
+        """For an evaluate stage whose variants put the runs on crossbars with interconnect
+        resistance (``crossbar_config`` files): accuracy per wire setting and compensation against
+        tile size, and the largest tile within 1 point of the same tile without wires and without
+        compensation. Variants whose file cannot be read are left out (said once)."""
+        from cimsim.crossbar.config import CrossbarConfig
+
+        kinds: dict[str, tuple] = {}
+        unread = []
+        for v in st.get("variants", []):
+            path = v.get("crossbar_config")
+            if not path or v["label"] not in set(ok["variant"]):
+                continue
+            try:
+                c = CrossbarConfig.load(path)
+            except Exception:  # noqa: BLE001 - a moved file only drops this summary's row
+                unread.append(path)
+                continue
+            ohms = tuple(getattr(c.circuit, f) for f in ("r_row_segment_ohm", "r_col_segment_ohm", "r_access_ohm",
+                                                         "r_driver_ohm", "r_sense_ohm"))
+            kinds[v["label"]] = (ohms, c.tile_rows, c.tile_cols, c.output_gain_calibration)
+        wired = {k for k, (ohms, *_rest) in kinds.items() if any(ohms)}
+        if not wired:
+            return
+        tiles = sorted({(r, c) for _, r, c, _ in kinds.values()})
+        settings = sorted({(ohms, gain) for ohms, _, _, gain in kinds.values()}, key=lambda x: (x[0], x[1]))
+        self.add("IR drop by wire setting and tile size (accuracy %, mean over seeds; *largest tile* is the "
+                 "largest whose accuracy is within 1 point of the same tile without wires and without "
+                 "compensation):\n")
+        for s in sorted(ok["sigma"].unique()):
+            for m in _ordered(ok["method"]):
+                g = ok[(ok["method"] == m) & np.isclose(ok["sigma"], s)]
+                acc = {lab: g[g["variant"] == lab]["acc_mean"].mean() for lab in kinds if (g["variant"] == lab).any()}
+                base = {(r, c): acc.get(lab) for lab, (ohms, r, c, gain) in kinds.items() if not any(ohms) and not gain}
+                rows = []
+                for ohms, gain in settings:
+                    cells, best = [], "none"
+                    for t in tiles:
+                        lab = next((k for k, (o, r, c, gg) in kinds.items() if o == ohms and (r, c) == t and gg == gain), None)
+                        a = acc.get(lab) if lab else None
+                        cells.append(_pct(a) if a is not None and a == a else "–")
+                        b = base.get(t)
+                        if a is not None and b is not None and a == a and b == b and 100 * (b - a) <= 1.0:
+                            best = f"{t[0]}x{t[1]}"
+                    wire = ("no wires" if not any(ohms) else
+                            f"{ohms[0]:g} / {ohms[1]:g} ohm per segment, access {ohms[2]:g} ohm"
+                            + (f", driver {ohms[3]:g}, sense {ohms[4]:g} ohm" if ohms[3] or ohms[4] else ""))
+                    rows.append([wire, "gain calibrated" if gain else "none"] + cells + [best if any(ohms) else "–"])
+                self.add(f"{METHOD_NAMES.get(m, m)}, sigma {s:g}:\n")
+                self.add(md_table(["wires (row / column)", "compensation"] + [f"{r}x{c}" for r, c in tiles]
+                                  + ["largest tile within 1 point"], rows) + "\n")
+        if unread:
+            self.add(f"(Left out: variants whose crossbar config could not be read: {', '.join(sorted(set(unread)))}.)\n")
 
     def writeverify_section(self, name: str) -> None:
         folder = self.out / name
