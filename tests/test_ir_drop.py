@@ -243,3 +243,47 @@ def test_output_gain_calibration_recovers_the_ir_drop_attenuation():
     layer.calibrate(torch.from_numpy(x).float())
     np.testing.assert_allclose(layer.chip().output_gain, gain, rtol=1e-4)
     assert layer.fresh_chip().output_gain is not None
+
+
+def test_output_gain_survives_a_state_dict_and_old_checkpoints_still_load():
+    """A frozen chip's output gain is saved with it and restored without refitting; the backward's
+    cached effective weights follow a refit; a checkpoint written before the read-only fields
+    existed (no ir_fresh_solve_every / output_gain_calibration) loads, and those fields may differ."""
+    import json
+
+    from cimsim.nn import CIMLinear
+
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(30, 5)
+    x = torch.rand(40, 30)
+    cfg = CrossbarConfig(tile_rows=16, tile_cols=16, device="rram", output_gain_calibration=True, **WIRES)
+    layer = CIMLinear.from_module(lin, cfg, seed=3, mode="chip")
+    layer.calibrate(x)
+    chip = layer.chip()
+    gain = chip.output_gain.copy()
+    w_before = chip.effective_weights()
+    from cimsim.nn.autograd import effective_weight_tensor
+
+    cached = effective_weight_tensor(chip, torch.device("cpu"), torch.float64).clone()
+    chip.calibrate_output_gain(x[:7].double().numpy())  # another batch: another gain, and the cache follows
+    assert not np.allclose(chip.output_gain, gain)
+    np.testing.assert_allclose(effective_weight_tensor(chip, torch.device("cpu"), torch.float64).numpy(),
+                               cached.numpy() / gain[:, None] * chip.output_gain[:, None], rtol=1e-9)
+    chip.calibrate_output_gain(layer._gain_rows)
+    np.testing.assert_allclose(chip.effective_weights(), w_before, rtol=1e-12)
+    state = layer.state_dict()
+    assert "chip_output_gain" in state
+    fresh = CIMLinear.from_module(torch.nn.Linear(30, 5), cfg, seed=3, mode="chip")
+    fresh.load_state_dict(state)  # no calibration rows here: the saved gain is kept, not refitted
+    np.testing.assert_allclose(fresh.chip().output_gain, gain, rtol=1e-12)
+    np.testing.assert_allclose(fresh(x).detach().numpy(), layer(x).detach().numpy(), rtol=1e-6, atol=1e-7)
+    old = dict(state)  # as written before the two fields existed
+    extra = dict(old["_extra_state"])
+    cfg_old = json.loads(extra["config"])
+    del cfg_old["ir_fresh_solve_every"], cfg_old["output_gain_calibration"]
+    extra["config"] = json.dumps(cfg_old)
+    old["_extra_state"] = extra
+    other = CIMLinear.from_module(torch.nn.Linear(30, 5), cfg.replace(ir_fresh_solve_every=7), seed=3, mode="chip")
+    other.load_state_dict(old)
+    with pytest.raises(RuntimeError, match="tile_rows"):
+        CIMLinear.from_module(torch.nn.Linear(30, 5), cfg.replace(tile_rows=8), seed=3).load_state_dict(state)

@@ -500,6 +500,8 @@ class Report:
         compensation. Variants whose file cannot be read are left out (said once)."""
         from cimsim.crossbar.config import CrossbarConfig
 
+        from .run_config import shipped_path
+
         kinds: dict[str, tuple] = {}
         unread = []
         for v in st.get("variants", []):
@@ -507,7 +509,7 @@ class Report:
             if not path or v["label"] not in set(ok["variant"]):
                 continue
             try:
-                c = CrossbarConfig.load(path)
+                c = CrossbarConfig.load(shipped_path(path))
             except Exception:  # noqa: BLE001 - a moved file only drops this summary's row
                 unread.append(path)
                 continue
@@ -714,17 +716,27 @@ def stage_has_results(folder: Path) -> bool:
 
 def save_record(src: Path, dst: Path, note: dict) -> None:
     """Copy a stage folder's small records (:data:`RECORD_SUFFIXES`, at most :data:`RECORD_MAX_BYTES`
-    each; no ``runs/``, no hidden files) to ``dst``, with ``RECORD.json`` (``note``) unless ``src``
+    each but the ledger ``results.csv``; no ``runs/``, no hidden files) to ``dst``, with ``RECORD.json`` (``note``) unless ``src``
     has one already."""
     for f in sorted(src.rglob("*")):
         rel = f.relative_to(src)
         if (not f.is_file() or f.is_symlink() or rel.parts[0] == "runs" or any(x.startswith(".") for x in rel.parts)
-                or f.suffix not in RECORD_SUFFIXES or f.stat().st_size > RECORD_MAX_BYTES):
+                or f.suffix not in RECORD_SUFFIXES
+                or (f.stat().st_size > RECORD_MAX_BYTES and rel != Path("results.csv"))):
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dst / rel)
     if not (dst / "RECORD.json").exists():
         (dst / "RECORD.json").write_text(json.dumps(note, indent=1) + "\n")
+
+
+def _rows(folder: Path) -> int:
+    """Lines after the header of a stage's ``results.csv`` (0 when absent)."""
+    try:
+        with open(folder / "results.csv", "rb") as fh:
+            return max(0, sum(1 for line in fh if line.strip()) - 1)
+    except OSError:
+        return 0
 
 
 def _view(out: Path, docs: Path, suite: dict, view: Path) -> dict[str, Path]:
@@ -736,7 +748,12 @@ def _view(out: Path, docs: Path, suite: dict, view: Path) -> dict[str, Path]:
     for st in suite.get("stages", []):
         name = st["name"]
         here, rec = out / name, docs / "results" / RECORDS / name
-        if stage_has_results(here):
+        if stage_has_results(here) and _rows(here) < _rows(rec):  # a stage still running: the record has more
+            print(f"python -m training.results report: stage {name}: {here} has {_rows(here)} ledger row(s), the "
+                  f"record {rec} {_rows(rec)}; reporting the record", file=sys.stderr)
+            shutil.copytree(rec, view / name)
+            earlier[name] = rec
+        elif stage_has_results(here):
             os.symlink(here.resolve(), view / name)
         elif stage_has_results(rec):
             shutil.copytree(rec, view / name)  # a copy: the report writes summaries beside the ledgers

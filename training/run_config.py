@@ -372,3 +372,14 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise ConfigError(f"cannot write {v!r} as TOML")
+
+
+def shipped_path(path: str) -> Path:
+    """``path`` as given when it exists (absolute, or from the working directory), else from the
+    repository root when it exists there: the suites name the config files they ship
+    (``training/suites/ir_drop/*.toml``) that way, so a run works from any directory."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    root = Path(__file__).resolve().parents[1] / p
+    return root if root.exists() else p

@@ -271,7 +271,9 @@ def crossbar_config(cfg) -> CrossbarConfig:
     Raises :class:`VariationError` (one line) for a missing file or an impossible combination.
     """
     try:
-        base = CrossbarConfig.load(cfg.crossbar_config) if cfg.crossbar_config else CrossbarConfig()
+        from .run_config import shipped_path
+
+        base = CrossbarConfig.load(shipped_path(cfg.crossbar_config)) if cfg.crossbar_config else CrossbarConfig()
         changes = {"device": cfg.device_model, "weight_bits": cfg.weight_bits, "bits_per_cell": cfg.bits_per_cell,
                    "read_time_s": cfg.read_time_s}
         changes.update({k: getattr(cfg, k) for k in ("adc_bits", "dac") if getattr(cfg, k) is not None})

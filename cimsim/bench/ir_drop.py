@@ -132,7 +132,7 @@ def bench_ir_drop_training_step(batch: int = 128, reps: int = 5, seed: int = 0, 
     reuse = models.pop("fresh_ir_reuse")
     for layer in reuse.modules():  # the next draw of every layer solved; the timed steps read through it
         if isinstance(layer, CIMModule):
-            layer._ir_solved = None
+            layer._ir_solved = {}
     _step(reuse, x, y)()
     t = _interleaved({"plain": _step(plain, x, y), **{k: _step(m, x, y) for k, m in models.items()},
                       "fresh_ir_reuse": _step(reuse, x, y)}, reps)
@@ -143,7 +143,7 @@ def bench_ir_drop_training_step(batch: int = 128, reps: int = 5, seed: int = 0, 
     # the reuse error at its stalest: solve_every - 1 training steps after a solve
     layers = [m for m in reuse.modules() if isinstance(m, CIMModule)]
     for layer in layers:
-        layer._ir_solved = None
+        layer._ir_solved = {}
     opt = torch.optim.Adam(reuse.parameters(), lr=lr)
     for _ in range(solve_every - 1):
         _step(reuse, x, y)()

@@ -188,10 +188,17 @@ class ProgrammedArray(ChipReadout):
 
         x = check_calibration_batch(x, self.n_in)
         self.output_gain = None
-        y, target = self.matmul(x), matmul_quantized(self, x)
+        self._drop_weight_caches()
+        y, target = self.matmul(x), matmul_quantized(self, x)  # y with drift compensation: the gain replaces it
         num, den = (y * target).sum(0), (y * y).sum(0)
         self.output_gain = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+        self._drop_weight_caches()
         return self.output_gain
+
+    def _drop_weight_caches(self) -> None:
+        """Forget cached effective weights (the autograd backward's), which carry the output gain."""
+        for k in [k for k in self._cache if isinstance(k, tuple) and k and k[0] == "w_eff"]:
+            del self._cache[k]
 
     # ------------------------------------------------------------- compute
     def matmul(self, x: np.ndarray, **kw: Any) -> np.ndarray:

@@ -41,9 +41,11 @@ from cimsim.seeds import fresh_seed, layer_seed
 
 MODES = ("ideal", "chip", "fresh")
 _MODE_ALIASES = {"train_variation": "fresh"}
-#: extra state-dict entries of a frozen chip, and their roles
 #: rows kept per layer for ``CrossbarConfig.output_gain_calibration`` (evenly spaced in the calibration batch)
 GAIN_ROWS = 512
+#: CrossbarConfig fields a checkpoint may differ in: they change how chips are read, not the saved state
+READ_ONLY_FIELDS = frozenset({"ir_fresh_solve_every", "output_gain_calibration"})
+#: extra state-dict entries of a frozen chip, and their roles
 CHIP_KEYS = ("chip_g_pos_S", "chip_g_neg_S", "chip_w_int", "chip_scale", "chip_drift_scale")
 _STATE_FORMAT = 1
 
@@ -89,8 +91,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         # fresh draws in torch on the weights' device: None = on CUDA devices only (see fresh_chip)
         self.program_on_device: bool | None = None
         self._level_tables: dict = {}  # per-level programming parameters on the weights' device
-        self._fresh_draws = 0  # fresh chips drawn by this layer (ir_fresh_solve_every counts them)
-        self._ir_solved = None  # (fresh draw, on the torch device, solve) of the last exact fresh-chip solve
+        self._ir_solved: dict = {}  # (where, device model, spread) -> (fresh draw, solve): the last exact solves
         self._gain_rows: np.ndarray | None = None  # calibration rows for output_gain_calibration
         self._init_buffers(device)
 
@@ -211,12 +212,12 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         with output gain calibration, are programmed on the host.
         """
         self.draw_count += 1
-        self._fresh_draws += 1
         seed = fresh_seed(self.seed, self.draw_count)
         dm = self.device_model()
         on_device = self.program_on_device if self.program_on_device is not None else self.weight.is_cuda
         on_device = on_device and dm.drift is None and not self.config.output_gain_calibration  # host-side steps
-        reuse = self._ir_reuse(on_device)
+        ir_key = (str(self.weight.device) if on_device else "host", dm.name, dm.sigma_scale)
+        reuse = self._ir_reuse(ir_key)
         if on_device:
             from cimsim.crossbar.program_torch import level_table, program_on_device
 
@@ -233,21 +234,22 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             if reuse is None and arr.g_cells_pos_S is not None:
                 solved = ((arr.g_cells_pos_S, arr.g_cells_neg_S), (arr.g_pos_S, arr.g_neg_S))
         if solved is not None and self.config.ir_fresh_solve_every > 1:
-            self._ir_solved = (self._fresh_draws, on_device, solved)
+            self._ir_solved[ir_key] = [0, solved]  # [draws read through it so far, solve]
         return arr
 
-    def _ir_reuse(self, on_device: bool):
-        """The layer's last exact solve when this fresh draw may read through it, else None: with
-        ``every = config.ir_fresh_solve_every``, a solve serves the ``every - 1`` fresh draws after
-        it (counted by the layer, whatever seeds they take; in the same place and shape)."""
+    def _ir_reuse(self, key: tuple):
+        """The layer's last exact solve for ``key`` (where the chip is drawn, the device model and its
+        spread) when this fresh draw may read through it, else None: with ``every =
+        config.ir_fresh_solve_every``, a solve serves the next ``every - 1`` fresh draws of that key
+        (whatever seeds they take). Forgotten when the layer is moved, cast or loaded."""
         every = self.config.ir_fresh_solve_every
-        kept = self._ir_solved
+        kept = self._ir_solved.get(key)
         if every <= 1 or kept is None or self.config.circuit.is_ideal:
             return None
-        draw, where, solved = kept
-        shape = (self.config.n_slices, self.n_in, self.n_out)
-        if where != on_device or tuple(solved[0][0].shape) != shape or not 0 < self._fresh_draws - draw < every:
+        used, solved = kept
+        if tuple(solved[0][0].shape) != (self.config.n_slices, self.n_in, self.n_out) or used >= every - 1:
             return None
+        kept[0] += 1
         return solved
 
     # ------------------------------------------------------------ calibration
@@ -295,7 +297,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             arr.adc_range = None if adc is None else adc.copy()
         arr._cache.pop("plan", None)
         arr._cache["calibration"] = self._calib_version
-        if self.config.output_gain_calibration:
+        if self.config.output_gain_calibration and (self._gain_rows is not None or arr.output_gain is None):
             if self._gain_rows is None:
                 raise ValueError(f"{type(self).__name__}: CrossbarConfig.output_gain_calibration needs the layer's "
                                  "calibration rows: calibrate the layer (calibrate(x) or cimsim.nn.calibrate) first")
@@ -304,6 +306,7 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
         self._calib_version += 1  # buffers may have been cast: chips re-read them
+        self._ir_solved = {}
         return out
 
     # ---------------------------------------------------------------- forward
@@ -343,6 +346,8 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         arr = self._chip
         if not self._chip_is_current():
             return  # no chip, or a stale one that the next forward re-programs from chip_seed
+        if arr.output_gain is not None:
+            destination[prefix + "chip_output_gain"] = torch.from_numpy(np.asarray(arr.output_gain, dtype=np.float64))
         destination[prefix + "chip_g_pos_S"] = torch.from_numpy(arr.g_pos_S)
         destination[prefix + "chip_g_neg_S"] = torch.from_numpy(arr.g_neg_S)
         destination[prefix + "chip_w_int"] = torch.from_numpy(arr.mapped.w_int)
@@ -357,17 +362,20 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         if extra is not None:
             self._check_checkpoint_config(extra, name, error_msgs)
         chip = {k: state_dict[prefix + k] for k in CHIP_KEYS if prefix + k in state_dict}
-        rest = {k: v for k, v in state_dict.items() if not (k.startswith(prefix) and k[len(prefix):] in CHIP_KEYS)}
+        gain = state_dict.get(prefix + "chip_output_gain")
+        rest = {k: v for k, v in state_dict.items()
+                if not (k.startswith(prefix) and k[len(prefix):] in CHIP_KEYS + ("chip_output_gain",))}
         if len(error_msgs) > n_errors:
             return  # another config: its buffers and chip do not fit this layer
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._calib_version += 1
         self._chip, self._chip_key = None, None
+        self._ir_solved = {}
         if chip and len(chip) < len(CHIP_KEYS):
             missing_keys.extend(prefix + k for k in CHIP_KEYS if k not in chip)
         elif chip and len(error_msgs) == n_errors:
-            self._restore_chip(chip, prefix, error_msgs)
+            self._restore_chip(chip, prefix, error_msgs, gain)
 
     def _check_checkpoint_config(self, extra: object, name: str, error_msgs: list[str]) -> None:
         """Append an error naming ``name`` and every differing CrossbarConfig field."""
@@ -377,14 +385,20 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             error_msgs.append(f"{name}: the checkpoint's extra state holds no CrossbarConfig ({e!r})")
             return
         mine = self.config.to_dict()
-        diff = [k for k in sorted(set(saved) | set(mine)) if saved.get(k, "<missing>") != mine.get(k, "<missing>")]
+        # fields added since the checkpoint was written read as their defaults; fields that shape no
+        # saved state (how chips are read, not what the layer holds) may differ
+        saved = {**CrossbarConfig().to_dict(), **saved}
+        diff = [k for k in sorted(set(saved) | set(mine))
+                if k not in READ_ONLY_FIELDS and saved.get(k, "<missing>") != mine.get(k, "<missing>")]
         if diff:
             what = "; ".join(f"CrossbarConfig.{k} is {saved.get(k, '<missing>')!r} in the checkpoint but "
                              f"{mine.get(k, '<missing>')!r} in this model" for k in diff)
             error_msgs.append(f"config mismatch for {name}: {what}")
 
-    def _restore_chip(self, chip: dict[str, torch.Tensor], prefix: str, error_msgs: list[str]) -> None:
-        """Rebuild the frozen chip from its saved tensors (shapes checked against this layer)."""
+    def _restore_chip(self, chip: dict[str, torch.Tensor], prefix: str, error_msgs: list[str],
+                      gain: torch.Tensor | None = None) -> None:
+        """Rebuild the frozen chip from its saved tensors (shapes checked against this layer); its
+        output gain, when saved, is kept (refitted only when the layer is calibrated again)."""
         S = self.config.n_slices
         expect = {"chip_g_pos_S": (S, self.n_in, self.n_out), "chip_g_neg_S": (S, self.n_in, self.n_out),
                   "chip_w_int": (self.n_out, self.n_in), "chip_scale": (self.n_out,), "chip_drift_scale": ()}
@@ -404,6 +418,8 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             levels_S=dev.level_conductances(self.config.cell_levels), seed=self.chip_seed,
             drift_scale=float(chip["chip_drift_scale"]),
         )
+        if gain is not None and tuple(gain.shape) == (self.n_out,):
+            arr.output_gain = gain.detach().cpu().numpy().astype(np.float64)
         self._apply_calibration(arr)
         self._set_chip(arr)
 
