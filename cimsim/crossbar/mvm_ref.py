@@ -118,11 +118,5 @@ def _circuit_reads(arr: ProgrammedArray, circuit, v: np.ndarray, rng: np.random.
 
 
 def matmul_quantized(arr: ProgrammedArray, x: np.ndarray) -> np.ndarray:
-    """What an exact digital accelerator returns: quantized inputs times quantized weights, rescaled
-    by the weight and input steps (no analog corrections: drift compensation, output gain)."""
-    cfg = arr.config
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    clip = arr.resolved_input_clip(x)
-    x_int = quantize_inputs(x, clip, cfg.input_bits).astype(np.int64)
-    y_int = x_int @ arr.mapped.w_int.T.astype(np.int64)
-    return y_int * (arr.scale * (clip / cfg.x_max_int))[None, :]
+    """What an exact digital accelerator returns (:meth:`ProgrammedArray.matmul_digital`)."""
+    return arr.matmul_digital(x)

@@ -15,7 +15,9 @@ import numpy as np
 
 from cimsim.crossbar.config import CrossbarConfig
 from cimsim.device.model import DeviceModel
-from cimsim.crossbar.mapping import MappedWeights, conductance_targets, level_step_S, map_weights, unmap
+from cimsim.crossbar.mapping import (
+    MappedWeights, conductance_targets, level_step_S, map_weights, quantize_inputs, unmap,
+)
 from cimsim.crossbar.readout import ChipReadout
 
 @dataclass
@@ -181,19 +183,27 @@ class ProgrammedArray(ChipReadout):
     def calibrate_output_gain(self, x: np.ndarray) -> np.ndarray:
         """Set ``output_gain`` (out,): per output, the gain that best maps this chip's outputs for
         the rows ``x`` (B, in) onto an exact digital accelerator's (the same input and weight
-        quantisation, :func:`cimsim.crossbar.mvm_ref.matmul_quantized`), least squares through 0;
+        quantisation, :meth:`matmul_digital`), least squares through 0;
         1 where the chip's output is 0 on every row. Run after the input clip and ADC ranges are
         set: it measures through the ADC, the wires and (when on) read noise. Returns the gains."""
-        from cimsim.crossbar.mvm_ref import matmul_quantized
-
         x = check_calibration_batch(x, self.n_in)
         self.output_gain = None
         self._drop_weight_caches()
-        y, target = self.matmul(x), matmul_quantized(self, x)  # y with drift compensation: the gain replaces it
+        y, target = self.matmul(x), self.matmul_digital(x)  # y with drift compensation: the gain replaces it
         num, den = (y * target).sum(0), (y * y).sum(0)
         self.output_gain = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
         self._drop_weight_caches()
         return self.output_gain
+
+    def matmul_digital(self, x: np.ndarray) -> np.ndarray:
+        """What an exact digital accelerator returns for ``x`` (B, in): quantized inputs times the
+        quantized weights, rescaled by the weight and input steps (no analog corrections: drift
+        compensation, output gain)."""
+        cfg = self.config
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        clip = self.resolved_input_clip(x)
+        x_int = quantize_inputs(x, clip, cfg.input_bits).astype(np.int64)
+        return (x_int @ self.mapped.w_int.T.astype(np.int64)) * (self.scale * (clip / cfg.x_max_int))[None, :]
 
     def _drop_weight_caches(self) -> None:
         """Forget cached effective weights (the autograd backward's), which carry the output gain."""
