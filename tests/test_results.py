@@ -29,7 +29,7 @@ threads = 1
 name = "repro"
 kind = "sweep"
 title = "paper noise"
-methods = "plain,nit,ovf"
+methods = "plain,nit,ovf,nit_temp"
 sigmas = "0,0.3"
 seeds = 2
 [stages.config]
@@ -126,7 +126,7 @@ def test_suite_runs_every_stage_and_resumes(suite_run, capsys):
     root, out, rc = suite_run
     assert rc == 0
     rows = list(csv.DictReader(open(out / "repro" / "results.csv")))
-    assert len(rows) == 3 * 2 * 2 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 4 * 2 * 2 and all(r["status"] == "ok" for r in rows)
     ev = pd.read_csv(out / "xbar" / "results.csv")
     assert len(ev) == 2 * 2 and set(ev["variant"]) == {"device", "crossbar 6b"} and (ev["status"] == "ok").all()
     assert ((ev["acc_mean"] > 0.1) & (ev["acc_mean"] <= 1)).all()
@@ -138,7 +138,7 @@ def test_suite_runs_every_stage_and_resumes(suite_run, capsys):
     before = (out / "xbar" / "results.csv").read_text()
     assert results.main(["run", "--suite", str(root / "tiny.toml"), "--out", str(out), "--workers", "0"]) == 0
     assert (out / "xbar" / "results.csv").read_text() == before
-    assert len(list(csv.DictReader(open(out / "repro" / "results.csv")))) == 12
+    assert len(list(csv.DictReader(open(out / "repro" / "results.csv")))) == 16
 
 
 def test_evaluate_variant_equals_direct_evaluation(suite_run):
@@ -168,7 +168,10 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     assert any(ln.startswith("| 50 / 50 ohm per segment, access 1000 ohm | gain calibrated |") for ln in ir)
     assert any(ln.startswith("| no wires | none |") for ln in ir)
     longer = md.split("#### Against stage `repro`")[1].split("###")[0]
-    assert longer.count(" beats ") == 3 and "not run" not in longer  # plain, NIT, OVF of repro at sigma 0.3
+    assert longer.count(" beats ") == 4 and "not run" not in longer  # plain, NIT, OVF, NIT + T of repro at 0.3
+    controls = md.split("#### What the controls explain")[1].split("###")[0]
+    assert "| 0.3 | OVF (NeFT) |" in controls and "NIT + temperature (control)" in controls
+    assert "claim vs NIT + T" in controls and "| 0 |" not in controls  # sigma 0 has nothing to explain
     files = {p.name for p in (docs / "results").iterdir()}
     assert {"repro_accuracy.png", "repro.csv", "repro_summary.csv", "xbar.csv", "wv_budget.csv",
             "cost_nit_pareto.png", "cost_nit_pareto.csv"} <= files
@@ -227,6 +230,23 @@ def test_diff_interval_and_verdict():
     noisy = df.assign(acc_mean=[0.9, 0.5, 0.7, 0.6, 0.8, 0.7])
     assert report.verdict(report.diff_interval(noisy, "a", "b", 0.1)) == "not resolved"
     assert report.diff_interval(df, "a", "c", 0.1) is None and report.verdict(None) == "not run"
+
+
+def test_control_shares_divide_each_ingredient_by_the_advantage():
+    seeds = 3
+    acc = {"nit": [0.70, 0.71, 0.72], "ovf": [0.80, 0.81, 0.82], "irs": [0.74, 0.76, 0.75],
+           "nit_temp": [0.76, 0.77, 0.75], "nit_multi": [0.71, 0.72, 0.73], "ovf_beta0": [0.79, 0.80, 0.81]}
+    df = pd.DataFrame([{"method": m, "sigma": 0.35, "seed": k, "status": "ok", "acc_mean": a[k],
+                        "acc_ci95_low": 0.0, "acc_ci95_high": 1.0} for m, a in acc.items() for k in range(seeds)])
+    rows = {(r["neft"], r["control"]): r for r in report.control_shares(df, 0.35)}
+    assert set(rows) == {("ovf", "nit_temp"), ("ovf", "nit_multi"), ("ovf", "ovf_beta0"),
+                         ("irs", "nit_temp"), ("irs", "nit_multi")}  # an OVF ablation says nothing of IRS
+    assert math.isclose(rows["ovf", "nit_temp"]["share"], 0.05 / 0.10)  # (NIT+T - NIT) / (OVF - NIT)
+    assert math.isclose(rows["ovf", "ovf_beta0"]["share"], 0.01 / 0.10)  # (OVF - OVF beta 0) / (OVF - NIT)
+    assert math.isclose(rows["irs", "nit_multi"]["share"], 0.01 / 0.04)
+    tied = df.assign(acc_mean=np.where(df["method"] == "ovf", df["acc_mean"] - 0.10, df["acc_mean"]))
+    tied.loc[(tied["method"] == "ovf") & (tied["seed"] == 0), "acc_mean"] = 0.60  # advantage not resolved
+    assert all(r["share"] is None for r in report.control_shares(tied, 0.35) if r["neft"] == "ovf")
 
 
 def test_parse_overrides_types_and_refusals():

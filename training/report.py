@@ -126,6 +126,45 @@ def fmt_diff(iv) -> str:
     return f"{100 * iv[0]:+.1f} [{100 * iv[1]:+.1f}, {100 * iv[2]:+.1f}]"
 
 
+#: the controls of issue #21: (control, the NeFT method it is a control for, what it takes away or adds)
+CONTROLS = (("nit_temp", "temperature: noise injection trained on CE(z / T, y), T = N + 1"),
+            ("nit_multi", "compute: noise injection with OVF's number of forwards per step"),
+            ("ovf_beta0", "feedback gradient: OVF with beta = 0 (its extra forwards carry no gradient)"),
+            ("ovf_frozen_bn", "BatchNorm statistics: OVF with the statistics frozen in its extra forwards"))
+
+
+def control_shares(df, sigma: float) -> list[dict]:
+    """What each control of issue #21 explains of OVF's and IRS's advantage over NIT at ``sigma``.
+
+    For a control that adds one ingredient to NIT (``nit_temp``, ``nit_multi``) the explained share
+    is (control - NIT) / (NeFT - NIT); for one that removes an ingredient from OVF (``ovf_beta0``,
+    ``ovf_frozen_bn``) it is (OVF - control) / (OVF - NIT): the part of the advantage lost without
+    it. Differences are :func:`diff_interval` (points as fractions); the share is a ratio of seed
+    means, given only when the advantage itself is resolved (its interval excludes 0), else None.
+    Rows: ``{"neft", "control", "advantage", "effect", "share"}``; ``effect`` is the interval of the
+    ingredient's own effect (control - NIT, or OVF - control).
+    """
+    has = set(df.loc[df["status"] == "ok", "method"])
+    rows = []
+    for neft in ("ovf", "irs"):
+        if neft not in has or "nit" not in has:
+            continue
+        adv = diff_interval(df, neft, "nit", sigma)
+        for control, _ in CONTROLS:
+            if control not in has:
+                continue
+            if control.startswith("nit_"):
+                effect = diff_interval(df, control, "nit", sigma)
+            elif neft == "ovf":
+                effect = diff_interval(df, "ovf", control, sigma)
+            else:
+                continue  # an OVF ablation says nothing about IRS
+            resolved = adv is not None and (adv[1] > 0 or adv[2] < 0)
+            share = effect[0] / adv[0] if resolved and effect is not None else None
+            rows.append({"neft": neft, "control": control, "advantage": adv, "effect": effect, "share": share})
+    return rows
+
+
 # --------------------------------------------------------------------------- loading
 def load_stage(out: Path, name: str, schema=None):
     """The valid rows of stage ``name``'s ledger (a sweep's unless ``schema`` says otherwise) as a
@@ -436,6 +475,53 @@ class Report:
                      "uncertainty for NeFT):\n")
             self.add(md_table(["method", "sigma", "EKL", "EKL of NIT", "NeFT is"], erows) + "\n")
 
+    def controls_section(self, df) -> None:
+        """Issue #21: what share of OVF's and IRS's advantage each control explains, and whether the
+        confidence and EKL findings survive the temperature control (:func:`control_shares`)."""
+        has = set(df["method"])
+        if not any(c in has for c, _ in CONTROLS):
+            return
+        self.add("#### What the controls explain\n")
+        self.add("Each control adds one ingredient of OVF to noise injection or takes one away from OVF: "
+                 + "; ".join(f"*{METHOD_NAMES[c]}*: {what}" for c, what in CONTROLS if c in has)
+                 + ". The *effect* is the ingredient's own difference (control - NIT, or OVF - control), "
+                 "points [95 % Welch interval over seeds]; the *share* is that effect divided by the NeFT "
+                 "method's advantage over NIT (a ratio of seed means, without interval; shown only where the "
+                 "advantage is resolved). Shares need not add to 100 %: the ingredients interact.\n")
+        rows = []
+        for s in sorted(df["sigma"].unique()):
+            if s <= 0:
+                continue
+            for r in control_shares(df, s):
+                share = "advantage not resolved" if r["share"] is None else f"{100 * r['share']:.0f} %"
+                rows.append([f"{s:g}", METHOD_NAMES[r["neft"]], fmt_diff(r["advantage"]),
+                             METHOD_NAMES[r["control"]], fmt_diff(r["effect"]), share])
+        self.add(md_table(["sigma", "NeFT method", "advantage over NIT", "control", "effect", "share"], rows) + "\n")
+        if "nit_temp" not in has:
+            return
+        rows = []
+        for s in sorted(df["sigma"].unique()):
+            if s <= 0:
+                continue
+            for metric, name in (("confidence", "confidence (points)"), ("ekl", "EKL (nats)")):
+                d = df.assign(acc_mean=df[metric], acc_ci95_low=np.nan, acc_ci95_high=np.nan)
+                for neft in ("ovf", "irs"):
+                    vs_nit, vs_temp = diff_interval(d, neft, "nit", s), diff_interval(d, neft, "nit_temp", s)
+                    if vs_nit is None or vs_temp is None:
+                        continue
+                    claim = verdict(vs_nit) if metric == "confidence" else verdict(
+                        (-vs_nit[0], -vs_nit[2], -vs_nit[1], vs_nit[3]))
+                    left = verdict(vs_temp) if metric == "confidence" else verdict(
+                        (-vs_temp[0], -vs_temp[2], -vs_temp[1], vs_temp[3]))
+                    rows.append([f"{s:g}", name, METHOD_NAMES[neft], _fmt_metric(vs_nit, metric), claim,
+                                 _fmt_metric(vs_temp, metric), left])
+        if rows:
+            self.add("Do the confidence and EKL findings survive the temperature control? NeFT minus NIT, and NeFT "
+                     "minus NIT trained at OVF's temperature [95 % Welch interval over seeds]; the claim is "
+                     "*higher confidence* and *lower EKL*, judged by the same rule as the accuracy claims:\n")
+            self.add(md_table(["sigma", "metric", "NeFT method", "minus NIT", "claim vs NIT", "minus NIT + T",
+                               "claim vs NIT + T"], rows) + "\n")
+
     def compare_section(self, name: str, other: str) -> None:
         """Every method of stage ``other`` against every method of sweep ``name`` at their shared sigmas."""
         a_df, b_df = self.load(name), self.load(other)
@@ -623,6 +709,13 @@ class Report:
                 self.add(f"![{name} {method}](results/{fig})\n")
             self.add(f"Data: [{name}_{method}_pareto.csv]("
                      f"{self.copy_csv(path.parent / 'pareto.csv', f'{name}_{method}_pareto.csv')}).\n")
+
+
+def _fmt_metric(iv, metric: str) -> str:
+    """A difference interval of confidence (shown in points) or EKL (nats)."""
+    if metric == "confidence":
+        return fmt_diff(iv)
+    return f"{iv[0]:+.3f} [{iv[1]:+.3f}, {iv[2]:+.3f}]"
 
 
 def _setting(r, which: str) -> str:
@@ -861,6 +954,7 @@ def _build(out: Path, tmp_docs: Path, paper_csv, shown_out: Path | None = None,
                 rep.compare_section(name, st["source"])
             elif res is not None:
                 rep.claims(res[0], paper_like)
+                rep.controls_section(res[0])
         elif kind == "evaluate":
             numeric = "read_time_s" if all("read_time_s" in v for v in st.get("variants", [])) else None
             rep.evaluate_section(name, numeric, "read time after programming (s)" if numeric else "", logx=bool(numeric))
