@@ -86,6 +86,16 @@ chips = 3
   read_time_s = 100000.0
 
 [[stages]]
+name = "recal"
+kind = "evaluate"
+source = "dev"
+methods = ["nit"]
+chips = 4
+  [[stages.variants]]
+  label = "recalibrated"
+  bn_recal_images = 16
+
+[[stages]]
 name = "wv"
 kind = "writeverify"
 source = "dev"
@@ -167,6 +177,9 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     assert any("largest tile within 1 point" in ln for ln in ir)
     assert any(ln.startswith("| 50 / 50 ohm per segment, access 1000 ohm | gain calibrated |") for ln in ir)
     assert any(ln.startswith("| no wires | none |") for ln in ir)
+    recal = _section(md, "recal")  # the MLP has no BatchNorm: the same chips give the same accuracy
+    assert any(ln.startswith("| NIT (noise injection) | 2 | 1 |") and "| +0.0 [" in ln
+               and "16 images per chip (0.13x its 120-image test pass)" in ln for ln in recal), recal
     longer = md.split("#### Against stage `repro`")[1].split("###")[0]
     assert longer.count(" beats ") == 4 and "not run" not in longer  # plain, NIT, OVF, NIT + T of repro at 0.3
     controls = md.split("#### What the controls explain")[1].split("###")[0]
@@ -247,6 +260,24 @@ def test_control_shares_divide_each_ingredient_by_the_advantage():
     tied = df.assign(acc_mean=np.where(df["method"] == "ovf", df["acc_mean"] - 0.10, df["acc_mean"]))
     tied.loc[(tied["method"] == "ovf") & (tied["seed"] == 0), "acc_mean"] = 0.60  # advantage not resolved
     assert all(r["share"] is None for r in report.control_shares(tied, 0.35) if r["neft"] == "ovf")
+
+
+def test_recal_gains_pair_the_same_runs_without_and_with():
+    base = {"status": "ok", "acc_ci95_low": 0.0, "acc_ci95_high": 0.02}
+    sweep = pd.DataFrame([{**base, "method": m, "sigma": 0.35, "seed": k, "acc_mean": a}
+                          for m, accs in (("nit", (0.50, 0.60)), ("ovf", (0.70, 0.72))) for k, a in enumerate(accs)])
+    recal = pd.DataFrame([{**base, "method": m, "sigma": 0.35, "seed": k, "acc_mean": a}
+                          for m, accs in (("ovf", (0.71, 0.74)), ("nit", (0.60, 0.70))) for k, a in enumerate(accs)])
+    rows = report.recal_gains(sweep, recal)
+    assert [r["method"] for r in rows] == ["nit", "ovf"]  # in the report's method order
+    nit = rows[0]
+    assert nit["seeds"] == 2 and math.isclose(nit["without"], 0.55) and math.isclose(nit["with"], 0.65)
+    d, lo, hi, n = nit["gain"]
+    assert math.isclose(d, 0.10) and math.isclose(lo, d) and math.isclose(hi, d)  # paired: both seeds gain 0.10
+    ovf = rows[1]["gain"]
+    assert math.isclose(ovf[0], 0.015) and ovf[1] < 0.01 < 0.02 < ovf[2]  # gains 0.01 and 0.02: t with 1 dof
+    one = report.recal_gains(sweep[sweep["seed"] == 0], recal)  # one seed: the two chip intervals combined
+    assert math.isclose(one[0]["gain"][2] - one[0]["gain"][0], math.hypot(0.01, 0.01))
 
 
 def test_parse_overrides_types_and_refusals():

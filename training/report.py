@@ -165,6 +165,32 @@ def control_shares(df, sigma: float) -> list[dict]:
     return rows
 
 
+def recal_gains(sweep, recal) -> list[dict]:
+    """Per (method, sigma): accuracy of the sweep's runs without (``sweep``'s ledger) and with
+    (``recal``: evaluate rows of the same runs, recalibrated) per-chip BatchNorm recalibration.
+
+    Runs are matched by (method, sigma, seed); ``gain`` is (mean, 95 % low, high, seeds) of the
+    paired differences (t interval over seeds; one seed: its two chip intervals combined)."""
+    from scipy import stats
+
+    key = ["method", "sigma", "seed"]
+    a = sweep[sweep["status"] == "ok"][key + ["acc_mean", "acc_ci95_low", "acc_ci95_high"]]
+    b = recal[recal["status"] == "ok"][key + ["acc_mean", "acc_ci95_low", "acc_ci95_high"]]
+    both = a.merge(b, on=key, suffixes=("_without", "_with"))
+    out = []
+    for (m, s), g in both.groupby(["method", "sigma"], sort=False):
+        d = (g["acc_mean_with"] - g["acc_mean_without"]).to_numpy(float)
+        n = len(d)
+        if n > 1:
+            h = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+        else:
+            h = math.hypot(*((g[f"acc_ci95_high_{w}"] - g[f"acc_ci95_low_{w}"]).iloc[0] / 2 for w in ("with", "without")))
+        out.append({"method": m, "sigma": float(s), "seeds": n, "without": float(g["acc_mean_without"].mean()),
+                    "with": float(g["acc_mean_with"].mean()), "gain": (d.mean(), d.mean() - h, d.mean() + h, n)})
+    order = {m: k for k, m in enumerate(METHOD_ORDER)}
+    return sorted(out, key=lambda r: (r["sigma"], order.get(r["method"], len(order))))
+
+
 # --------------------------------------------------------------------------- loading
 def load_stage(out: Path, name: str, schema=None):
     """The valid rows of stage ``name``'s ledger (a sweep's unless ``schema`` says otherwise) as a
@@ -577,7 +603,31 @@ class Report:
             plot_variants(ok[np.isclose(ok["sigma"], s)], self.fig(fig), f"{name}, sigma {s:g}", numeric, xlabel, logx)
             self.add(f"![{name}](results/{fig})\n")
         self.ir_drop_summary(ok, st)
+        self.recal_summary(ok, st)
         self.add(f"Data: [{name}.csv]({self.copy_csv(self.out / name / 'results.csv', name + '.csv', EVAL_LEDGER)}).\n")
+
+    def recal_summary(self, ok, st: dict) -> None:
+        """For an evaluate stage whose variants recalibrate BatchNorm per chip (``bn_recal_images``):
+        what it buys each method against the source sweep's own evaluation of the same runs
+        (:func:`recal_gains`), with its cost in images run through each chip."""
+        variants = {v["label"]: int(v["bn_recal_images"]) for v in st.get("variants", [])
+                    if int(v.get("bn_recal_images", 0) or 0) > 0 and v["label"] in set(ok["variant"])}
+        src = self.load(st.get("source", "")) if st.get("source") else None
+        if not variants or src is None:
+            return
+        test_images = (self.stage_cfg(st["source"]) or {}).get("base", {}).get("test_limit")
+        rows = []
+        for lab, images in variants.items():
+            for r in recal_gains(src, ok[ok["variant"] == lab]):
+                cost = f"{images} images per chip" + (f" ({images / test_images:.2f}x its {test_images}-image test pass)"
+                                                     if test_images else "")
+                rows.append([METHOD_NAMES.get(r["method"], r["method"]), f"{r['sigma']:g}", str(r["seeds"]),
+                             _pct(r["without"]), _pct(r["with"]), fmt_diff(r["gain"]), cost])
+        self.add("What per-chip BatchNorm recalibration buys (accuracy %, mean over seeds; gain in points "
+                 "[95 % paired t interval over seeds: the same runs on the same chips, without and with]; its "
+                 "cost is the unlabelled training images run through each chip before it is tested, with "
+                 "the statistics updated):\n")
+        self.add(md_table(["method", "sigma", "seeds", "without", "with", "gain", "cost"], rows) + "\n")
 
     def ir_drop_summary(self, ok, st: dict) -> None:
         """For an evaluate stage whose variants put the runs on crossbars with interconnect
