@@ -49,6 +49,18 @@ device_model = "rram1"
 epochs = 2
 
 [[stages]]
+name = "ctl"
+kind = "sweep"
+title = "controls beside"
+methods = "ovf_beta0"
+sigmas = "0.3"
+seeds = 2
+source = "repro"
+[stages.config]
+noise = "paper"
+device_model = "rram1"
+
+[[stages]]
 name = "dev"
 kind = "sweep"
 methods = "plain,nit"
@@ -177,6 +189,9 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     assert any("largest tile within 1 point" in ln for ln in ir)
     assert any(ln.startswith("| 50 / 50 ohm per segment, access 1000 ohm | gain calibrated |") for ln in ir)
     assert any(ln.startswith("| no wires | none |") for ln in ir)
+    ctl = "\n".join(_section(md, "controls beside"))  # a control stage beside the sweep it controls
+    assert "runs of plain, NIT (noise injection), OVF (NeFT), NIT + temperature (control) are those of stage `repro`" in ctl
+    assert "| 0.3 | OVF (NeFT) |" in ctl and "| OVF, beta = 0 (control) |" in ctl and "| 0 |" not in ctl
     recal = _section(md, "recal")  # the MLP has no BatchNorm: the same chips give the same accuracy
     assert any(ln.startswith("| NIT (noise injection) | 2 | 1 |") and "| +0.0 [" in ln
                and "16 images per chip (0.13x its 120-image test pass)" in ln for ln in recal), recal
@@ -297,6 +312,7 @@ def test_parse_overrides_types_and_refusals():
     ("[[stages]]\nname='a'\nkind='sweep'\nmethods='plain'\nsigmas='0'\nseeds=1\n"
      "[[stages]]\nname='e'\nkind='evaluate'\nsource='a'\n[[stages.variants]]\nlabel='x'\nepochs=3\n", "cannot change"),
     ("[[stages]]\nname='a'\nkind='sweep'\nmethods='plain'\nsigmas='0'\nseeds=1\nbogus=1\n", "bogus"),
+    ("[[stages]]\nname='a'\nkind='sweep'\nmethods='plain,nit_tmp'\nsigmas='0'\nseeds=1\n", "unknown method 'nit_tmp'"),
 ])
 def test_bad_suite_is_one_line_exit_2_nothing_written(tmp_path, capsys, text, msg):
     path = tmp_path / "bad.toml"

@@ -501,13 +501,25 @@ class Report:
                      "uncertainty for NeFT):\n")
             self.add(md_table(["method", "sigma", "EKL", "EKL of NIT", "NeFT is"], erows) + "\n")
 
-    def controls_section(self, df) -> None:
+    def controls_section(self, df, source: str | None = None) -> None:
         """Issue #21: what share of OVF's and IRS's advantage each control explains, and whether the
-        confidence and EKL findings survive the temperature control (:func:`control_shares`)."""
+        confidence and EKL findings survive the temperature control (:func:`control_shares`).
+        ``source``: a sweep of the same configuration whose runs of the methods this one lacks
+        (NIT, OVF, IRS) are taken, at this stage's sigmas, seed by seed."""
         has = set(df["method"])
         if not any(c in has for c, _ in CONTROLS):
             return
         self.add("#### What the controls explain\n")
+        src = self.load(source) if source else None
+        if src is not None:
+            sigmas = df["sigma"].to_numpy(float)
+            near = np.isclose(src["sigma"].to_numpy(float)[:, None], sigmas[None, :]).any(1)
+            take = src[~src["method"].isin(has) & near]
+            df = _pd().concat([df, take], ignore_index=True)
+            has = set(df["method"])
+            if len(take):
+                self.add(f"The runs of {', '.join(METHOD_NAMES.get(m, m) for m in _ordered(take['method'].unique()))} "
+                         f"are those of stage `{source}` (the same configuration and seeds).\n")
         self.add("Each control adds one ingredient of OVF to noise injection or takes one away from OVF: "
                  + "; ".join(f"*{METHOD_NAMES[c]}*: {what}" for c, what in CONTROLS if c in has)
                  + ". The *effect* is the ingredient's own difference (control - NIT, or OVF - control), "
@@ -1002,6 +1014,7 @@ def _build(out: Path, tmp_docs: Path, paper_csv, shown_out: Path | None = None,
             res = rep.sweep_section(name, xlabel, paper=paper_like)
             if res is not None and st.get("source"):
                 rep.compare_section(name, st["source"])
+                rep.controls_section(res[0], st["source"])
             elif res is not None:
                 rep.claims(res[0], paper_like)
                 rep.controls_section(res[0])

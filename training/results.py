@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run_config import DATASETS, ConfigError, RunConfig
+from .run_config import DATASETS, METHODS, ConfigError, RunConfig
 from .sweep import EVAL_LEDGER
 
 SUITES_DIR = Path(__file__).with_name("suites")
@@ -120,10 +120,15 @@ def _seeds(v: Any, where: str) -> tuple[int, ...]:
 
 def _methods(v: Any, where: str) -> tuple[str, ...]:
     if isinstance(v, str):
-        return tuple(m.strip() for m in v.split(",") if m.strip())
-    if isinstance(v, list) and all(isinstance(m, str) for m in v):
-        return tuple(v)
-    raise SuiteError(f"{where}: methods must be a text like \"plain,nit\" or a list of names, got {v!r}")
+        names = tuple(m.strip() for m in v.split(",") if m.strip())
+    elif isinstance(v, list) and all(isinstance(m, str) for m in v):
+        names = tuple(v)
+    else:
+        raise SuiteError(f"{where}: methods must be a text like \"plain,nit\" or a list of names, got {v!r}")
+    bad = [m for m in names if m not in METHODS]
+    if bad:  # refused before anything is written, not when the stage's turn comes
+        raise SuiteError(f"{where}: unknown method {bad[0]!r} (choose from {', '.join(METHODS)})")
+    return names
 
 
 def _typed(st: dict, key: str, kinds: tuple[type, ...], what: str, where: str, default: Any = None) -> Any:
