@@ -139,8 +139,9 @@ def test_nn_layers_read_through_the_wires_and_draw_fresh_chips_on_the_host():
 
 
 def test_chips_drawn_in_torch_read_through_the_same_wires():
-    """program_on_device solves the tiles in torch (the CUDA path, run here on the CPU): with an
-    ideal device it gives the host chip's effective conductances and outputs."""
+    """program_on_device reads through the same wires as the host (on the CPU its tiles go to the
+    Numba kernel; the torch solver, the CUDA path, is run here on the CPU as well): with an ideal
+    device it gives the host chip's effective conductances and outputs."""
     from cimsim.crossbar.circuit import effective_conductance_torch
     from cimsim.crossbar.mvm import crossbar_matmul_torch
     from cimsim.crossbar.program_torch import level_table, program_on_device
@@ -150,12 +151,22 @@ def test_chips_drawn_in_torch_read_through_the_same_wires():
     cfg = CrossbarConfig(tile_rows=8, tile_cols=12, device="ideal", input_clip=3.0, adc_bits=14, adc_range="full",
                          drive_end="last", sense_end="first", **WIRES)
     host = program(w, cfg, 0)
+    bare = program(w, cfg.replace(**NO_WIRES), 0)  # the same cells, read without wires
+    host_cells = (bare.g_pos_S, bare.g_neg_S)
     dm = cfg.device_model()
     dev = program_on_device(torch.from_numpy(w), cfg, dm, 0, 3.0, None, level_table(dm, cfg, torch.device("cpu")))
     top = host.g_pos_S.max()
     np.testing.assert_allclose(dev.g_pos.numpy(), host.g_pos_S, rtol=1e-9, atol=1e-9 * top)
     np.testing.assert_allclose(dev.g_neg.numpy(), host.g_neg_S, rtol=1e-9, atol=1e-9 * top)
     np.testing.assert_allclose(crossbar_matmul_torch(dev, torch.from_numpy(x)).numpy(), host.matmul(x), rtol=1e-6)
+    # the torch solver (the CUDA path) on the same layer: every tile shape of it (full, partial
+    # rows, partial columns) against the Numba kernel the CPU uses
+    from cimsim.crossbar.circuit import effective_layer_torch
+
+    gp, gn = torch.from_numpy(host_cells[0]), torch.from_numpy(host_cells[1])
+    for a_t, a_n in zip(effective_layer_torch(gp, gn, cfg.circuit, cfg.tile_rows, cfg.tile_cols, kernel="torch"),
+                        effective_layer_torch(gp, gn, cfg.circuit, cfg.tile_rows, cfg.tile_cols)):
+        np.testing.assert_allclose(a_t.numpy(), a_n.numpy(), rtol=1e-9, atol=1e-9 * top)
     g = torch.rand(2, 7, 5, dtype=torch.float64) * 4e-5
     c = cfg.circuit
     from cimsim.crossbar.circuit import CircuitNotConverged

@@ -323,99 +323,119 @@ def effective_conductance_S(g_S: np.ndarray, circuit: TileCircuit, rtol: float =
 
 
 # --------------------------------------------------------------------------- Numba
-@njit(cache=True, inline="always")
-def _ladder_line(x, out, n, first, r_seg, r_end):  # pragma: no cover - compiled
-    """``out[j] += r_seg * sum_k x[k] min(d_j, d_k) + r_end * sum_k x[k]`` along one line of ``n``
-    values (``d`` the segments from the line's end: ``j`` if ``first``, else ``n - 1 - j``)."""
-    total = 0.0
-    for k in range(n):
-        total += x[k]
-    acc = 0.0
-    suffix = total
-    for m in range(n):
-        j = m if first else n - 1 - m
-        if m > 0:
-            acc += suffix
-        out[j] += r_seg * acc + r_end * total
-        suffix -= x[j]
+#: LLVM may reorder sums (so reductions and the fused updates vectorise: about 7x on a 256x256
+#: tile) but assumes nothing about NaN or infinity. Results agree with the numpy twin to ~1e-13;
+#: the last bits may differ between CPUs of other vector widths, never between thread counts.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@njit(cache=True)
-def _apply_tile(p, s, out, row_buf, col_in, col_out, rr_, rc_, rd_, rs_, drive_first,
-                sense_first):  # pragma: no cover - compiled
-    """``out = p + s * (drop_row + rise_col)`` of the cell currents ``s * p`` (one tile, one input)."""
+@njit(cache=True, inline="always", fastmath=_FAST)
+def _row_pass(p, s, r, beta, update_p, ap, colsum, r_seg, r_end, drive_first):  # pragma: no cover - compiled
+    """First half of ``ap = M p`` (one tile, one drive), with CG's direction update fused in: ``p =
+    r + beta p`` when ``update_p``; then, with ``q = s p``, ``ap`` = the row-wire term (V) of every
+    cell and ``colsum`` (C,) = ``q`` summed over each column. A row's ladder is
+    ``r_seg sum_k q_k min(d_j, d_k) + r_end sum_k q_k``, ``d`` the segments from the driven end."""
     R, C = p.shape
-    for i in range(R):
-        for j in range(C):
-            row_buf[j] = s[i, j] * p[i, j]
-            out[i, j] = 0.0
-        _ladder_line(row_buf, out[i], C, drive_first, rr_, rd_)
     for j in range(C):
-        for i in range(R):
-            col_in[i] = s[i, j] * p[i, j]
-            col_out[i] = 0.0
-        _ladder_line(col_in, col_out, R, sense_first, rc_, rs_)
-        for i in range(R):
-            out[i, j] = p[i, j] + s[i, j] * (out[i, j] + col_out[i])
+        colsum[j] = 0.0
+    for i in range(R):
+        total = 0.0
+        for j in range(C):
+            if update_p:
+                p[i, j] = r[i, j] + beta * p[i, j]
+            qv = s[i, j] * p[i, j]
+            ap[i, j] = qv
+            total += qv
+            colsum[j] += qv
+        acc = 0.0
+        suffix = total  # sum of q from the node on: each segment carries it
+        base = r_end * total
+        for m in range(C):
+            j = m if drive_first else C - 1 - m
+            if m > 0:
+                acc += suffix
+            qv = ap[i, j]
+            ap[i, j] = r_seg * acc + base
+            suffix -= qv
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, inline="always", fastmath=_FAST)
+def _col_pass(p, s, ap, colsum, acc, suffix, r_seg, r_end, sense_first):  # pragma: no cover - compiled
+    """Second half of ``ap = M p``: ``ap = p + s (row term + column term)``, the column ladders of
+    ``q = s p`` run for all columns at once (row by row from the sensed end, so the inner loop is
+    contiguous). Returns ``p . ap``."""
+    R, C = p.shape
+    for j in range(C):
+        acc[j] = 0.0
+        suffix[j] = colsum[j]
+    pap = 0.0
+    for m in range(R):
+        i = m if sense_first else R - 1 - m
+        for j in range(C):
+            if m > 0:
+                acc[j] += suffix[j]
+            v = p[i, j] + s[i, j] * (ap[i, j] + r_seg * acc[j] + r_end * colsum[j])
+            ap[i, j] = v
+            pap += p[i, j] * v
+            suffix[j] -= s[i, j] * p[i, j]
+    return pap
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
 def _effective_kernel(s, rr_, rc_, rd_, rs_, drive_first, sense_first, rtol, max_iter, a_out,
                       iters):  # pragma: no cover - compiled
-    """The effective matrix of one tile by conjugate gradients, one unit drive (row) per parallel
-    task: ``s`` (R, C) the square roots of the cells' conductances (access device included);
-    ``a_out`` (R, C); ``iters`` (R,) the iterations each took (-1: not converged)."""
+    """The effective matrix of one tile by conjugate gradients on ``M = 1 + s K s``, one unit drive
+    (row) per parallel task, three fused passes per iteration: ``s`` (R, C) the square roots of the
+    cells' conductances (access device included); ``a_out`` (R, C); ``iters`` (R,) the iterations
+    each took (-1: not converged)."""
     R, C = s.shape
     for i0 in prange(R):
         x = np.zeros((R, C))
         r = np.zeros((R, C))
-        p = np.empty((R, C))
+        p = np.zeros((R, C))
         ap = np.empty((R, C))
-        row_buf = np.empty(C)
-        col_in = np.empty(R)
-        col_out = np.empty(R)
+        colsum = np.empty(C)
+        acc = np.empty(C)
+        suffix = np.empty(C)
         bb = 0.0
         for j in range(C):
-            x[i0, j] = s[i0, j]
+            p[i0, j] = s[i0, j]  # b: row i0 at 1 V, scaled; x0 = b, the IR-free currents
             bb += s[i0, j] * s[i0, j]
-        _apply_tile(x, s, ap, row_buf, col_in, col_out, rr_, rc_, rd_, rs_, drive_first, sense_first)
+        _row_pass(p, s, r, 0.0, False, ap, colsum, rr_, rd_, drive_first)
+        _col_pass(p, s, ap, colsum, acc, suffix, rc_, rs_, sense_first)
         rr = 0.0
         for i in range(R):
             for j in range(C):
                 b = s[i, j] if i == i0 else 0.0
+                x[i, j] = b
                 r[i, j] = b - ap[i, j]
                 p[i, j] = r[i, j]
                 rr += r[i, j] * r[i, j]
         done = -1
+        beta = 0.0
         for it in range(max_iter + 1):
             if rr <= rtol * rtol * max(bb, 1e-300):
                 done = it
                 break
             if it == max_iter:
                 break
-            _apply_tile(p, s, ap, row_buf, col_in, col_out, rr_, rc_, rd_, rs_, drive_first, sense_first)
-            pap = 0.0
-            for i in range(R):
-                for j in range(C):
-                    pap += p[i, j] * ap[i, j]
-            alpha = rr / max(pap, 1e-300)
+            _row_pass(p, s, r, beta, it > 0, ap, colsum, rr_, rd_, drive_first)
+            alpha = rr / max(_col_pass(p, s, ap, colsum, acc, suffix, rc_, rs_, sense_first), 1e-300)
             rr_new = 0.0
             for i in range(R):
                 for j in range(C):
                     x[i, j] += alpha * p[i, j]
-                    r[i, j] -= alpha * ap[i, j]
-                    rr_new += r[i, j] * r[i, j]
+                    rv = r[i, j] - alpha * ap[i, j]
+                    r[i, j] = rv
+                    rr_new += rv * rv
             beta = rr_new / max(rr, 1e-300)
-            for i in range(R):
-                for j in range(C):
-                    p[i, j] = r[i, j] + beta * p[i, j]
             rr = rr_new
         iters[i0] = done
         for j in range(C):
-            acc = 0.0
-            for i in range(R):
-                acc += s[i, j] * x[i, j]
-            a_out[i0, j] = acc
+            a_out[i0, j] = 0.0
+        for i in range(R):
+            for j in range(C):
+                a_out[i0, j] += s[i, j] * x[i, j]
 
 
 def effective_conductance_numba(g_S: np.ndarray, circuit: TileCircuit, rtol: float = 1e-12,
@@ -574,14 +594,22 @@ def effective_layer_S(g_pos_S: np.ndarray, g_neg_S: np.ndarray, circuit: TileCir
 
 
 def effective_layer_torch(g_pos: "torch.Tensor", g_neg: "torch.Tensor", circuit: TileCircuit, tile_rows: int,
-                          tile_cols: int) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """:func:`effective_layer_S` in torch on the tensors' device (float64): the tiles of one shape
-    are solved as one stack by :func:`effective_conductance_torch`."""
+                          tile_cols: int, kernel: str = "auto") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """:func:`effective_layer_S` for tensors, on their device (float64): the tiles of one shape are
+    solved as one stack by :func:`effective_conductance_torch` (``kernel`` ``torch``, and ``auto``
+    off the CPU); ``auto`` on the CPU hands the layer to :func:`effective_layer_S` (the Numba
+    kernel: the batched torch solve of a 256x256 tile was measured 80x slower there)."""
     import torch
 
     S, n_in, n_out = g_pos.shape
     if circuit.is_ideal:
         return g_pos, g_neg
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"kernel must be 'auto' or 'torch', got {kernel!r}")
+    if kernel == "auto" and g_pos.device.type == "cpu":
+        a_pos, a_neg = effective_layer_S(g_pos.detach().to(torch.float64).numpy(),
+                                         g_neg.detach().to(torch.float64).numpy(), circuit, tile_rows, tile_cols)
+        return torch.from_numpy(a_pos).to(g_pos.dtype), torch.from_numpy(a_neg).to(g_neg.dtype)
     cells = torch.stack([g_pos, g_neg], 1).permute(2, 3, 0, 1).reshape(n_in, -1).to(torch.float64)
     out = torch.empty_like(cells)
     groups: dict[tuple[int, int], list[tuple[slice, slice]]] = {}
