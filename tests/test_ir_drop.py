@@ -298,3 +298,18 @@ def test_output_gain_survives_a_state_dict_and_old_checkpoints_still_load():
     other.load_state_dict(old)
     with pytest.raises(RuntimeError, match="tile_rows"):
         CIMLinear.from_module(torch.nn.Linear(30, 5), cfg.replace(tile_rows=8), seed=3).load_state_dict(state)
+
+
+def test_smallest_solve_interval_within_a_step_budget_matches_a_search():
+    """The bench's amortisation: the smallest n with (T_solve + (n - 1) T_reuse) / n <= budget,
+    against a linear search; 1 when a solve fits the budget, inf when a reused step does not."""
+    from cimsim.bench.ir_drop import _solve_every_for
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        budget, solve, reuse = rng.uniform(0.01, 1.0), rng.uniform(0.01, 20.0), rng.uniform(0.0, 0.99)
+        reuse *= budget
+        n = next(k for k in range(1, 10 ** 6) if (solve + (k - 1) * reuse) / k <= budget * (1 + 1e-12))
+        assert _solve_every_for(budget, solve, reuse) == n
+    assert _solve_every_for(1.0, 0.5, 0.2) == 1.0
+    assert _solve_every_for(1.0, 5.0, 1.0) == float("inf")

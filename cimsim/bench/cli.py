@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             TARGET_LAYER_RATIO, TARGET_STEP_RATIO, bench_ir_drop, bench_ir_drop_layer, bench_ir_drop_training_step,
         )
 
-        bench_ir_drop((64, 128) if a.quick else (64, 128, 256))
+        bench_ir_drop((64, 128) if a.quick else (64, 128, 256, 512))
         if not a.quick:
             ok &= all(r["ratio"] <= TARGET_LAYER_RATIO for r in bench_ir_drop_layer())
             ok &= bench_ir_drop_training_step()["ratio"] <= TARGET_STEP_RATIO
