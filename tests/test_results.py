@@ -200,6 +200,11 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     controls = md.split("#### What the controls explain")[1].split("###")[0]
     assert "| 0.3 | OVF (NeFT) |" in controls and "NIT + temperature (control)" in controls
     assert "claim vs NIT + T" in controls and "| 0 |" not in controls  # sigma 0 has nothing to explain
+    repro = md.split("#### The paper's claims, checked")[1].split("####")[0]
+    assert sum(ln.startswith("| OVF beats NIT |") or ln.startswith("| **headline**: OVF beats NIT at sigma 0.3 |")
+               for ln in repro.splitlines()) == 1  # the headline's sigma is not stated twice
+    authors = md.split("The authors' VGG-8 / MNIST numbers")[1].split("Expected KL")[0]
+    assert "| OVF (NeFT) |" in authors and "(control)" not in authors  # the paper ran no control
     files = {p.name for p in (docs / "results").iterdir()}
     assert {"repro_accuracy.png", "repro.csv", "repro_summary.csv", "xbar.csv", "wv_budget.csv",
             "cost_nit_pareto.png", "cost_nit_pareto.csv"} <= files
