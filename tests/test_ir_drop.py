@@ -313,3 +313,63 @@ def test_smallest_solve_interval_within_a_step_budget_matches_a_search():
         assert _solve_every_for(budget, solve, reuse) == n
     assert _solve_every_for(1.0, 0.5, 0.2) == 1.0
     assert _solve_every_for(1.0, 5.0, 1.0) == float("inf")
+
+
+def test_per_step_calibration_reads_the_nominal_chip_through_the_last_solve(monkeypatch):
+    """Calibration at every training step (the crossbar backend's ``"batch"`` mode) with
+    ir_fresh_solve_every = 3: the nominal chip is solved exactly at calibrations 1, 4, ... and read
+    through that solve in between (ADC ranges of the read-through chip, not of an exact solve);
+    an ordinary calibration is always exact; without reuse every step would solve."""
+    import cimsim.crossbar.circuit as circuit
+    from cimsim.crossbar.circuit import read_through_solve
+    from cimsim.nn import CIMLinear
+
+    solves = []
+    real = circuit.effective_layer_S
+    monkeypatch.setattr(circuit, "effective_layer_S", lambda *a, **k: solves.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 4)
+    cfg = CrossbarConfig(tile_rows=8, tile_cols=8, device="rram", ir_fresh_solve_every=3, adc_per_column=True, **WIRES)
+    layer = CIMLinear.from_module(lin, cfg, seed=7, mode="fresh")
+    ideal = layer._device_models()[1]
+    rows = torch.rand(64, 12)
+
+    def nominal(config, solved=None):  # the nominal chip of the current weights, calibrated on rows
+        arr = program(layer.weight_matrix().detach().double().numpy(), config, 0, device_model=ideal)
+        if solved is not None:
+            own = program(layer.weight_matrix().detach().double().numpy(), config.replace(**NO_WIRES), 0,
+                          device_model=ideal)
+            arr.g_pos_S = read_through_solve(own.g_pos_S, *solved[0])
+            arr.g_neg_S = read_through_solve(own.g_neg_S, *solved[1])
+            arr._cache.clear()
+        arr.calibrate(rows.double().numpy())
+        return np.asarray(arr.adc_range)
+
+    kept = None
+    for step in range(6):
+        with torch.no_grad():
+            lin_w = layer.weight
+            lin_w.add_(0.05 * torch.randn(lin_w.shape, generator=torch.Generator().manual_seed(step)))
+        before = len(solves)
+        layer.calibrate_rows(rows, reuse_ir_solve=True)
+        got = layer.adc_range.double().numpy()
+        if step % 3 == 0:
+            assert len(solves) == before + 1
+            np.testing.assert_allclose(got, nominal(cfg), rtol=1e-9)
+            exact = program(layer.weight_matrix().detach().double().numpy(), cfg, 0, device_model=ideal)
+            own = program(layer.weight_matrix().detach().double().numpy(), cfg.replace(**NO_WIRES), 0,
+                          device_model=ideal)
+            kept = ((own.g_pos_S, exact.g_pos_S), (own.g_neg_S, exact.g_neg_S))
+        else:
+            assert len(solves) == before
+            np.testing.assert_allclose(got, nominal(cfg, kept), rtol=1e-9)
+            assert not np.allclose(got, nominal(cfg), rtol=1e-6)
+    before = len(solves)
+    layer.calibrate_rows(rows)  # an ordinary calibration (epoch end, evaluation): exact
+    assert len(solves) == before + 1
+    np.testing.assert_allclose(layer.adc_range.double().numpy(), nominal(cfg), rtol=1e-9)
+    every = CIMLinear.from_module(lin, cfg.replace(ir_fresh_solve_every=1), seed=7, mode="fresh")
+    before = len(solves)
+    for _ in range(3):
+        every.calibrate_rows(rows, reuse_ir_solve=True)
+    assert len(solves) == before + 3

@@ -347,7 +347,9 @@ class CrossbarNoise(Variation):
     ``calibration="batch"`` (default) also re-calibrates, in every training forward, each layer
     from the rows of its own input in that forward (at most :data:`BATCH_CALIBRATION_ROWS`, evenly
     spaced): ranges track the weights step by step, as batch statistics do in BatchNorm (and as
-    aihwkit's per-batch noise/bound management does); these overwrite the model's calibration, so
+    aihwkit's per-batch noise/bound management does; with interconnect resistance the nominal chip
+    reads through its last exact solve, solved again every ``ir_fresh_solve_every`` steps, as fresh
+    chips do); these overwrite the model's calibration, so
     call :meth:`calibrate` again before evaluating chips (a run does, at every epoch end). ``"epoch"`` keeps one calibration per epoch;
     measured on digits (MLP, Adam lr 5e-3, ideal device, 8-bit ADC) the ranges set at
     initialisation go stale within the first epoch: the loss stays at ~2.2 for its 25 steps (the
@@ -470,7 +472,7 @@ def _calibrate_on_input(layer: CIMModule, args: tuple) -> None:
     rows = layer.input_rows(args[0].detach())
     if rows.shape[0] > BATCH_CALIBRATION_ROWS:
         rows = rows[torch.linspace(0, rows.shape[0] - 1, BATCH_CALIBRATION_ROWS, device=rows.device).long()]
-    layer.calibrate_rows(rows)
+    layer.calibrate_rows(rows, reuse_ir_solve=True)
 
 
 def _draw_seed(generator: torch.Generator) -> int:

@@ -59,6 +59,13 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+
+def _host_solve(arr: ProgrammedArray):
+    """A host chip's exact interconnect solve, ((G+ cells, G- cells), (G+ eff, G- eff)); None without wires."""
+    if arr.g_cells_pos_S is None:
+        return None
+    return (arr.g_cells_pos_S, arr.g_cells_neg_S), (arr.g_pos_S, arr.g_neg_S)
+
 class CIMModule(nn.Module, metaclass=abc.ABCMeta):
     """Base of the crossbar layers: mode, seeds, chips, calibration and state-dict handling.
 
@@ -230,12 +237,14 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
             solved = arr.ir_solved
         else:
             arr = self._program(seed, ir_solved=reuse)
-            solved = None
-            if reuse is None and arr.g_cells_pos_S is not None:
-                solved = ((arr.g_cells_pos_S, arr.g_cells_neg_S), (arr.g_pos_S, arr.g_neg_S))
-        if solved is not None and self.config.ir_fresh_solve_every > 1:
-            self._ir_solved[ir_key] = [0, solved]  # [draws read through it so far, solve]
+            solved = _host_solve(arr) if reuse is None else None
+        self._keep_ir_solve(ir_key, solved)
         return arr
+
+    def _keep_ir_solve(self, key: tuple, solved) -> None:
+        """Keep an exact solve (cells, effective conductances) for the next draws of ``key``."""
+        if solved is not None and self.config.ir_fresh_solve_every > 1:
+            self._ir_solved[key] = [0, solved]  # [draws read through it so far, solve]
 
     def _ir_reuse(self, key: tuple):
         """The layer's last exact solve for ``key`` (where the chip is drawn, the device model and its
@@ -274,10 +283,17 @@ class CIMModule(nn.Module, metaclass=abc.ABCMeta):
         """Set input clip and ADC ranges from layer inputs ``x`` (the layer's input shape)."""
         self.calibrate_rows(self.input_rows(x.detach()))
 
-    def calibrate_rows(self, rows: torch.Tensor) -> None:
+    def calibrate_rows(self, rows: torch.Tensor, reuse_ir_solve: bool = False) -> None:
         """Set input clip and ADC ranges from array input rows (N, n_in): the config's percentile of
-        |x| and of the nominal partial sums (:meth:`ProgrammedArray.calibrate`)."""
-        nominal = self._program(0, nominal=True)
+        |x| and of the nominal partial sums (:meth:`ProgrammedArray.calibrate`). With interconnect
+        resistance the nominal chip is solved exactly; ``reuse_ir_solve`` (calibration at every
+        training step) lets it read through the last exact nominal solve as fresh draws do, every
+        ``config.ir_fresh_solve_every``-th calibration solved again."""
+        key = ("nominal",)
+        reuse = self._ir_reuse(key) if reuse_ir_solve else None
+        nominal = self._program(0, nominal=True, ir_solved=reuse)
+        if reuse is None:  # an exact solve serves the next per-step calibrations
+            self._keep_ir_solve(key, _host_solve(nominal))
         x = rows.detach().to("cpu", torch.float64).numpy()
         nominal.calibrate(x)
         if self.config.output_gain_calibration:  # kept for each chip's gain (evenly spaced rows)
