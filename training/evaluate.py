@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cimsim.nn import CIMModule
 from cimsim.progress import Progress
 from cimsim.seeds import chip_seed
 
@@ -388,8 +389,9 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     the simulated crossbar) or ``{"read_time_s": 86400}``. When the backend changes to or from
     ``crossbar``, only the float weights, biases and BatchNorm entries of ``best.pt`` are loaded
     (:func:`training.variation.float_state`) and a crossbar model is calibrated (input clips, ADC
-    ranges) on training images as training does (``calibrate=False`` skips that: a check that the
-    run loads); the returned config is the overridden one.
+    ranges) on training images as training does; so is a crossbar run evaluated with per-output
+    gain calibration, whose calibration rows its checkpoint does not carry (``calibrate=False``
+    skips both: a check that the run loads); the returned config is the overridden one.
     """
     from .run_config import RunConfig
     from .data import load_dataset
@@ -411,9 +413,17 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     if prepare is not None:
         model = prepare(model)
     load_best(run_dir, model, dev, trained, cfg)
-    if calibrate and trained.noise != "crossbar" and cfg.noise == "crossbar":
+    if calibrate and cfg.noise == "crossbar" and (trained.noise != "crossbar" or _needs_gain_rows(model)):
         variation.calibrate(model, load_splits(cfg)[0], cfg.batch_size)
     return cfg, model, variation, test, dev
+
+
+def _needs_gain_rows(model: nn.Module) -> bool:
+    """A crossbar model whose config calibrates every chip's output gain, loaded without the
+    calibration rows that takes (a checkpoint carries input clips and ADC ranges, not the rows):
+    it is calibrated again, as its training run did after its last epoch."""
+    return any(m.config.output_gain_calibration and m._gain_rows is None
+               for m in model.modules() if isinstance(m, CIMModule))
 
 
 def mc_chunk(run_dir: str, chip_ids: list[int], sigma: float | None, torch_device: str | None, threads: int,

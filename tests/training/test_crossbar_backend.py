@@ -229,3 +229,26 @@ def test_a_circuit_that_does_not_converge_is_one_line_and_leaves_nothing(tmp_pat
     assert rc == 2 and err.count("\n") == 0
     assert "after 1 iterations" in err and "r_row_segment_ohm = 50" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.toml"]
+
+
+def test_a_crossbar_run_evaluates_with_output_gain_calibration(tmp_path, fast_cfg):
+    """A run trained on the crossbar, evaluated with per-output gain calibration turned on: its
+    checkpoint carries input clips and ADC ranges but not the calibration rows each chip's gain
+    is fitted on, so the model is calibrated again on the training images (giving back the
+    checkpoint's ranges exactly); without the override nothing is recalibrated."""
+    from training.evaluate import evaluate_run, load_run
+
+    cfg = fast_cfg.replace(method="nit", noise="crossbar", device_model="rram", sigma=1.0, epochs=1, eval_chips=2,
+                           torch_device="cpu")
+    run(cfg, tmp_path / "r", quiet=True)
+    gain = CrossbarConfig(output_gain_calibration=True).save(tmp_path / "gain.toml")
+    state = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
+    _, m, _, _, _ = load_run(tmp_path / "r", "cpu", {"crossbar_config": str(gain)})
+    layers = [layer for _, layer in cim_layers(m)]
+    assert all(layer._gain_rows is not None for layer in layers)
+    for name, layer in cim_layers(m):
+        assert torch.equal(layer.adc_range, state[f"{name}.adc_range"]), name
+    _, own, _, _, _ = load_run(tmp_path / "r", "cpu")
+    assert all(layer._gain_rows is None for _, layer in cim_layers(own))
+    res = evaluate_run(tmp_path / "r", chips=2, overrides={"crossbar_config": str(gain)}, threads=1)
+    assert 0.1 < res.metrics["acc_mean"] <= 1.0
