@@ -138,6 +138,9 @@ def suite_run(tmp_path_factory):
                            r_access_ohm=1000.0 if wires else 0.0, output_gain_calibration=gain).save(f)
             stage.append(f'  [[stages.variants]]\n  label = "{tile}, {wires:g}, {gain}"\n  noise = "crossbar"\n'
                          f'  crossbar_config = "{f}"')
+    stage.append('\n[[stages]]\nname = "ir_wired"\nkind = "evaluate"\nsource = "dev"\nmethods = ["nit"]\nchips = 2')
+    stage.append(f'  [[stages.variants]]\n  label = "32, 50, False"\n  noise = "crossbar"\n'
+                 f'  crossbar_config = "{root / "t32_50_False.toml"}"')  # no wire-free variant beside it
     path.write_text(TINY + "\n".join(stage) + "\n")
     out = root / "results"
     rc = results.main(["run", "--suite", str(path), "--out", str(out), "--workers", "0"])
@@ -189,6 +192,10 @@ def test_report_writes_tables_verdicts_and_figures(suite_run, tmp_path):
     assert any("largest tile within 1 point" in ln for ln in ir)
     assert any(ln.startswith("| 50 / 50 ohm per segment, access 1000 ohm | gain calibrated |") for ln in ir)
     assert any(ln.startswith("| no wires | none |") for ln in ir)
+    wired = _section(md, "ir_wired")
+    assert any(ln.startswith("| 50 / 50 ohm per segment, access 1000 ohm | none |") and "no wire-free variant" in ln
+               for ln in wired), wired
+    assert "#### The paper's claims" not in "\n".join(_section(md, "longer"))  # one method: no claim to check
     ctl = "\n".join(_section(md, "controls beside"))  # a control stage beside the sweep it controls
     assert "runs of plain, NIT (noise injection), OVF (NeFT), NIT + temperature (control) are those of stage `repro`" in ctl
     assert "| 0.3 | OVF (NeFT) |" in ctl and "| OVF, beta = 0 (control) |" in ctl and "| 0 |" not in ctl

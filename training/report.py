@@ -481,6 +481,8 @@ class Report:
             for s in sigmas:
                 if s > 0 and not (s == key and (a, b) in (("ovf", "nit"), ("irs", "nit"))):  # stated above
                     add(claim, a, b, s, paper_diff(a, b, s))
+        if not rows:  # a single method: nothing to compare
+            return
         self.add("#### The paper's claims, checked\n" if paper_like else "#### The paper's claims on this noise\n")
         self.add("Difference of accuracy over chips, percentage points, mean over seeds [95 % Welch interval over "
                  "seeds; with one seed, the two runs' chip intervals combined, which leave training randomness out, "
@@ -693,6 +695,8 @@ class Report:
                     wire = ("no wires" if not any(ohms) else
                             f"{ohms[0]:g} / {ohms[1]:g} ohm per segment, access {ohms[2]:g} ohm"
                             + (f", driver {ohms[3]:g}, sense {ohms[4]:g} ohm" if ohms[3] or ohms[4] else ""))
+                    if not any(b is not None and b == b for b in base.values()):
+                        best = "no wire-free variant"  # nothing to be within 1 point of
                     rows.append([wire, "gain calibrated" if gain else "none"] + cells + [best if any(ohms) else "–"])
                 self.add(f"{METHOD_NAMES.get(m, m)}, sigma {s:g}:\n")
                 self.add(md_table(["wires (row / column)", "compensation"] + [f"{r}x{c}" for r, c in tiles]
