@@ -59,12 +59,12 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-
 def _host_solve(arr: ProgrammedArray):
     """A host chip's exact interconnect solve, ((G+ cells, G- cells), (G+ eff, G- eff)); None without wires."""
     if arr.g_cells_pos_S is None:
         return None
     return (arr.g_cells_pos_S, arr.g_cells_neg_S), (arr.g_pos_S, arr.g_neg_S)
+
 
 class CIMModule(nn.Module, metaclass=abc.ABCMeta):
     """Base of the crossbar layers: mode, seeds, chips, calibration and state-dict handling.
