@@ -132,13 +132,21 @@ def _die_once(i, marker):
     return 10 * i
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_leaves_valid_csv_and_resume_finishes(tmp_path):
     # 16 cells of ~0.3 s: seconds of work left after the first row, so a poller starved by a loaded
     # machine still interrupts the sweep (with 6 cells one CI run saw it finish first)
     out = tmp_path / "sw"
     args = TINY + ["--methods", "plain,nit", "--seeds", "8", "--out", str(out), "--workers", "1"]
     cmd = [sys.executable, "-m", "training.sweep", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: the child starts with SIGINT at its default (so Python turns
+    # it into KeyboardInterrupt) and unblocked, whatever the test process inherited or set
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (out / "results.csv").exists() and len(_statuses(out / "results.csv")) >= 1:
@@ -146,7 +154,7 @@ def test_ctrl_c_leaves_valid_csv_and_resume_finishes(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (proc.returncode, signal.getsignal(signal.SIGINT), err)
     assert "rerun with --resume" in err
     done = _statuses(out / "results.csv")  # parses: every row whole
     assert len(done) == len(set(done)) and all(s == "ok" for *_, s in done)
