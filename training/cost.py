@@ -19,9 +19,13 @@ settings) into ``pareto.csv``, ``pareto.json``, ``pareto.png`` and the tile conf
 keeps its finished variants in ``DIR/.pareto_progress.jsonl`` and the same command resumes.
 ``--write-verify-tol-uS`` adds the energy and latency of programming chip 0 with full write-verify
 (ISPP, :mod:`training.programming`) and that energy spread over ``--amortise`` inferences.
+``--set bn_recal_images=N`` recalibrates each chip's BatchNorm statistics on N training images
+before its test images (as ``training.evaluate`` does); those forwards are priced apart
+(``bn_recal`` in ``cost.json``), not as inferences.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,31 +44,62 @@ from .cli import Parser, UsageError
 
 def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images: int = 100,
              chips: Sequence[int] = (0,), write_verify_tol_S: float | None = None, sigma: float | None = None):
-    """``(InferenceCost, accuracy per chip, evaluated RunConfig, programming Cost or None)``: chips
-    ``chips`` of the run (as ``python -m training.evaluate`` numbers them) each read the first
-    ``images`` test images; the cost is per inference over all of them (array energy follows each
-    chip's conductances). ``write_verify_tol_S``: also the energy and latency of programming the
-    first chip with full write-verify (ISPP) to that tolerance (:func:`programming_cost`).
-    ``sigma``: the variation of the chips (default: the run's eval sigma)."""
-    from .evaluate import load_run
+    """``(InferenceCost, accuracy per chip, evaluated RunConfig, programming Cost or None,
+    recalibration dict or None)``: chips ``chips`` of the run (as ``python -m training.evaluate``
+    numbers them) each read the first ``images`` test images; the cost is per inference over all of
+    them (array energy follows each chip's conductances). ``write_verify_tol_S``: also the energy and
+    latency of programming the first chip with full write-verify (ISPP) to that tolerance
+    (:func:`programming_cost`). ``sigma``: the variation of the chips (default: the run's eval
+    sigma). With ``bn_recal_images`` (an override) and a model with BatchNorm, every chip first
+    recomputes its BatchNorm statistics from that many training images run through it, as
+    ``training.evaluate`` does; those forwards are priced apart (the dict: images per chip and
+    the energy and the pipelined latency of running them on one chip), never in the per-inference
+    cost."""
+    from .evaluate import batchnorm_layers, load_run, load_splits, recalibrated_batchnorm, recalibration_images
 
     cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides)
     sigma = cfg.eval_sigma_value if sigma is None else float(sigma)
     n = min(int(images), len(test))
+    recal_x = (recalibration_images(load_splits(cfg)[0], cfg.bn_recal_images, dev)
+               if cfg.bn_recal_images and batchnorm_layers(model) else None)
     model.eval()
-    accs = []
-    with recording(model, chip.accumulator_bits) as acts, torch.no_grad():
+    accs, totals, recal_totals = [], {}, {}
+    with torch.no_grad():
         for c in chips:
             the_chip = variation.chip(model, sigma, chip_seed(cfg.seed, int(c)))
-            correct = 0
-            for k in range(0, n, cfg.eval_batch_size):
-                x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
-                correct += int((variation.forward_chip(model, the_chip, x).argmax(1) == y).sum())
+
+            def forward(x, the_chip=the_chip):
+                return variation.forward_chip(model, the_chip, x)
+
+            with contextlib.ExitStack() as stack:
+                if recal_x is not None:
+                    with recording(model, chip.accumulator_bits) as recal_acts:
+                        stack.enter_context(recalibrated_batchnorm(model, forward, recal_x, cfg.eval_batch_size))
+                    _add_activity(recal_totals, recal_acts)
+                with recording(model, chip.accumulator_bits) as acts:
+                    correct = 0
+                    for k in range(0, n, cfg.eval_batch_size):
+                        x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
+                        correct += int((forward(x).argmax(1) == y).sum())
+                _add_activity(totals, acts)
             accs.append(correct / n)
     prog = None
     if write_verify_tol_S is not None:
         prog = programming_cost(model, variation, sigma, write_verify_tol_S, chip_seed(cfg.seed, int(chips[0])))
-    return price(list(acts.values()), chip), accs, cfg, prog
+    recal = None
+    if recal_totals:
+        rc = price(list(recal_totals.values()), chip).summary()
+        per_chip = int(recal_x.shape[0])
+        recal = {"images_per_chip": per_chip, "chips": len(chips),
+                 "energy_per_chip_J": rc["energy_J"] * per_chip,
+                 "latency_per_chip_s": rc["latency_s"] + (per_chip - 1) * rc["interval_s"]}
+    return price(list(totals.values()), chip), accs, cfg, prog, recal
+
+
+def _add_activity(totals: dict, acts: Mapping) -> None:
+    """Add one chip's recorded layer activities (name -> LayerActivity) into ``totals``."""
+    for name, a in acts.items():
+        totals[name] = totals[name] + a if name in totals else a
 
 
 def programming_cost(model, variation, sigma: float, tol_S: float, seed: int):
@@ -152,7 +187,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                   "crossbar_config": str(loaded)}
             tol = write_verify_tol_S if v["bits_per_cell"] not in programmed else None
             try:
-                cost, accs, _, prog = run_cost(run_dir, ov, chip, images, chips, tol, sigma)
+                cost, accs, _, prog, recal = run_cost(run_dir, ov, chip, images, chips, tol, sigma)
             except VariationError as e:  # e.g. more bits per cell than the device has levels
                 skipped.append({**v, "reason": str(e)})
                 _append_progress(progress, context, key, {"skipped": skipped[-1]})
@@ -170,6 +205,9 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                 wv = programmed[v["bits_per_cell"]]
                 rows[-1].update(write_verify_J=wv.energy_J, write_verify_s=wv.latency_s,
                                 write_verify_per_inference_J=wv.energy_J / amortise)
+            if recal is not None:
+                rows[-1].update(bn_recal_images_per_chip=recal["images_per_chip"],
+                                bn_recal_energy_per_chip_J=recal["energy_per_chip_J"])
             _append_progress(progress, context, key, {"row": rows[-1]})
             bar.update(1)
     if not rows:
@@ -344,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ns.sigma, axes, progress)
             files.update(more)
         else:
-            cost, accs, cfg, prog = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma)
+            cost, accs, cfg, prog, recal = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma)
             result = {"run": str(ns.run), "chips": list(chips), "images_per_chip": ns.images,
                       "sigma": cfg.eval_sigma_value if ns.sigma is None else ns.sigma,
                       "accuracy_per_chip": accs, "accuracy": float(np.mean(accs)), **cost.to_dict()}
@@ -352,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["write_verify"] = {"policy": "full", "algorithm": "ispp", "tolerance_S": tol_S,
                                           "chip": 0, **prog.to_dict(), "amortised_over_inferences": ns.amortise,
                                           "energy_per_inference_J": prog.energy_J / ns.amortise}
+            if recal is not None:
+                result["bn_recal"] = recal
             files.update({out / "cost.txt": cost.table() + "\n", out / "cost.csv": cost.to_csv(),
                           out / "cost.json": json.dumps(result, indent=1) + "\n"})
         write_outputs(files)
@@ -380,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"programming (full write-verify, ISPP, {tol:g} uS): {prog.energy_J * 1e6:.3f} uJ, "
                       f"{prog.latency_s:.3f} s; over {ns.amortise:g} inferences {prog.energy_J / ns.amortise * 1e9:.4f} "
                       "nJ per inference")
+            if recal is not None:
+                print(f"per-chip BatchNorm recalibration: {recal['images_per_chip']} training images per chip, "
+                      f"{recal['energy_per_chip_J'] * 1e6:.3f} uJ and {recal['latency_per_chip_s'] * 1e3:.3f} ms "
+                      "per chip (not in the per-inference cost)")
         print(f"written to {out}")
     return 0
 

@@ -129,3 +129,30 @@ def test_pareto_resumes_after_a_crash(run_dir, tmp_path, monkeypatch):
     variants = 7 + 3 + 1  # ADC bits, bits per cell (3 and 4 skipped: rram1 has 4 levels), tile 128
     assert len(rows) == variants - 2 and len(counted) == variants - finished  # only the unfinished ran
     assert not (out / tc.PROGRESS_FILE).exists()
+
+
+def test_batchnorm_recalibration_per_chip_matches_evaluate_and_is_priced_apart(tmp_path, capsys):
+    """``--set bn_recal_images=N`` recalibrates every chip as ``training.evaluate`` does (same
+    accuracy per chip), and its forwards are reported apart, not in the per-inference cost."""
+    from training.evaluate import evaluate_run
+
+    d = tmp_path / "vgg"
+    run(RunConfig(model="vgg8", dataset="digits", epochs=1, batch_size=32, train_limit=64, test_limit=48,
+                  eval_chips=1, val_chips=1, eval_batch_size=48, sigma=0.1, threads=1, seed=0), d, quiet=True)
+    out = tmp_path / "c"
+    assert main(["--run", str(d), "--images", "48", "--chips", "2", "--out", str(out),
+                 "--set", "bn_recal_images=32"]) == 0
+    assert "per-chip BatchNorm recalibration: 32 training images per chip" in capsys.readouterr().out
+    res = json.loads((out / "cost.json").read_text())
+    assert res["summary"]["images"] == 2 * 48  # the recalibration images are not inferences
+    assert res["bn_recal"]["images_per_chip"] == 32 and res["bn_recal"]["energy_per_chip_J"] > 0
+    ref = evaluate_run(d, chips=2, overrides={"noise": "crossbar", "bn_recal_images": 32})
+    assert res["accuracy_per_chip"] == pytest.approx(list(ref.acc_per_chip), abs=1e-12)
+    assert ref.metrics["bn_recal_images_per_chip"] == 32
+
+
+def test_batchnorm_recalibration_without_batchnorm_is_absent(run_dir, tmp_path):
+    out = tmp_path / "c"
+    assert main(["--run", str(run_dir), "--images", "16", "--out", str(out), "--quiet",
+                 "--set", "bn_recal_images=32"]) == 0
+    assert "bn_recal" not in json.loads((out / "cost.json").read_text())  # the MLP has no BatchNorm
