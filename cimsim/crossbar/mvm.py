@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cimsim.crossbar.mapping import quantize_inputs
 from cimsim.crossbar.readout import ChipReadout
 
 
@@ -272,12 +273,15 @@ def crossbar_matmul(arr: ChipReadout, x: np.ndarray, **kw) -> np.ndarray:
     return y[0] if one else y
 
 
-def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None) -> np.ndarray:
+def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None, clip: float | None = None,
+                 both_phases: bool | None = None) -> np.ndarray:
     """|Noise-free partial sums| of every tile read for inputs ``x`` (B, in), for ADC calibration.
 
     Returns (n_groups, n_reads, out) float32 where n_reads = phases x tiles x cycles x B
     (n_groups: slices, or slices x 2 sides for separate conversion); with ``group``, only that
-    column group's (n_reads, out), in 1/n_groups of the memory.
+    column group's (n_reads, out), in 1/n_groups of the memory. ``clip`` (default: the array's,
+    resolved on ``x``) and ``both_phases`` (default: whether any quantized input is negative) let
+    a caller that splits a batch read every part as the whole batch is read.
     """
     cfg = arr.config
     rows = min(cfg.tile_rows, arr.n_in)
@@ -286,8 +290,9 @@ def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None) -> n
     if group is not None:
         G = G[:, :, group * arr.n_out:(group + 1) * arr.n_out]
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    pos, neg, any_neg = _drive_torch(xt, arr.resolved_input_clip(x), cfg, G.shape[0], rows, torch.float32)
-    drives = (pos, neg) if any_neg else (pos,)
+    clip = arr.resolved_input_clip(x) if clip is None else clip
+    pos, neg, any_neg = _drive_torch(xt, clip, cfg, G.shape[0], rows, torch.float32)
+    drives = (pos, neg) if (any_neg if both_phases is None else both_phases) else (pos,)
     per = pos.shape[0] * pos.shape[1]  # reads of one phase
     P = torch.empty(len(drives) * per, G.shape[2])
     for i, d in enumerate(drives):  # written in place: no concatenated copy
@@ -295,3 +300,48 @@ def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None) -> n
     if group is not None:
         return P.numpy()
     return P.view(P.shape[0], n_groups, arr.n_out).permute(1, 0, 2).numpy()
+
+
+CALIBRATION_BYTES = int(os.environ.get("CIMSIM_CALIBRATION_BYTES", 256 * 2**20))
+
+
+def partial_sum_percentile(arr: ChipReadout, x: np.ndarray, group: int, q: float,
+                           per_column: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(percentile q, max)`` of column group ``group``'s |partial sums| (:func:`partial_sums`)
+    over every tile read of ``x`` (B, in): per column, shape (out,), or over the whole group,
+    shape (1,). When the group's partial sums fit in :data:`CALIBRATION_BYTES` this is
+    ``np.percentile`` on them. Larger batches are read in parts, each keeping only its largest
+    values that can still be the percentile's two neighbouring order statistics, so memory stays
+    bounded (a VGG-8 layer with a bit-serial DAC needed ~20 GB otherwise); the result is numpy's
+    linear interpolation between those two, equal to ``np.percentile`` up to rounding (tested)."""
+    cfg, B = arr.config, x.shape[0]
+    rows = min(cfg.tile_rows, arr.n_in)
+    tiles = -(-arr.n_in // rows)
+    clip = arr.resolved_input_clip(x)
+    both = any(bool((quantize_inputs(x[b0:b0 + 4096], clip, cfg.input_bits) < 0).any())  # as one read of
+               for b0 in range(0, B, 4096))                                              # the batch decides
+    reads_per_row = (2 if both else 1) * tiles * cfg.n_cycles
+    n_total = reads_per_row * B * (1 if per_column else arr.n_out)  # values per percentile
+    virtual = (n_total - 1) * (float(q) / 100.0)
+    lo = int(np.floor(virtual))
+    keep = n_total - lo  # the order statistics lo, lo + 1, ... : the only ones the result needs
+    row_bytes = reads_per_row * arr.n_out * 4
+    if B * row_bytes <= CALIBRATION_BYTES or keep * (arr.n_out if per_column else 1) * 4 > CALIBRATION_BYTES:
+        ps = partial_sums(arr, x, group)
+        if per_column:
+            return np.percentile(ps, q, axis=0), ps.max(axis=0)
+        return np.percentile(ps, q)[None], ps.max()[None]
+    step = max(1, CALIBRATION_BYTES // row_bytes)
+    kept = None
+    for b0 in range(0, B, step):
+        ps = partial_sums(arr, x[b0:b0 + step], group, clip=clip, both_phases=both)
+        vals = ps if per_column else ps.reshape(-1, 1)
+        vals = vals if kept is None else np.concatenate([kept, vals])
+        kept = np.partition(vals, vals.shape[0] - keep, axis=0)[vals.shape[0] - keep:] if vals.shape[0] > keep else vals
+        del ps, vals
+    kept = np.sort(kept, axis=0)
+    gamma = np.asarray(virtual - lo, dtype=kept.dtype)  # numpy interpolates in the data's dtype
+    a = kept[0]
+    b = kept[1] if keep > 1 else kept[0]
+    value = a + (b - a) * gamma if gamma < 0.5 else b - (b - a) * (1 - gamma)  # numpy's lerp
+    return np.asarray(value).reshape(-1), kept[-1].reshape(-1)

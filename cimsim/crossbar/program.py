@@ -157,7 +157,7 @@ class ProgrammedArray(ChipReadout):
         percentile of |partial sum| over every tile read of the batch, per column group (and per column
         when ``config.adc_per_column``), from the noise-free programmed conductances.
         """
-        from cimsim.crossbar.mvm import partial_sums
+        from cimsim.crossbar.mvm import partial_sum_percentile
 
         q = self.config.adc_percentile if percentile is None else percentile
         x = check_calibration_batch(x, self.n_in)
@@ -167,14 +167,9 @@ class ProgrammedArray(ChipReadout):
         if self.config.adc_range == "calibrated":
             r, top = [], []
             for k in range(self.n_groups):  # one column group at a time: bounded memory on large layers
-                ps = partial_sums(self, x, k)  # (n_reads, out): |partial sums| of group k
-                if self.config.adc_per_column:
-                    r.append(np.percentile(ps, q, axis=0))
-                    top.append(ps.max(axis=0))
-                else:
-                    r.append(np.percentile(ps, q)[None])
-                    top.append(ps.max()[None])
-                del ps
+                rk, tk = partial_sum_percentile(self, x, k, q, self.config.adc_per_column)
+                r.append(rk)
+                top.append(tk)
             r, top = np.stack(r), np.stack(top)
             r = np.where(r > 0, r, top)  # sparse sums (percentile 0, some non-zero): the largest seen
             self.adc_range = np.maximum(np.asarray(r, dtype=np.float64), 1.0)

@@ -866,10 +866,12 @@ def calibrate(model: nn.Module, loader: Iterable, batches: int | None = 8, max_r
 
     def recorder(name: str):
         def hook(layer: CIMModule, args) -> None:
-            rows = layer.input_rows(args[0].detach()).to("cpu", torch.float64)
+            # kept in the input's own dtype (float32 rows are exact in it; calibrate_rows widens them
+            # to float64): half the memory of float64 copies, which on VGG-8 took ~8 GB
+            rows = layer.input_rows(args[0].detach())
             if rows.shape[0] > per_batch:
-                rows = rows[torch.randperm(rows.shape[0], generator=gen)[:per_batch]]
-            seen[name].append(rows)
+                rows = rows[torch.randperm(rows.shape[0], generator=gen)[:per_batch].to(rows.device)]
+            seen[name].append(rows.to("cpu"))
         return hook
 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers]
@@ -890,11 +892,27 @@ def calibrate(model: nn.Module, loader: Iterable, batches: int | None = 8, max_r
     for name, layer in layers:
         if not seen[name]:
             raise RuntimeError(f"calibrate: layer {name!r} saw no input (is it used in forward? is the loader empty?)")
-        rows = torch.cat(seen[name])
-        if rows.shape[0] > max_rows:
-            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
+        rows = _take_rows(seen.pop(name), max_rows, gen)  # and the layer's recorded rows are freed
         layer.calibrate_rows(rows)
     return model
+
+
+def _take_rows(chunks: list[torch.Tensor], max_rows: int, gen: torch.Generator) -> torch.Tensor:
+    """The rows of ``torch.cat(chunks)``, or ``max_rows`` of them picked by ``torch.randperm(total,
+    generator=gen)`` when there are more, gathered without concatenating them all first."""
+    total = sum(c.shape[0] for c in chunks)
+    if total <= max_rows:
+        return torch.cat(chunks)
+    pick = torch.randperm(total, generator=gen)[:max_rows]
+    starts = torch.tensor([0] + [c.shape[0] for c in chunks]).cumsum(0)
+    which = torch.searchsorted(starts, pick, right=True) - 1  # chunk of each picked row
+    out = torch.empty((max_rows, *chunks[0].shape[1:]), dtype=chunks[0].dtype)
+    for k, c in enumerate(chunks):
+        sel = (which == k).nonzero().flatten()
+        if sel.numel():
+            out[sel] = c[pick[sel] - starts[k]]
+        chunks[k] = None  # free each chunk once gathered
+    return out
 
 
 __all__ = ["CIMModule", "CIMLinear", "CIMConv2d", "CIMConv1d", "CIMMultiheadAttention", "convert", "unconvert",
