@@ -273,75 +273,106 @@ def crossbar_matmul(arr: ChipReadout, x: np.ndarray, **kw) -> np.ndarray:
     return y[0] if one else y
 
 
-def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None, clip: float | None = None,
-                 both_phases: bool | None = None) -> np.ndarray:
+def partial_sums(arr: ChipReadout, x: np.ndarray, group: int | None = None) -> np.ndarray:
     """|Noise-free partial sums| of every tile read for inputs ``x`` (B, in), for ADC calibration.
 
     Returns (n_groups, n_reads, out) float32 where n_reads = phases x tiles x cycles x B
     (n_groups: slices, or slices x 2 sides for separate conversion); with ``group``, only that
-    column group's (n_reads, out), in 1/n_groups of the memory. ``clip`` (default: the array's,
-    resolved on ``x``) and ``both_phases`` (default: whether any quantized input is negative) let
-    a caller that splits a batch read every part as the whole batch is read.
+    column group's (n_reads, out), in 1/n_groups of the memory.
     """
-    cfg = arr.config
-    rows = min(cfg.tile_rows, arr.n_in)
-    G = _to_tiles(group_conductances(arr), rows, "cpu", torch.float32)  # (tiles, rows, groups * out)
-    n_groups = G.shape[2] // arr.n_out
+    reads = _CalibrationReads(arr, x)
+    drives = reads.drives(x)
     if group is not None:
-        G = G[:, :, group * arr.n_out:(group + 1) * arr.n_out]
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    clip = arr.resolved_input_clip(x) if clip is None else clip
-    pos, neg, any_neg = _drive_torch(xt, clip, cfg, G.shape[0], rows, torch.float32)
-    drives = (pos, neg) if (any_neg if both_phases is None else both_phases) else (pos,)
-    per = pos.shape[0] * pos.shape[1]  # reads of one phase
-    P = torch.empty(len(drives) * per, G.shape[2])
-    for i, d in enumerate(drives):  # written in place: no concatenated copy
-        torch.bmm(d, G, out=P[i * per:(i + 1) * per].view(pos.shape[0], pos.shape[1], G.shape[2])).abs_()
-    if group is not None:
-        return P.numpy()
-    return P.view(P.shape[0], n_groups, arr.n_out).permute(1, 0, 2).numpy()
+        return reads.group_sums(drives, group)
+    return np.stack([reads.group_sums(drives, k) for k in range(reads.n_groups)])
 
 
 CALIBRATION_BYTES = int(os.environ.get("CIMSIM_CALIBRATION_BYTES", 256 * 2**20))
 
 
-def partial_sum_percentile(arr: ChipReadout, x: np.ndarray, group: int, q: float,
-                           per_column: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(percentile q, max)`` of column group ``group``'s |partial sums| (:func:`partial_sums`)
-    over every tile read of ``x`` (B, in): per column, shape (out,), or over the whole group,
-    shape (1,). When the group's partial sums fit in :data:`CALIBRATION_BYTES` this is
-    ``np.percentile`` on them. Larger batches are read in parts, each keeping only its largest
-    values that can still be the percentile's two neighbouring order statistics, so memory stays
-    bounded (a VGG-8 layer with a bit-serial DAC needed ~20 GB otherwise); the result is numpy's
-    linear interpolation between those two, equal to ``np.percentile`` up to rounding (tested)."""
-    cfg, B = arr.config, x.shape[0]
-    rows = min(cfg.tile_rows, arr.n_in)
-    tiles = -(-arr.n_in // rows)
-    clip = arr.resolved_input_clip(x)
-    both = any(bool((quantize_inputs(x[b0:b0 + 4096], clip, cfg.input_bits) < 0).any())  # as one read of
-               for b0 in range(0, B, 4096))                                              # the batch decides
-    reads_per_row = (2 if both else 1) * tiles * cfg.n_cycles
-    n_total = reads_per_row * B * (1 if per_column else arr.n_out)  # values per percentile
+class _CalibrationReads:
+    """The noise-free tile reads of a calibration batch ``x`` (B, in): its input clip, whether its
+    quantized inputs need the negative DAC phase (decided for the whole batch, as one read of it
+    does), and the group-by-group partial sums of any part of it."""
+
+    def __init__(self, arr: ChipReadout, x: np.ndarray):
+        cfg = arr.config
+        self.arr, self.cfg, self.n_out = arr, cfg, arr.n_out
+        self.rows = min(cfg.tile_rows, arr.n_in)
+        self.G = _to_tiles(group_conductances(arr), self.rows, "cpu", torch.float32)  # (tiles, rows, groups * out)
+        self.n_tiles, self.n_groups = self.G.shape[0], self.G.shape[2] // arr.n_out
+        self.clip = arr.resolved_input_clip(x)
+        self.both = any(bool((quantize_inputs(x[b0:b0 + 4096], self.clip, cfg.input_bits) < 0).any())
+                        for b0 in range(0, x.shape[0], 4096))
+        self.phases = 2 if self.both else 1
+        self.reads_per_row = self.phases * self.n_tiles * cfg.n_cycles  # tile reads per input row
+
+    def drives(self, x: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The DAC drives of rows ``x``: one (tiles, cycles * B, rows) tensor per phase."""
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        pos, neg, _ = _drive_torch(xt, self.clip, self.cfg, self.n_tiles, self.rows, torch.float32)
+        return (pos, neg) if self.both else (pos,)
+
+    def group_sums(self, drives: tuple[torch.Tensor, ...], group: int) -> np.ndarray:
+        """(reads, out) float32 |partial sums| of column group ``group`` for ``drives``."""
+        Gk = self.G[:, :, group * self.n_out:(group + 1) * self.n_out]
+        shape = drives[0].shape
+        per = shape[0] * shape[1]  # reads of one phase
+        P = torch.empty(len(drives) * per, self.n_out)
+        for i, d in enumerate(drives):  # written in place: no concatenated copy
+            torch.bmm(d, Gk, out=P[i * per:(i + 1) * per].view(shape[0], shape[1], self.n_out)).abs_()
+        return P.numpy()
+
+
+def calibration_percentiles(arr: ChipReadout, x: np.ndarray, q: float,
+                            per_column: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(percentile q, max)`` of every column group's |partial sums| (:func:`partial_sums`) over
+    every tile read of ``x`` (B, in): (n_groups, out) per column, else (n_groups, 1). When a
+    group's partial sums fit in :data:`CALIBRATION_BYTES` this is ``np.percentile`` on them.
+    Larger batches are read in parts, each keeping only the values that can still be the
+    percentile's two neighbouring order statistics, so memory stays bounded (a VGG-8 layer with a
+    bit-serial DAC needed ~20 GB otherwise); the result is numpy's linear interpolation between
+    those two, equal to ``np.percentile`` within one float32 step (tested). The DAC drives of a
+    part are shared by its groups."""
+    reads, B, n_out = _CalibrationReads(arr, x), x.shape[0], arr.n_out
+    n_total = reads.reads_per_row * B * (1 if per_column else n_out)  # values per percentile
     virtual = (n_total - 1) * (float(q) / 100.0)
     lo = int(np.floor(virtual))
     keep = n_total - lo  # the order statistics lo, lo + 1, ... : the only ones the result needs
-    row_bytes = reads_per_row * arr.n_out * 4
-    if B * row_bytes <= CALIBRATION_BYTES or keep * (arr.n_out if per_column else 1) * 4 > CALIBRATION_BYTES:
-        ps = partial_sums(arr, x, group)
-        if per_column:
-            return np.percentile(ps, q, axis=0), ps.max(axis=0)
-        return np.percentile(ps, q)[None], ps.max()[None]
-    step = max(1, CALIBRATION_BYTES // row_bytes)
-    kept = None
+    group_row_bytes = reads.reads_per_row * n_out * 4
+    drive_row_bytes = reads.reads_per_row * reads.rows * 4
+    whole = B * group_row_bytes <= CALIBRATION_BYTES or keep * (n_out if per_column else 1) * 4 > CALIBRATION_BYTES
+    step = B if whole else max(1, CALIBRATION_BYTES // (group_row_bytes + drive_row_bytes))
+    r, top, kept = [], [], [None] * reads.n_groups
     for b0 in range(0, B, step):
-        ps = partial_sums(arr, x[b0:b0 + step], group, clip=clip, both_phases=both)
-        vals = ps if per_column else ps.reshape(-1, 1)
-        vals = vals if kept is None else np.concatenate([kept, vals])
-        kept = np.partition(vals, vals.shape[0] - keep, axis=0)[vals.shape[0] - keep:] if vals.shape[0] > keep else vals
-        del ps, vals
-    kept = np.sort(kept, axis=0)
-    gamma = np.asarray(virtual - lo, dtype=kept.dtype)  # numpy interpolates in the data's dtype
-    a = kept[0]
-    b = kept[1] if keep > 1 else kept[0]
-    value = a + (b - a) * gamma if gamma < 0.5 else b - (b - a) * (1 - gamma)  # numpy's lerp
-    return np.asarray(value).reshape(-1), kept[-1].reshape(-1)
+        drives = reads.drives(x[b0:b0 + step])
+        for k in range(reads.n_groups):
+            ps = reads.group_sums(drives, k)
+            if whole:
+                r.append(np.percentile(ps, q, axis=0) if per_column else np.percentile(ps, q)[None])
+                top.append(ps.max(axis=0) if per_column else ps.max()[None])
+            else:
+                kept[k] = _keep_largest(kept[k], ps if per_column else ps.reshape(-1), keep)
+            del ps
+        del drives
+    if whole:
+        return np.stack(r), np.stack(top)
+    gamma = virtual - lo
+    for k in range(reads.n_groups):
+        v = np.sort(kept[k], axis=0)
+        g = np.asarray(gamma, dtype=v.dtype)  # numpy interpolates in the data's dtype
+        a, b = v[0], v[1] if keep > 1 else v[0]
+        r.append(np.asarray(a + (b - a) * g if g < 0.5 else b - (b - a) * (1 - g)).reshape(-1))  # numpy's lerp
+        top.append(v[-1].reshape(-1))
+    return np.stack(r), np.stack(top)
+
+
+def _keep_largest(kept: np.ndarray | None, vals: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` largest of ``kept`` and ``vals`` along axis 0 (unsorted). Flat values below the
+    smallest kept one are dropped first: they cannot be among the largest."""
+    if kept is not None and vals.ndim == 1 and kept.shape[0] == keep:
+        vals = vals[vals >= kept.min()]
+    vals = vals if kept is None else np.concatenate([kept, vals])
+    if vals.shape[0] > keep:
+        vals = np.partition(vals, vals.shape[0] - keep, axis=0)[vals.shape[0] - keep:]
+    return vals

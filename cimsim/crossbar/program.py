@@ -157,7 +157,7 @@ class ProgrammedArray(ChipReadout):
         percentile of |partial sum| over every tile read of the batch, per column group (and per column
         when ``config.adc_per_column``), from the noise-free programmed conductances.
         """
-        from cimsim.crossbar.mvm import partial_sum_percentile
+        from cimsim.crossbar.mvm import calibration_percentiles
 
         q = self.config.adc_percentile if percentile is None else percentile
         x = check_calibration_batch(x, self.n_in)
@@ -165,12 +165,7 @@ class ProgrammedArray(ChipReadout):
             m = float(np.percentile(np.abs(x), q))
             self.input_clip = m if m > 0 else float(np.abs(x).max())
         if self.config.adc_range == "calibrated":
-            r, top = [], []
-            for k in range(self.n_groups):  # one column group at a time: bounded memory on large layers
-                rk, tk = partial_sum_percentile(self, x, k, q, self.config.adc_per_column)
-                r.append(rk)
-                top.append(tk)
-            r, top = np.stack(r), np.stack(top)
+            r, top = calibration_percentiles(self, x, q, self.config.adc_per_column)  # bounded memory
             r = np.where(r > 0, r, top)  # sparse sums (percentile 0, some non-zero): the largest seen
             self.adc_range = np.maximum(np.asarray(r, dtype=np.float64), 1.0)
         self._cache.pop("plan", None)
