@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -241,7 +240,6 @@ def test_converted_cnn_trains_on_digits_with_the_simulator_in_the_loop():
     model = convert(_cnn(0), NOISY, seed=0, mode="fresh")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = _gen(1)
-    t0 = time.perf_counter()
     losses = []
     for epoch in range(10):
         calibrate(model, [x_tr[:256]], batches=1)  # activations grow while training: re-calibrate
@@ -253,7 +251,6 @@ def test_converted_cnn_trains_on_digits_with_the_simulator_in_the_loop():
             loss.backward()
             opt.step()
             losses.append(loss.item())
-    assert time.perf_counter() - t0 < 60  # about 2 s on 2 idle cores; generous for a shared machine
     assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
     set_mode(model, "chip")
     program(model, 123)
