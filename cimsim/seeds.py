@@ -7,7 +7,8 @@
     |  |- chip_generator(chip, device)    torch generator of the weight-noise backends (paper, device)
     |  '- layer_seed(chip, l)             crossbar layer l of that chip (backbone order): its cells
     |     |- read_seed(layer, n)          n-th read of that array (read noise)
-    |     '- fresh_seed(layer, n)         n-th fresh draw of a layer in training ("fresh" mode)
+    |     |- fresh_seed(layer, n)         n-th fresh draw of a layer in training ("fresh" mode)
+    |     '- program_block_seed(layer, b) b-th row block of a layer too large to write-verify at once
     '- run_stream_seed(s, stream)      a training run's own streams (SHUFFLE, TRAIN_NOISE, VALIDATION,
                                        SENSITIVITY)
 
@@ -22,6 +23,8 @@ import numpy as np
 
 #: spawn key that separates an array's read stream from its other children
 READ_KEY = 0x5EAD
+#: spawn key of the row blocks of a layer write-verified in parts (training.programming)
+PROGRAM_BLOCK_KEY = 0xB10C
 #: a run's training streams (:func:`run_stream_seed`)
 SHUFFLE, TRAIN_NOISE, VALIDATION, SENSITIVITY = 1, 2, 3, 7
 _STREAM_BITS = {SHUFFLE: 32, TRAIN_NOISE: 64, VALIDATION: 32, SENSITIVITY: 32}
@@ -57,6 +60,11 @@ def read_seed(array_seed: int, n: int) -> int:
 def fresh_seed(layer: int, n: int) -> int:
     """Seed of the ``n``-th fresh array a training layer with seed ``layer`` draws."""
     return derive(layer, n)
+
+
+def program_block_seed(layer: int, block: int) -> int:
+    """Seed of row block ``block`` of a layer (seed ``layer``) write-verified in parts."""
+    return derive(layer, PROGRAM_BLOCK_KEY, block)
 
 
 def chip_generator(chip: int, device="cpu"):

@@ -408,7 +408,8 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     if cfg.test_limit:
         test = test.subset(slice(0, cfg.test_limit))
     variation = make_variation(cfg)
-    model = build_model(cfg.model, test.input_shape, test.num_classes, with_heads=cfg.uses_heads).to(dev)
+    model = build_model(cfg.model, test.input_shape, test.num_classes, with_heads=cfg.uses_heads,
+                        linear_init=cfg.linear_init).to(dev)
     prepare = getattr(variation, "prepare", None)  # backends that convert the model's layers (crossbar)
     if prepare is not None:
         model = prepare(model)

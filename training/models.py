@@ -23,14 +23,18 @@ import abc
 import torch
 from torch import nn
 
+from .run_config import LINEAR_INITS
 
-def authors_init(model: nn.Module) -> None:
+
+def authors_init(model: nn.Module, linear: bool = True) -> None:
     """The NeFT authors' initialisation (their VGG-8 / ResNet-18 code, ../shared/reference/README.md
     s.1): kaiming-normal (fan_out, ReLU gain) weights for every Conv2d and every Linear layer, the
-    IRS side heads' included; biases 0; BatchNorm weight 1, bias 0. LeNet-5 and the MLP keep
-    PyTorch's defaults (not in the paper)."""
+    IRS side heads' included; biases 0; BatchNorm weight 1, bias 0. ``linear=False``: the Linear
+    layers are left as they are (PyTorch's default). LeNet-5 and the MLP keep PyTorch's defaults
+    (not in the paper)."""
+    kinds = (nn.Conv2d, nn.Linear) if linear else (nn.Conv2d,)
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, kinds):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -156,13 +160,14 @@ class VGG8(TappedNet):
     """The NeFT authors' VGG-8 (README s.1): conv3x3 (pad 1, no bias) 64 -> 128 -> maxpool -> 256 ->
     256 -> maxpool -> 512 -> 512 -> maxpool, BatchNorm + ReLU after every conv; flatten ->
     Linear 1024 (bias) -> ReLU -> Linear classes; no dropout; :func:`authors_init` (kaiming-normal,
-    fan_out, of every conv and Linear layer, the side heads' too). About 0.54 G MACs per 32x32 image.
+    fan_out, of every conv and Linear layer, the side heads' too; ``linear_init="pytorch"``: of the
+    convs only). About 0.54 G MACs per 32x32 image.
     """
 
     head_pools = (6, 4, 3)
     widths = (64, 128, "M", 256, 256, "M", 512, 512, "M")
 
-    def __init__(self, input_shape, num_classes, with_heads=False):
+    def __init__(self, input_shape, num_classes, with_heads=False, linear_init="authors"):
         super().__init__()
         c = input_shape[0]
         self.convs = nn.ModuleList()
@@ -180,7 +185,7 @@ class VGG8(TappedNet):
         self.fc1 = nn.Linear(n, 1024)
         self.fc2 = nn.Linear(1024, num_classes)
         self._init_heads(input_shape, num_classes, with_heads)
-        authors_init(self)
+        authors_init(self, linear=_check_linear_init(linear_init) == "authors")
 
     def _trunk(self, x):
         taps = []
@@ -222,11 +227,11 @@ class BasicBlock(nn.Module):
 class ResNet18(TappedNet):
     """CIFAR-style ResNet-18: conv3x3(64) + BN + ReLU stem (no max pool), 4 stages of 2 basic
     blocks (64, 128, 256, 512; strides 1, 2, 2, 2), global average pool, Linear(512, classes);
-    :func:`authors_init`."""
+    :func:`authors_init` (``linear_init="pytorch"``: of the convs only)."""
 
     head_pools = (6, 6, 4, 3)
 
-    def __init__(self, input_shape, num_classes, with_heads=False):
+    def __init__(self, input_shape, num_classes, with_heads=False, linear_init="authors"):
         super().__init__()
         self.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -238,7 +243,7 @@ class ResNet18(TappedNet):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
         self._init_heads(input_shape, num_classes, with_heads)
-        authors_init(self)
+        authors_init(self, linear=_check_linear_init(linear_init) == "authors")
 
     def _trunk(self, x):
         s = torch.relu(self.bn1(self.conv1(x)))
@@ -252,11 +257,22 @@ class ResNet18(TappedNet):
 MODEL_CLASSES = {"mlp": MLP, "lenet": LeNet5, "vgg8": VGG8, "resnet18": ResNet18}
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, with_heads: bool = False) -> TappedNet:
-    """Build model ``name`` (``mlp | lenet | vgg8 | resnet18``) for ``[C, H, W]`` inputs."""
+def _check_linear_init(linear_init: str) -> str:
+    if linear_init not in LINEAR_INITS:
+        raise ValueError(f"unknown linear_init {linear_init!r} (choose from {', '.join(LINEAR_INITS)})")
+    return linear_init
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, with_heads: bool = False,
+                linear_init: str = "authors") -> TappedNet:
+    """Build model ``name`` (``mlp | lenet | vgg8 | resnet18``) for ``[C, H, W]`` inputs.
+    ``linear_init`` (:data:`LINEAR_INITS`) applies to VGG-8 and ResNet-18; LeNet-5 and the MLP
+    always keep PyTorch's default."""
     if name not in MODEL_CLASSES:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODEL_CLASSES)})")
-    return MODEL_CLASSES[name](tuple(int(v) for v in input_shape), int(num_classes), with_heads=with_heads)
+    _check_linear_init(linear_init)
+    kw = {"linear_init": linear_init} if name in ("vgg8", "resnet18") else {}
+    return MODEL_CLASSES[name](tuple(int(v) for v in input_shape), int(num_classes), with_heads=with_heads, **kw)
 
 
 def noisy_weight_names(model: nn.Module) -> list[str]:

@@ -17,6 +17,13 @@ Seeds: chip ``i`` of a run with seed ``s`` programs layer ``l`` from :func:`cims
 ``(cimsim.seeds.chip_seed(s, i), l)`` whatever the policy, so every policy sees the same chips and
 ``selective`` at fraction 1 reproduces ``full`` number for number.
 
+Memory: a layer of more than :data:`PROGRAM_BLOCK_CELLS` cells is write-verified in blocks of
+whole input rows (a multiple of the cost model's ``rows_parallel``, so latencies add exactly), block
+``b`` from :func:`cimsim.seeds.program_block_seed` ``(layer seed, b)``; a write-verify result
+holds ~20 arrays per cell, and VGG-8's fc1 (67 M cells) whole took more than 18 GB. The blocks
+depend on the layer's shape only, so a chip is still its seed; smaller layers (every LeNet-5
+layer) are programmed whole, from the layer seed, as before.
+
 Steps, sensitivities and latency layout: docs/design.md,
 section 'Programming policies (training/programming.py)'.
 """
@@ -38,7 +45,7 @@ from cimsim.crossbar.config import CrossbarConfig
 from cimsim.cost import Cost, CostConfig, CostReport, model_cost, write_verify_cost
 from cimsim.device.model import DeviceModel
 from cimsim.crossbar.mapping import MappedWeights, conductance_targets, map_weights, unmap
-from cimsim.seeds import layer_seed
+from cimsim.seeds import layer_seed, program_block_seed
 from cimsim.writeverify import PulseModel, write_verify
 
 from .data import ImageSet
@@ -195,12 +202,32 @@ def cell_mask(weight_mask: np.ndarray | None, layer: LayerTargets) -> np.ndarray
     return np.broadcast_to(m[None, None], layer.targets_S.shape)
 
 
+#: most cells one write-verify call programs (module docstring, 'Memory')
+PROGRAM_BLOCK_CELLS = 1 << 23
+
+
+def row_blocks(shape: tuple[int, int, int, int], rows_parallel: int = 1,
+               max_cells: int | None = None) -> list[slice]:
+    """Input-row blocks of targets ``shape = (2, S, in, out)`` programmed one write-verify call each:
+    one block when the layer has at most ``max_cells`` (default :data:`PROGRAM_BLOCK_CELLS`) cells,
+    else blocks of the most whole rows (a multiple of ``rows_parallel``, at least that many) that fit."""
+    max_cells = PROGRAM_BLOCK_CELLS if max_cells is None else int(max_cells)
+    two, s, n_in, n_out = shape
+    per_row = two * s * n_out
+    if n_in * per_row <= max_cells:
+        return [slice(0, n_in)]
+    rp = max(1, int(rows_parallel))
+    rows = max(rp, (max_cells // per_row) // rp * rp)
+    return [slice(a, min(n_in, a + rows)) for a in range(0, n_in, rows)]
+
+
 def program_layer(layer: LayerTargets, setup: ProgrammingSetup, policy: Policy, weight_mask: np.ndarray | None,
                   seed: int) -> tuple[np.ndarray, Cost]:
     """Program one layer on one chip: effective weights (float64, the tensor's shape) and its cost.
 
     ``weight_mask``: for ``selective``, the weights to verify (the tensor's shape, bool); ignored
-    otherwise. ``seed``: the layer's seed on this chip (:func:`layer_seed`).
+    otherwise. ``seed``: the layer's seed on this chip (:func:`layer_seed`). A layer of more than
+    :data:`PROGRAM_BLOCK_CELLS` cells is programmed in :func:`row_blocks`.
     """
     if policy.kind == "none":
         mask = np.zeros(layer.targets_S.shape, dtype=bool)
@@ -211,12 +238,24 @@ def program_layer(layer: LayerTargets, setup: ProgrammingSetup, policy: Policy, 
             raise ProgrammingError(f"{layer.name}: the selective policy needs a weight mask")
         mask = cell_mask(weight_mask, layer)
     verify = policy.kind != "none"  # one-shot cells ignore the window; any valid one will do
-    res = write_verify(layer.targets_S, setup.device_model, setup.algorithm,
-                       tolerance=policy.tolerance if verify else 1e-6, max_pulses=setup.max_pulses, rng=seed,
-                       mask=mask, t_read_s=setup.t_read_s, relative=policy.relative and verify,
-                       pulse_model=setup.pulse_model, relaxation=setup.relaxation)
-    w = unmap(res.g_S[0], res.g_S[1], setup.levels_S, layer.mapped.scale, setup.crossbar.bits_per_cell)
-    return w.reshape(layer.shape), layer_cost(res, setup)
+    blocks = row_blocks(layer.targets_S.shape, setup.cost.rows_parallel)
+    g = np.empty(layer.targets_S.shape) if len(blocks) > 1 else None
+    cost = Cost()
+    for b, rows in enumerate(blocks):
+        res = write_verify(layer.targets_S[:, :, rows], setup.device_model, setup.algorithm,
+                           tolerance=policy.tolerance if verify else 1e-6, max_pulses=setup.max_pulses,
+                           rng=seed if g is None else program_block_seed(seed, b),
+                           mask=None if mask is None else mask[:, :, rows], t_read_s=setup.t_read_s,
+                           relative=policy.relative and verify, pulse_model=setup.pulse_model,
+                           relaxation=setup.relaxation)
+        cost = cost + layer_cost(res, setup)
+        if g is None:
+            g = res.g_S
+        else:
+            g[:, :, rows] = res.g_S
+        del res
+    w = unmap(g[0], g[1], setup.levels_S, layer.mapped.scale, setup.crossbar.bits_per_cell)
+    return w.reshape(layer.shape), cost
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("mlp", "lenet", "vgg8", "resnet18")
+#: how VGG-8 / ResNet-18 initialise their Linear layers (training.models.authors_init): ``authors``
+#: (kaiming-normal fan_out, as the NeFT code) or ``pytorch`` (PyTorch's default uniform init, what
+#: this code did before issue #21: the control that tells the initialisation's share in a result)
+LINEAR_INITS = ("authors", "pytorch")
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
 METHODS = ("plain", "nit", "ovf", "irs", "correctnet", "nit_temp", "ovf_beta0", "ovf_frozen_bn", "nit_multi")
 #: the controls of issue #21 (training/methods.py) and the method whose defaults each shares
@@ -78,6 +82,7 @@ FIELD_HELP = {
     "eval_batch_size": "batch size of evaluation",
     "converge_frac": "a run converged when clean val accuracy >= chance + frac * (1 - chance)",
     "bn_recal_images": "per-chip BatchNorm recalibration: training images run through each chip before it is tested (0: off)",
+    "linear_init": f"Linear layers' init of vgg8 / resnet18: {' | '.join(LINEAR_INITS)} (pytorch: the control)",
 }
 
 class ConfigError(ValueError):
@@ -118,6 +123,8 @@ class RunConfig:
         model: ``mlp | lenet | vgg8 | resnet18``. dataset: ``digits | fashion-mnist | mnist | cifar10``.
         data_dir: folder of the data set files (``None``: the data set's default place).
         resize: square side in pixels the images are interpolated to (``None``: native size).
+        linear_init: ``authors | pytorch``, the Linear layers' initialisation of VGG-8 and ResNet-18
+            (:data:`LINEAR_INITS`; LeNet-5 and the MLP always keep PyTorch's default).
         train_limit / test_limit: use only the first n training / test images (tests, quick looks).
         val_fraction: share of the training set held out for validation (chooses the checkpoint).
     Method and noise
@@ -204,6 +211,7 @@ class RunConfig:
     eval_batch_size: int = 1000
     converge_frac: float = 0.5
     bn_recal_images: int = 0
+    linear_init: str = "authors"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -218,6 +226,7 @@ class RunConfig:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("torch_device", self.torch_device, ("auto", "cpu", "cuda"))
         _choice("precision", self.precision, PRECISIONS)
+        _choice("linear_init", self.linear_init, LINEAR_INITS)
         if self.precision != "float32" and self.noise == "crossbar":
             raise ConfigError(f"precision {self.precision!r} needs noise 'paper' or 'device': the crossbar "
                               "simulator computes in float32/float64 (set precision = \"float32\")")

@@ -168,7 +168,8 @@ def _load_checkpoint(path: Path, dev) -> dict:
 
 def _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, val_d, lock) -> dict:
     variation = make_variation(cfg)
-    model = variation.prepare(build_model(cfg.model, train.input_shape, train.num_classes, with_heads=cfg.uses_heads).to(dev))
+    model = variation.prepare(build_model(cfg.model, train.input_shape, train.num_classes, with_heads=cfg.uses_heads,
+                                          linear_init=cfg.linear_init).to(dev))
     spec = MethodSpec.from_config(cfg)
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_value, weight_decay=cfg.weight_decay)

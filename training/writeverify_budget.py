@@ -294,7 +294,8 @@ def load_model(spec: RunSpec, input_shape: tuple[int, int, int], num_classes: in
                device: torch.device) -> torch.nn.Module:
     """The run's model with its ``best.pt`` weights, in eval mode on ``device``."""
     cfg = spec.cfg
-    model = build_model(cfg.model, input_shape, num_classes, with_heads=cfg.uses_heads)
+    model = build_model(cfg.model, input_shape, num_classes, with_heads=cfg.uses_heads,
+                        linear_init=cfg.linear_init)
     try:
         state = torch.load(spec.path / "best.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(float_state(state["model"]))  # a crossbar run's checkpoint holds more

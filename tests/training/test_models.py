@@ -65,3 +65,32 @@ def test_authors_initialisation_of_every_linear_layer_heads_included(name):
     lenet = build_model("lenet", (1, 28, 28), 10)
     bound = 1 / math.sqrt(lenet.fc1.weight.shape[1])  # PyTorch's default: U(-1/sqrt(in), 1/sqrt(in))
     assert float(lenet.fc1.weight.detach().abs().max()) <= bound and float(lenet.fc1.bias.detach().abs().max()) > 0
+
+
+@pytest.mark.parametrize("name", ["vgg8", "resnet18"])
+def test_pytorch_linear_init_control_keeps_default_linears_and_kaiming_convs(name):
+    """``linear_init="pytorch"`` (the #21 control): every Linear (heads too) keeps PyTorch's default
+    U(-1/sqrt(in), 1/sqrt(in)) weights and biases; the convs stay kaiming-normal (fan_out)."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_model(name, (1, 32, 32), 10, with_heads=True, linear_init="pytorch")
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            bound = 1 / math.sqrt(m.weight.shape[1])
+            assert float(m.weight.detach().abs().max()) <= bound, n
+            assert float(m.weight.detach().std()) == pytest.approx(bound / math.sqrt(3), rel=0.15 if m.weight.numel() > 2000 else 0.5), n
+            assert 0 < float(m.bias.detach().abs().max()) <= bound, n
+        elif isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 2000:
+            fan_out = m.weight.shape[0] * m.weight.shape[2] * m.weight.shape[3]
+            assert float(m.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.15), n
+
+
+def test_linear_init_rejects_unknown_values():
+    from training.run_config import ConfigError, RunConfig
+
+    with pytest.raises(ValueError, match="unknown linear_init 'xavier'"):
+        build_model("vgg8", (1, 32, 32), 10, linear_init="xavier")
+    with pytest.raises(ConfigError, match="linear_init"):
+        RunConfig(model="vgg8", linear_init="xavier")
+    assert RunConfig.from_dict({**RunConfig(model="vgg8").to_dict(), "linear_init": "pytorch"}).linear_init == "pytorch"

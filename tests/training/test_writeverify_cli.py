@@ -258,6 +258,66 @@ def test_full_write_verify_on_a_noiseless_cell_gives_quantized_weights():
         assert cost.energy_J > 0 and cost.latency_s > 0 and cost.breakdown["failed"] == 0
 
 
+@pytest.mark.parametrize("rows_parallel", [1, 3])
+def test_costs_add_exactly_over_row_blocks(rows_parallel):
+    """The premise of programming a large layer in parts: energy, counts and latency of the whole
+    layer equal the sums over :func:`row_blocks` (each a multiple of ``rows_parallel`` rows)."""
+    from types import SimpleNamespace
+
+    from cimsim.cost import CostConfig
+    from training.programming import layer_cost, row_blocks
+
+    rng = np.random.default_rng(5)
+    shape = (2, 4, 23, 7)  # (2, S, in, out)
+    arrays = {k: rng.integers(0, 9, shape) for k in ("pulses_set", "pulses_reset", "reads")}
+    arrays.update({k: rng.uniform(0, 1e-5, shape) for k in ("v2g_set_V2S", "v2g_reset_V2S", "g_read_sum_S")})
+    arrays.update(failed=rng.random(shape) < 0.1, verified=rng.random(shape) < 0.9)
+    setup = ProgrammingSetup(device_model=load_device("rram1"),
+                             cost=CostConfig(rows_parallel=rows_parallel, drivers_per_row=3, p_static_W=1e-3))
+    blocks = row_blocks(shape, rows_parallel, max_cells=2 * 4 * 7 * 5)
+    assert len(blocks) > 2 and all((b.stop - b.start) % rows_parallel == 0 for b in blocks[:-1])
+    assert np.array_equal(np.concatenate([np.arange(23)[b] for b in blocks]), np.arange(23))
+    whole = layer_cost(SimpleNamespace(**arrays), setup)
+    parts = sum(layer_cost(SimpleNamespace(**{k: v[:, :, b] for k, v in arrays.items()}), setup) for b in blocks)
+    assert parts.latency_s == pytest.approx(whole.latency_s, rel=1e-12)
+    assert parts.energy_J == pytest.approx(whole.energy_J, rel=1e-12)
+    for k, v in whole.breakdown.items():
+        assert parts.breakdown[k] == pytest.approx(v, rel=1e-12), k
+    assert row_blocks(shape, rows_parallel, max_cells=2 * 4 * 23 * 7) == [slice(0, 23)]
+
+
+def test_a_layer_too_large_for_one_call_is_programmed_in_row_blocks(monkeypatch):
+    """Above PROGRAM_BLOCK_CELLS a layer is write-verified in row blocks, each from its own seed:
+    every cell is programmed once, the chip is still its seed, and noiseless cells land on target."""
+    import training.programming as prog
+
+    calls = []
+    real = prog.write_verify
+
+    def counting(targets, *a, **kw):
+        calls.append((targets.shape, kw["rng"]))
+        return real(targets, *a, **kw)
+
+    monkeypatch.setattr(prog, "write_verify", counting)
+    monkeypatch.setattr(prog, "PROGRAM_BLOCK_CELLS", 2 * 4 * 5 * 2)  # two input rows of the 6 -> 5 layer
+    noiseless = ProgrammingSetup(device_model=load_device("rram1").replace(sigma_scale=0.0), max_pulses=None)
+    la = prepare_layers(_tiny_model(), noiseless)[0]  # targets (2, 4, 6, 5)
+    w, cost = program_layer(la, noiseless, Policy("full", 1e-9), None, layer_seed(123, 0))
+    assert [s for s, _ in calls] == [(2, 4, 2, 5)] * 3 and len({r for _, r in calls}) == 3
+    assert cost.breakdown["cells"] == la.targets_S.size and cost.breakdown["failed"] == 0
+    step = float(np.diff(noiseless.levels_S)[0])
+    bound = float(la.mapped.scale.max()) * sum(4**s for s in range(4)) * 2e-9 / step
+    assert np.abs(w - ideal_weights([la], noiseless)[la.name]).max() <= bound + 1e-12
+    noisy = ProgrammingSetup(device_model=load_device("rram1"))
+    a = program_layer(la, noisy, Policy("none"), None, 7)
+    b = program_layer(la, noisy, Policy("none"), None, 7)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]  # a chip is its seed
+    monkeypatch.setattr(prog, "PROGRAM_BLOCK_CELLS", la.targets_S.size)  # whole: the layer seed itself
+    calls.clear()
+    program_layer(la, noisy, Policy("none"), None, 7)
+    assert calls == [((2, 4, 6, 5), 7)]
+
+
 def test_policy_validation():
     with pytest.raises(ProgrammingError):
         Policy("selective", 1e-6, 0.0, "second")
