@@ -232,6 +232,7 @@ def test_report_keeps_records_and_reports_stages_run_earlier(suite_run, tmp_path
     """A stage missing from --out is reported from the records the previous report kept (ledgers
     and configurations, never run folders), said so in the text; its numbers are unchanged."""
     import shutil
+    from pathlib import Path
 
     _, out, _ = suite_run
     docs = tmp_path / "docs"
@@ -257,6 +258,28 @@ def test_report_keeps_records_and_reports_stages_run_earlier(suite_run, tmp_path
     assert (docs / "results" / report.RECORDS / "repro" / "results.csv").exists()  # carried on for the next report
     for link in [ln.split("](")[1].split(")")[0] for ln in md.splitlines() if "](results/" in ln]:
         assert (docs / link).exists(), link
+
+
+def test_source_runs_follow_a_moved_results_folder(suite_run, tmp_path):
+    """Rows whose run_dir no longer resolves (a results folder moved, or run from elsewhere) are
+    found under <out>/<source>/runs/; rows that resolve are kept as written."""
+    import shutil
+    from pathlib import Path
+
+    _, out, _ = suite_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "dev", moved / "dev")
+    csv_path = moved / "dev" / "results.csv"
+    rows = list(csv.DictReader(open(csv_path)))
+    names = [Path(r["run_dir"]).name for r in rows]
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "run_dir": f"gone/dev/runs/{n}"} for r, n in zip(rows, names)])
+    stage = results.Stage(name="c", kind="cost", title="c", source="dev")
+    got = results.source_runs(moved, stage)
+    assert [r["run_dir"] for r in got] == [str(moved / "dev" / "runs" / n) for n in names]
+    assert [r["run_dir"] for r in results.source_runs(out, stage)] == [r["run_dir"] for r in rows]
 
 
 def test_diff_interval_and_verdict():

@@ -244,8 +244,16 @@ def _same(a: float, b: float) -> bool:
 
 
 def source_runs(out: Path, stage: Stage, methods=(), sigmas=(), seeds=()) -> list[dict]:
-    """Finished (``ok``) rows of sweep stage ``stage.source`` matching the filters, in CSV order."""
+    """Finished (``ok``) rows of sweep stage ``stage.source`` matching the filters, in CSV order.
+
+    A row's ``run_dir`` is as the sweep wrote it (relative to the folder it ran from, or absolute);
+    where that no longer names a folder (the results moved, or this runs from another folder) but
+    ``<out>/<source>/runs/<name>`` does, that is used instead."""
     rows = read_rows(out / stage.source / "results.csv")
+    for r in rows:
+        here = out / stage.source / "runs" / Path(r["run_dir"]).name
+        if not Path(r["run_dir"]).is_dir() and here.is_dir():
+            r["run_dir"] = str(here)
     keep = []
     for r in rows:
         if r["status"] != "ok":
