@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -258,6 +259,30 @@ def test_report_keeps_records_and_reports_stages_run_earlier(suite_run, tmp_path
     assert (docs / "results" / report.RECORDS / "repro" / "results.csv").exists()  # carried on for the next report
     for link in [ln.split("](")[1].split(")")[0] for ln in md.splitlines() if "](results/" in ln]:
         assert (docs / link).exists(), link
+
+
+def test_a_redefined_stage_reported_from_its_record_keeps_its_own_title(suite_run, tmp_path):
+    """A record made under an earlier definition of its stage (RECORD.json keeps it) is reported
+    under that definition's title, with a note that the new definition has not run."""
+    import shutil
+
+    _, out, _ = suite_run
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
+    first = (docs / "results.md").read_text()
+    rec = json.loads((docs / "results" / report.RECORDS / "cost" / "RECORD.json").read_text())
+    assert rec["definition"]["name"] == "cost" and rec["definition"]["source"] == "dev"
+    part = tmp_path / "part"
+    part.mkdir()
+    text = (out / "suite.toml").read_text().replace('name = "cost"\n', 'name = "cost"\ntitle = "cost, redone"\n')
+    text = text.replace('"--images", "30"', '"--images", "40"')
+    (part / "suite.toml").write_text(text)
+    shutil.copytree(out / "dev", part / "dev")
+    assert results.main(["report", "--out", str(part), "--docs", str(docs)]) == 0
+    md = (docs / "results.md").read_text()
+    assert _section(md, "cost") == _section(first, "cost") and "### cost, redone" not in md
+    assert 'Stage `cost` has been redefined since (args differs); its new definition, "cost, redone"' in md
+    assert "Stage `xbar` has been redefined" not in md  # unchanged stages say nothing
 
 
 def test_source_runs_follow_a_moved_results_folder(suite_run, tmp_path):

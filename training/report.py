@@ -964,7 +964,8 @@ def write_report(out: Path, docs: Path, paper_csv=None) -> int:
             src = view / st["name"]
             if src.exists():
                 save_record(src.resolve(), tmp_docs / "results" / RECORDS / st["name"],
-                            {"stage": st["name"], "reported": today, "from": str(out / st["name"])})
+                            {"stage": st["name"], "reported": today, "from": str(out / st["name"]),
+                             "definition": st})
         (tmp_docs / "results.md").write_text("\n".join(rep.parts))
         # swap in: results/ and results.md replaced together; the old results/ goes only once the new is in
         final_dir, final_md = docs / "results", docs / "results.md"
@@ -985,6 +986,22 @@ def write_report(out: Path, docs: Path, paper_csv=None) -> int:
     n = sum(1 for f in final_dir.iterdir() if not f.name.startswith("."))
     print(f"wrote {final_md} and {n} files in {final_dir}", file=sys.stderr)
     return 0
+
+
+def _recorded_definition(folder: Path) -> dict | None:
+    """The stage definition a record was made with (``RECORD.json``'s ``definition``), or None."""
+    try:
+        d = json.loads((folder / "RECORD.json").read_text()).get("definition")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _definition_change(old: dict, new: dict) -> str | None:
+    """The fields (the title aside) in which two definitions of a stage differ, or None."""
+    keys = sorted((set(old) | set(new)) - {"title"})
+    diff = [k for k in keys if old.get(k) != new.get(k)]
+    return ", ".join(diff) + (" differ" if len(diff) > 1 else " differs") if diff else None
 
 
 def _build(out: Path, tmp_docs: Path, paper_csv, shown_out: Path | None = None,
@@ -1012,6 +1029,12 @@ def _build(out: Path, tmp_docs: Path, paper_csv, shown_out: Path | None = None,
     if notes.exists():  # the reading of the numbers, written by a person (training/suites/<suite>_notes.md)
         rep.add(notes.read_text())
     kinds = {s["name"]: s["kind"] for s in suite.get("stages", [])}
+    redefined = {}
+    for name in earlier:  # a record made under another definition is shown under that one, and said so
+        old = _recorded_definition(out / name)
+        if old is not None and old.get("kind") == kinds.get(name) and _definition_change(old, rep.stages[name]):
+            redefined[name] = (_definition_change(old, rep.stages[name]), rep.stages[name].get("title", ""))
+            rep.stages[name] = old
     for name, kind in kinds.items():  # in the suite's order
         st = rep.stages[name]
         if kind == "sweep":
@@ -1039,6 +1062,10 @@ def _build(out: Path, tmp_docs: Path, paper_csv, shown_out: Path | None = None,
                 when = "?"
             rep.add(f"*Stage `{name}` was not rerun for this report: its numbers are those of the earlier run "
                     f"recorded in `docs/results/{RECORDS}/{name}/` (reported {when}).*\n")
+        if name in redefined:
+            change, title = redefined[name]
+            rep.add(f"*Stage `{name}` has been redefined since ({change}); its new definition, \"{title}\", has not "
+                    "run yet. The section above is the earlier definition's, under its own title.*\n")
     rep.add(f"---\nTotal single-thread CPU time behind these numbers: {rep.compute_s / 3600:.2f} h "
             f"(training and evaluation as logged by the runs; write-verify not included).\n")
     return rep
