@@ -1032,8 +1032,9 @@ def _build(out: Path, tmp_docs: Path, paper_csv, shown_out: Path | None = None,
     redefined = {}
     for name in earlier:  # a record made under another definition is shown under that one, and said so
         old = _recorded_definition(out / name)
-        if old is not None and old.get("kind") == kinds.get(name) and _definition_change(old, rep.stages[name]):
-            redefined[name] = (_definition_change(old, rep.stages[name]), rep.stages[name].get("title", ""))
+        change = _definition_change(old, rep.stages[name]) if old is not None and old.get("kind") == kinds.get(name) else None
+        if change:
+            redefined[name] = (change, rep.stages[name].get("title", ""))
             rep.stages[name] = old
     for name, kind in kinds.items():  # in the suite's order
         st = rep.stages[name]
