@@ -164,7 +164,8 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
 
     rows, skipped, files, programmed = [], [], {}, {}
     variants = pareto_variants(base, axes)
-    context = {"run": str(run_dir), "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
+    # the run's absolute path: the same run resumes whether it was named relative or absolute
+    context = {"run": str(Path(run_dir).resolve()), "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
                "chips": list(chips), "sigma": sigma, "write_verify_tol_S": write_verify_tol_S}
     done = _read_progress(progress, context)
     with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:

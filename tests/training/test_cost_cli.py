@@ -124,6 +124,8 @@ def test_pareto_resumes_after_a_crash(run_dir, tmp_path, monkeypatch):
     assert finished == 5  # ADC bits 4-8; 9 was running
     counted = []
     monkeypatch.setattr(tc, "run_cost", lambda *a, **k: counted.append(1) or real(*a, **k))
+    monkeypatch.chdir(run_dir.parent)  # resumed from elsewhere, the run named relative to there
+    args[1] = run_dir.name
     assert main(args) == 0
     rows = list(csv.DictReader((out / "pareto.csv").open()))
     variants = 7 + 3 + 1  # ADC bits, bits per cell (3 and 4 skipped: rram1 has 4 levels), tile 128
