@@ -286,8 +286,8 @@ def test_a_redefined_stage_reported_from_its_record_keeps_its_own_title(suite_ru
 
 
 def test_source_runs_follow_a_moved_results_folder(suite_run, tmp_path):
-    """Rows whose run_dir no longer resolves (a results folder moved, or run from elsewhere) are
-    found under <out>/<source>/runs/; rows that resolve are kept as written."""
+    """A copied results folder uses its own runs (<out>/<source>/runs/<name>), never the tree its
+    rows were recorded in, whether that tree is still there or gone."""
     import shutil
     from pathlib import Path
 
@@ -297,14 +297,15 @@ def test_source_runs_follow_a_moved_results_folder(suite_run, tmp_path):
     csv_path = moved / "dev" / "results.csv"
     rows = list(csv.DictReader(open(csv_path)))
     names = [Path(r["run_dir"]).name for r in rows]
+    assert all(Path(r["run_dir"]).is_dir() for r in rows)  # the original tree is still there
+    stage = results.Stage(name="c", kind="cost", title="c", source="dev")
+    mine = [str(moved / "dev" / "runs" / n) for n in names]
+    assert [r["run_dir"] for r in results.source_runs(moved, stage)] == mine
     with open(csv_path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows([{**r, "run_dir": f"gone/dev/runs/{n}"} for r, n in zip(rows, names)])
-    stage = results.Stage(name="c", kind="cost", title="c", source="dev")
-    got = results.source_runs(moved, stage)
-    assert [r["run_dir"] for r in got] == [str(moved / "dev" / "runs" / n) for n in names]
-    assert [r["run_dir"] for r in results.source_runs(out, stage)] == [r["run_dir"] for r in rows]
+    assert [r["run_dir"] for r in results.source_runs(moved, stage)] == mine
 
 
 def test_diff_interval_and_verdict():

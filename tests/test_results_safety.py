@@ -217,6 +217,58 @@ def test_changed_evaluation_variant_is_refused_not_silently_kept(mini_run, tmp_p
         assert sorted(r["variant"] for r in csv.DictReader(fh)) == ["a", "b", "c"]
 
 
+def test_evaluate_stage_resumed_from_another_folder_keeps_its_rows(mini_run, tmp_path, capsys, monkeypatch):
+    """Finished evaluations are recognised by their run, not by how its path was spelled: a ledger
+    written with paths relative to one folder, resumed from another with --out absolute, has nothing
+    to do (it had recomputed all and paired every run twice in the report)."""
+    suite, out = _copy(mini_run, tmp_path)
+    ledger = out / "ev" / "results.csv"
+    with open(ledger, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(ledger, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "run_dir": "results/sw/runs/" + Path(r["run_dir"]).name} for r in rows])
+    before = ledger.read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert results.main(["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "ev"]) == 0
+    assert "0 evaluation(s) to do" in capsys.readouterr().err
+    assert ledger.read_bytes() == before
+
+
+def test_a_stage_not_run_keeps_its_recorded_definition(mini_run, tmp_path, capsys):
+    """Running other stages (--stages) must not record a changed stage's new definition over the one
+    its rows were made with: the change is still refused when that stage runs."""
+    suite, out = _copy(mini_run, tmp_path)
+    before = (out / "ev" / "results.csv").read_bytes()
+    suite.write_text(MINI.replace("read_time_s = 100.0", "read_time_s = 1000.0"))
+    assert results.main(["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "sw"]) == 0
+    assert "read_time_s = 100.0" in (out / "suite.toml").read_text()
+    capsys.readouterr()
+    assert results.main(["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "ev"]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "'ev'" in err[0] and "'b'" in err[0], err
+    assert (out / "ev" / "results.csv").read_bytes() == before
+
+
+def test_second_runner_of_an_evaluate_stage_is_refused(mini_run, tmp_path, capsys):
+    from training.runfolder import RunLock
+
+    suite, out = _copy(mini_run, tmp_path)
+    suite.write_text(MINI + "  [[stages.variants]]\n  label = \"c\"\n  read_time_s = 10.0\n")  # work to do
+    before = (out / "ev" / "results.csv").read_bytes()
+    with RunLock(out / "ev"):  # another runner holds the stage
+        capsys.readouterr()
+        assert results.main(["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "ev"]) == 2
+    err = [ln for ln in _err(capsys) if not ln.startswith("== stage")]
+    assert len(err) == 1 and "another process" in err[0] and str(out / "ev") in err[0], err
+    assert (out / "ev" / "results.csv").read_bytes() == before
+    assert results.main(["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "ev"]) == 0
+
+
 def test_changed_sweep_options_are_refused_before_any_stage_runs(mini_run, tmp_path, capsys):
     suite, out = _copy(mini_run, tmp_path)
     suite.write_text(MINI.replace("epochs = 1", "epochs = 2"))

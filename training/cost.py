@@ -164,8 +164,9 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
 
     rows, skipped, files, programmed = [], [], {}, {}
     variants = pareto_variants(base, axes)
-    # the run's absolute path: the same run resumes whether it was named relative or absolute
-    context = {"run": str(Path(run_dir).resolve()), "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
+    # the run's absolute path (the same run resumes whether named relative or absolute) and its
+    # weights (a run trained again in the same folder does not)
+    context = {"run": str(Path(run_dir).resolve()), "weights_sha256": _sha256(Path(run_dir) / "best.pt"), "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
                "chips": list(chips), "sigma": sigma, "write_verify_tol_S": write_verify_tol_S}
     done = _read_progress(progress, context)
     with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:
@@ -176,6 +177,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                 (rows if "row" in entry else skipped).append(entry.get("row") or entry["skipped"])
                 if "row" in entry and "write_verify_J" in entry["row"]:
                     programmed[v["bits_per_cell"]] = Cost(entry["row"]["write_verify_J"], entry["row"]["write_verify_s"])
+                    rows[-1]["write_verify_per_inference_J"] = rows[-1]["write_verify_J"] / amortise  # this call's N
                 files[out / "tiles" / f"tile{v['tile']}.toml"] = \
                     base_crossbar.replace(tile_rows=v["tile"], tile_cols=v["tile"]).to_toml()
                 bar.update(1)
@@ -230,6 +232,17 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     return rows, files
 
 
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _read_progress(path: Path | None, context: dict) -> dict[str, dict]:
     """Variant key -> finished entry, from the lines of ``path`` made with ``context`` (others and
     damaged lines are ignored)."""
@@ -253,8 +266,12 @@ def _append_progress(path: Path | None, context: dict, key: str, entry: dict) ->
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps({"context": context, "key": key, **entry}) + "\n")
+    with open(path, "a+b") as fh:
+        cut = False  # the last line was cut short by a kill: end it, so this entry is not glued onto it
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            cut = fh.read(1) != b"\n"
+        fh.write((("\n" if cut else "") + json.dumps({"context": context, "key": key, **entry}) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -25,8 +25,10 @@ section 'Experiment suites (training/results.py)'.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import re
 import sys
 import time
 import tomllib
@@ -247,12 +249,13 @@ def source_runs(out: Path, stage: Stage, methods=(), sigmas=(), seeds=()) -> lis
     """Finished (``ok``) rows of sweep stage ``stage.source`` matching the filters, in CSV order.
 
     A row's ``run_dir`` is as the sweep wrote it (relative to the folder it ran from, or absolute);
-    where that no longer names a folder (the results moved, or this runs from another folder) but
-    ``<out>/<source>/runs/<name>`` does, that is used instead."""
+    the run's own folder in this ``out``, ``<out>/<source>/runs/<name>``, is used wherever it exists,
+    so that a recorded path which names another results tree (or nothing, once the results moved)
+    is never followed."""
     rows = read_rows(out / stage.source / "results.csv")
     for r in rows:
         here = out / stage.source / "runs" / Path(r["run_dir"]).name
-        if not Path(r["run_dir"]).is_dir() and here.is_dir():
+        if here.is_dir():
             r["run_dir"] = str(here)
     keep = []
     for r in rows:
@@ -278,21 +281,48 @@ def run_sweep(suite: Suite, stage: Stage, out: Path, workers: int) -> int:
 
 
 def run_evaluate(stage: Stage, out: Path, workers: int) -> int:
-    from .engines import make_engine
-    from .evaluate import evaluate_run
-
-    from .sweep import EVAL_LEDGER, repair_ledger
-
     folder = out / stage.name
     folder.mkdir(parents=True, exist_ok=True)
+    with _stage_lock(folder):
+        return _run_evaluate_locked(stage, out, folder, workers)
+
+
+@contextlib.contextmanager
+def _stage_lock(folder: Path):
+    """Hold the lock of a stage folder (``<folder>/.lock``, as a sweep does): a second runner of the
+    same stage is refused with :class:`SuiteError` instead of computing, and appending, it twice."""
+    from .runfolder import RunFolderError, RunLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(folder).acquire()
+    except RunFolderError as e:
+        raise SuiteError(f"stage {folder.name}: {e}") from None
+    try:
+        yield
+    finally:
+        lock.release(remove=False)  # unlinking it could let two later runners lock two different files
+
+
+def _run_key(run_dir: str) -> str:
+    """A source run's identity in an evaluation ledger: its folder's name, unique in its source
+    stage, so the same run named relative, absolute or from another folder is one run."""
+    return Path(run_dir).name
+
+
+def _run_evaluate_locked(stage: Stage, out: Path, folder: Path, workers: int) -> int:
+    from .engines import make_engine
+    from .evaluate import evaluate_run
+    from .sweep import EVAL_LEDGER, repair_ledger
+
     csv_path = folder / "results.csv"
     repair_ledger(csv_path, EVAL_LEDGER)  # damaged rows moved aside (reported): their evaluations run again
     rows = read_rows(csv_path, EVAL_LEDGER)
-    done = {(r["run_dir"], r["variant"]) for r in rows if r["status"] == "ok"}
+    done = {(_run_key(r["run_dir"]), r["variant"]) for r in rows if r["status"] == "ok"}
     if any(r["status"] != "ok" for r in rows):  # failed rows are retried: drop them
         _rewrite(csv_path, [r for r in rows if r["status"] == "ok"], EVAL_FIELDS)
     runs = source_runs(out, stage, stage.methods, stage.sigmas, stage.seeds)
-    todo = [(r, v) for r in runs for v in stage.variants if (r["run_dir"], v["label"]) not in done]
+    todo = [(r, v) for r in runs for v in stage.variants if (_run_key(r["run_dir"]), v["label"]) not in done]
     _log(f"{stage.name}: {len(runs)} run(s) x {len(stage.variants)} variant(s), {len(todo)} evaluation(s) to do")
     engine = make_engine("local", workers=workers) if workers > 0 else None
     failed = 0
@@ -339,28 +369,33 @@ def run_writeverify(stage: Stage, out: Path) -> int:
         return 1
     argv = [a for r in runs for a in ("--run", r["run_dir"])] + list(stage.args) + ["--out", str(folder)]
     _log(f"{stage.name}: python -m training.writeverify_budget {' '.join(argv)}")
-    return writeverify_budget.main(argv)
+    with _stage_lock(folder):
+        return writeverify_budget.main(argv)
 
 
 def run_cost_stage(stage: Stage, out: Path) -> int:
     """``python -m training.cost --pareto`` on every run of ``source`` at ``sigma``/``seed`` (of
     ``methods``), each into ``<out>/<stage>/<method>/``; a run already done is kept."""
-    from . import cost
-
     runs = source_runs(out, stage, stage.methods, (stage.sigma,), (stage.seed,))
     if not runs:
         _log(f"{stage.name}: no finished runs of {stage.source} at sigma {stage.sigma} seed {stage.seed}")
         return 1
     rc = 0
-    for r in runs:
-        dest = out / stage.name / r["method"]
-        if (dest / "pareto.json").exists():
-            _log(f"{stage.name}: done already ({dest / 'pareto.json'})")
-            continue
-        argv = ["--run", r["run_dir"], "--pareto", *stage.args, "--out", str(dest)]
-        _log(f"{stage.name}: python -m training.cost {' '.join(argv)}")
-        rc = max(rc, cost.main(argv))
+    with _stage_lock(out / stage.name):
+        for r in runs:
+            rc = max(rc, _run_cost_one(stage, out / stage.name / r["method"], r["run_dir"]))
     return rc
+
+
+def _run_cost_one(stage: Stage, dest: Path, run_dir: str) -> int:
+    from . import cost
+
+    if (dest / "pareto.json").exists():
+        _log(f"{stage.name}: done already ({dest / 'pareto.json'})")
+        return 0
+    argv = ["--run", run_dir, "--pareto", *stage.args, "--out", str(dest)]
+    _log(f"{stage.name}: python -m training.cost {' '.join(argv)}")
+    return cost.main(argv)
 
 
 def _append(path: Path, row: dict, fields: list[str]) -> None:
@@ -440,6 +475,32 @@ def check_suite_run(suite: Suite, out: Path, only: list[str] | None = None,
                              f"({why}; see {out / 'suite.toml'}); restore it, or give the new one another name or --out")
 
 
+def _stage_blocks(text: str) -> tuple[str, dict[str, str]]:
+    """A suite file's text before its first ``[[stages]]`` table, and each stage's text by name."""
+    parts = re.split(r"(?m)^(?=\[\[stages\]\][ \t]*(?:#.*)?$)", text)
+    return parts[0], {tomllib.loads(b)["stages"][0]["name"]: b for b in parts[1:]}
+
+
+def _suite_record(out: Path, suite: Suite, only: list[str] | None) -> str:
+    """The text of ``<out>/suite.toml`` after running ``only`` (None: every stage) of ``suite``: the
+    suite as it is now, except that a stage not run now whose results are in ``out`` keeps the
+    definition it was recorded with, so that the check of a changed stage still sees what its rows
+    were made by."""
+    new = suite.path.read_text()
+    path = out / "suite.toml"
+    if only is None or not path.is_file():
+        return new
+    try:
+        _, old_blocks = _stage_blocks(path.read_text())
+    except (tomllib.TOMLDecodeError, KeyError, IndexError, TypeError):
+        return new  # unreadable record: as before, the sweeps' own sweep_config.json are still checked
+    head, blocks = _stage_blocks(new)
+    keep = {n for n in blocks if n not in only and n in old_blocks and (out / n).exists()}
+    text = head + "".join(old_blocks[n] if n in keep else b for n, b in blocks.items())
+    tomllib.loads(text)  # a record that does not parse is a bug here, not the user's
+    return text
+
+
 def _recorded_suite(out: Path) -> dict[str, Stage]:
     """The stages of the suite that ``out``'s results were made with (``<out>/suite.toml``), by name."""
     path = out / "suite.toml"
@@ -480,7 +541,7 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
     out.mkdir(parents=True, exist_ok=True)
     from .sweep import _write_atomic
 
-    _write_atomic(out / "suite.toml", suite.path.read_text())
+    _write_atomic(out / "suite.toml", _suite_record(out, suite, only))
     status = 0
     for stage in suite.stages:
         if only and stage.name not in only:

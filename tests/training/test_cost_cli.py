@@ -133,6 +133,60 @@ def test_pareto_resumes_after_a_crash(run_dir, tmp_path, monkeypatch):
     assert not (out / tc.PROGRESS_FILE).exists()
 
 
+def test_pareto_resume_takes_this_calls_amortisation_and_refuses_other_weights(run_dir, tmp_path, monkeypatch):
+    """Finished variants are kept only for the same weights (a run retrained in its folder starts
+    over), and the amortised write-verify energy is this call's ``--amortise``, not the first's."""
+    import shutil
+
+    import torch
+
+    import training.cost as tc
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(run_dir, run_copy)
+    out = tmp_path / "r"
+    args = ["--run", str(run_copy), "--images", "8", "--pareto", "--tiles", "256", "--dacs", "multibit",
+            "--write-verify-tol-uS", "2", "--out", str(out), "--quiet"]
+    real = tc.run_cost
+
+    def dying(run_dir, ov, *a, **k):
+        if ov["adc_bits"] == 6:
+            raise KeyboardInterrupt
+        return real(run_dir, ov, *a, **k)
+
+    monkeypatch.setattr(tc, "run_cost", dying)
+    assert main(args + ["--amortise", "1e3"]) == 130
+    counted = []
+    monkeypatch.setattr(tc, "run_cost", lambda *a, **k: counted.append(1) or real(*a, **k))
+    assert main(args + ["--amortise", "1e9"]) == 0
+    res = json.loads((out / "pareto.json").read_text())
+    rows, variants = res["rows"], len(res["rows"]) + len(res["skipped"])
+    assert len(counted) == variants - 2  # ADC bits 4 and 5 kept
+    assert all(r["write_verify_per_inference_J"] == pytest.approx(r["write_verify_J"] / 1e9, rel=1e-12) for r in rows)
+
+    shutil.rmtree(out)
+    monkeypatch.setattr(tc, "run_cost", dying)
+    assert main(args) == 130
+    ckpt = torch.load(run_copy / "best.pt", weights_only=True)  # the run trained again: other weights
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][first] = ckpt["model"][first] + 1e-3
+    torch.save(ckpt, run_copy / "best.pt")
+    counted.clear()
+    monkeypatch.setattr(tc, "run_cost", lambda *a, **k: counted.append(1) or real(*a, **k))
+    assert main(args) == 0
+    assert len(counted) == variants  # nothing kept
+
+
+def test_pareto_progress_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
+    from training.cost import _append_progress, _read_progress
+
+    path, ctx = tmp_path / "p.jsonl", {"run": "x"}
+    _append_progress(path, ctx, "a", {"row": {"v": 1}})
+    path.write_bytes(path.read_bytes() + b'{"context": {"ru')  # killed in the middle of a line
+    _append_progress(path, ctx, "b", {"row": {"v": 2}})
+    assert sorted(_read_progress(path, ctx)) == ["a", "b"]
+
+
 def test_batchnorm_recalibration_per_chip_matches_evaluate_and_is_priced_apart(tmp_path, capsys):
     """``--set bn_recal_images=N`` recalibrates every chip as ``training.evaluate`` does (same
     accuracy per chip), and its forwards are reported apart, not in the per-inference cost."""
