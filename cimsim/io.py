@@ -9,6 +9,7 @@ are :class:`OutputError`, whose message is one line naming the target (not a tem
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import shutil
@@ -157,6 +158,15 @@ def write_outputs(files: Mapping[str | os.PathLike, bytes | str]) -> None:
                     d.rmdir()
                 except OSError:
                     pass
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

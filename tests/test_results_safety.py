@@ -269,6 +269,28 @@ def test_second_runner_of_an_evaluate_stage_is_refused(mini_run, tmp_path, capsy
     assert results.main(["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "ev"]) == 0
 
 
+def test_evaluate_variant_whose_file_changed_is_refused(mini_run, tmp_path, capsys):
+    """A variant naming a crossbar_config file whose contents changed since its rows were made is
+    refused; the rows would otherwise stand for the new file."""
+    from cimsim.crossbar.config import CrossbarConfig
+
+    suite, out = _copy(mini_run, tmp_path)
+    xb = tmp_path / "xb.toml"
+    xb.write_text(CrossbarConfig(adc_bits=8).to_toml())
+    suite.write_text(MINI + f'  [[stages.variants]]\n  label = "xb"\n  noise = "crossbar"\n  crossbar_config = "{xb}"\n')
+    args = ["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--stages", "ev"]
+    assert results.main(args) == 0
+    before = (out / "ev" / "results.csv").read_bytes()
+    xb.write_text(CrossbarConfig(adc_bits=4).to_toml())
+    capsys.readouterr()
+    assert results.main(args) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "'xb'" in err[0] and "crossbar_config" in err[0], err
+    assert (out / "ev" / "results.csv").read_bytes() == before
+    xb.write_text(CrossbarConfig(adc_bits=8).to_toml())
+    assert results.main(args) == 0
+
+
 def test_changed_sweep_options_are_refused_before_any_stage_runs(mini_run, tmp_path, capsys):
     suite, out = _copy(mini_run, tmp_path)
     suite.write_text(MINI.replace("epochs = 1", "epochs = 2"))

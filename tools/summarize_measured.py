@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from cimsim.io import atomic_write_text
-from cimsim.device.measured import MeasuredDataError, read_tidy, sha256_file, summarize, summary_to_csv
+from cimsim.device.measured import MeasuredDataError, read_tidy, summarize, summary_to_csv
+from cimsim.io import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CELLS = ROOT.parent / "shared" / "measured" / "rram_techC_cells.csv"

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cimsim.cost import ChipCostConfig, Cost, CostError, price, recording
+from cimsim.io import sha256_file
 from cimsim.seeds import chip_seed
 
 from .cli import Parser, UsageError
@@ -166,7 +167,8 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     variants = pareto_variants(base, axes)
     # the run's absolute path (the same run resumes whether named relative or absolute) and its
     # weights (a run trained again in the same folder does not)
-    context = {"run": str(Path(run_dir).resolve()), "weights_sha256": _sha256(Path(run_dir) / "best.pt"), "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
+    context = {"run": str(Path(run_dir).resolve()), "weights_sha256": sha256_file(Path(run_dir) / "best.pt"),
+               "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
                "chips": list(chips), "sigma": sigma, "write_verify_tol_S": write_verify_tol_S}
     done = _read_progress(progress, context)
     with Progress(len(variants), "pareto: variants", quiet=quiet) as bar, tempfile.TemporaryDirectory() as tmp:
@@ -230,17 +232,6 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     files[out / "pareto.png"] = pareto_plot(rows, f"{Path(run_dir).name}: accuracy vs energy per inference "
                                                   f"({chip.technology}, {len(chips)} chips x {images} images)")
     return rows, files
-
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_progress(path: Path | None, context: dict) -> dict[str, dict]:

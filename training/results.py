@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import re
 import sys
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run_config import DATASETS, METHODS, ConfigError, RunConfig
+from .run_config import DATASETS, METHODS, ConfigError, RunConfig, referenced_files
 from .sweep import EVAL_LEDGER
 
 SUITES_DIR = Path(__file__).with_name("suites")
@@ -315,7 +316,11 @@ def _run_evaluate_locked(stage: Stage, out: Path, folder: Path, workers: int) ->
     from .evaluate import evaluate_run
     from .sweep import EVAL_LEDGER, repair_ledger
 
+    from .sweep import _write_atomic
+
     csv_path = folder / "results.csv"
+    _write_atomic(folder / VARIANT_FILES, json.dumps({**_recorded_variant_files(folder), **_variant_files(stage)},
+                                                     indent=1, sort_keys=True) + "\n")
     repair_ledger(csv_path, EVAL_LEDGER)  # damaged rows moved aside (reported): their evaluations run again
     rows = read_rows(csv_path, EVAL_LEDGER)
     done = {(_run_key(r["run_dir"]), r["variant"]) for r in rows if r["status"] == "ok"}
@@ -466,6 +471,8 @@ def check_suite_run(suite: Suite, out: Path, only: list[str] | None = None,
                 scan_ledger(out / stage.name / "results.csv", EVAL_LEDGER)
         except (UsageError, ConfigError) as e:
             raise SuiteError(f"{where}: {e}") from None
+        if stage.kind == "evaluate":
+            _check_variant_files(out / stage.name, stage)
         before = old.get(stage.name)
         if before is None or stage.kind == "sweep" or not (out / stage.name).exists():
             continue  # a sweep's cells are checked against its sweep_config.json above
@@ -473,6 +480,40 @@ def check_suite_run(suite: Suite, out: Path, only: list[str] | None = None,
         if why:
             raise SuiteError(f"--out {out}: stage {stage.name!r} changed since its results there were made "
                              f"({why}; see {out / 'suite.toml'}); restore it, or give the new one another name or --out")
+
+
+#: an evaluate stage's record of the files its variants named, as they were when its rows were made
+VARIANT_FILES = "variant_files.json"
+
+
+def _variant_files(stage: Stage) -> dict[str, dict[str, str]]:
+    """Variant label -> SHA-256 of each file it names (:func:`training.run_config.referenced_files`)."""
+    return {v["label"]: referenced_files(v) for v in stage.variants}
+
+
+def _recorded_variant_files(folder: Path) -> dict:
+    path = folder / VARIANT_FILES
+    if not path.is_file():
+        return {}
+    try:
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict):
+            raise TypeError("not a JSON object")
+    except (OSError, ValueError, TypeError) as e:
+        raise SuiteError(f"{path} cannot be read ({e}); move it aside to run the stage again") from None
+    return rec
+
+
+def _check_variant_files(folder: Path, stage: Stage) -> None:
+    """Refuse (:class:`SuiteError`) an evaluate stage whose variant names a file that changed since
+    that variant's rows were made: they would be kept as if made with the new file."""
+    old = _recorded_variant_files(folder)
+    made = {r["variant"] for r in read_rows(folder / "results.csv", EVAL_LEDGER) if r["status"] == "ok"}
+    for label, files in _variant_files(stage).items():
+        if label in made and label in old and old[label] != files:
+            changed = sorted(f for f in set(old[label]) | set(files) if old[label].get(f) != files.get(f))
+            raise SuiteError(f"stage {stage.name!r}, variant {label!r}: {', '.join(changed)} changed since its rows in "
+                             f"{folder} were made; restore the file, or give the variant another label")
 
 
 def _stage_blocks(text: str) -> tuple[str, dict[str, str]]:

@@ -392,3 +392,20 @@ def shipped_path(path: str) -> Path:
         return p
     root = Path(__file__).resolve().parents[1] / p
     return root if root.exists() else p
+
+
+#: fields that may name a file whose contents, not only its name, decide a run's results
+FILE_FIELDS = ("crossbar_config", "device_model")
+
+
+def referenced_files(values: Mapping[str, Any]) -> dict[str, str]:
+    """SHA-256 of each existing file that ``values`` (config fields) name, by field: a resumed sweep
+    or stage compares them, since a file edited under the same name changes the results."""
+    from cimsim.io import sha256_file
+
+    out = {}
+    for f in FILE_FIELDS:
+        v = values.get(f)
+        if isinstance(v, str) and v and shipped_path(v).is_file():
+            out[f] = sha256_file(shipped_path(v))
+    return out

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .threads import set_threads
-from .run_config import ConfigError, RunConfig
+from .run_config import ConfigError, RunConfig, referenced_files
 from .cli import EXIT_USAGE
 from cimsim.progress import Progress
 
@@ -537,11 +537,20 @@ def check_out(out: Path, base: RunConfig | None = None) -> None:
     if base is None or not cfg_path.exists():
         return
     try:
-        old = json.loads(cfg_path.read_text())["base"]
+        recorded = json.loads(cfg_path.read_text())
+        old = recorded["base"]
         if not isinstance(old, dict):
             raise TypeError("base is not a table")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--out {out}: {cfg_path} cannot be read ({one_line(e)}); not continuing that sweep") from None
+    old_files = recorded.get("files") if isinstance(recorded, dict) else None
+    if isinstance(old_files, dict):  # sweeps made before files were recorded are not compared
+        now = referenced_files(base.to_dict())
+        changed = [f for f in sorted(set(old_files) | set(now)) if old_files.get(f) != now.get(f)]
+        if changed:
+            named = ", ".join(f"{f} {getattr(base, f)}" for f in changed)
+            raise ConfigError(f"--out {out} holds a sweep made with another {named} (the file changed since it ran); "
+                              "restore the file, or choose another --out")
     defaults = RunConfig().to_dict()  # a field the old sweep_config lacks had its default then
     new = _comparable(base.to_dict())
     old = _comparable({**defaults, **{k: v for k, v in old.items() if k in defaults}})
@@ -579,7 +588,8 @@ def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[
     try:
         check_out(out, base)  # again, now that no other sweep can change it
         _write_atomic(out / "sweep_config.json", json.dumps(
-            {"base": base.to_dict(), "methods": methods, "sigmas": sigmas, "seeds": seeds}, indent=1) + "\n")
+            {"base": base.to_dict(), "methods": methods, "sigmas": sigmas, "seeds": seeds,
+             "files": referenced_files(base.to_dict())}, indent=1) + "\n")
         csv_path = out / "results.csv"
         repair_ledger(csv_path, SWEEP_LEDGER)
         if retry_failed:

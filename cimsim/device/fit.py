@@ -42,8 +42,9 @@ from cimsim.device.model import LevelFit, DeviceModel
 from cimsim.progress import Progress
 from cimsim.device.measured import (
     QUANTILE_COLUMNS, QUANTILES, CellTable, MeasuredDataError, SummaryTable, TidyColumns, check_neg_tol,
-    miss_near_edges, read_measured, read_read_noise, sha256_file,
+    miss_near_edges, read_measured, read_read_noise,
 )
+from cimsim.io import sha256_file
 
 _US = 1e-6  # one microsiemens in siemens
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
-import hashlib
 import io
 import math
 import numbers
@@ -157,15 +156,6 @@ class ReadNoiseSeries:
 
 
 # ----------------------------------------------------------------------------- files
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_text(path: Path) -> str:
     """The text of a data file: gzip-compressed or not (told from its first bytes), UTF-8 with or
     without a byte-order mark."""

@@ -190,3 +190,25 @@ def test_continuing_with_other_options_is_refused(finished, tmp_path, capsys):
     args = [a if a != "1" or i != TINY.index("--threads") + 1 else "2" for i, a in enumerate(TINY)]
     assert main(args + ["--methods", "plain,nit,ovf", "--seeds", "1", "--out", str(out)]) == 0
     assert len(_rows(out / "results.csv")) == 3
+
+
+def test_continuing_after_a_named_file_changed_is_refused(tmp_path, capsys):
+    """The same crossbar_config path with other contents used to continue the sweep, its earlier
+    cells kept as if made with the new file."""
+    from cimsim.crossbar.config import CrossbarConfig
+
+    xb = tmp_path / "xb.toml"
+    xb.write_text(CrossbarConfig(adc_bits=8).to_toml())
+    out = tmp_path / "sw"
+    args = TINY + ["--noise", "crossbar", "--crossbar-config", str(xb), "--methods", "plain", "--seeds", "1",
+                   "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "results.csv").read_bytes(), (out / "sweep_config.json").read_bytes()
+    xb.write_text(CrossbarConfig(adc_bits=4).to_toml())
+    capsys.readouterr()
+    assert main(args) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "crossbar_config" in err[0] and str(xb) in err[0] and "--out" in err[0], err
+    assert ((out / "results.csv").read_bytes(), (out / "sweep_config.json").read_bytes()) == before
+    xb.write_text(CrossbarConfig(adc_bits=8).to_toml())  # restored: the sweep continues
+    assert main(args) == 0
