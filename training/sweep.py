@@ -467,7 +467,18 @@ def grid(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[i
     """Every (method, sigma, seed) cell as a validated config; the options are checked once per kind."""
     from .train import check_options
 
-    cells = [base.replace(method=m, sigma=float(s), seed=int(k)) for m in methods for s in sigmas for k in seeds]
+    cells, names = [], {}
+    for m in methods:
+        for s in sigmas:
+            for k in seeds:
+                name, key = cell_name(m, float(s), int(k)), _key(m, s, k)
+                if name in names:
+                    if names[name] != key:  # two cells, one run folder
+                        raise ConfigError(f"--sigmas {names[name][1]:g} and {float(s):g} both name the run folder "
+                                          f"{name}: give sigmas that differ within 4 decimals")
+                    continue  # a repeated cell is one cell
+                names[name] = key
+                cells.append(base.replace(method=m, sigma=float(s), seed=int(k)))
     for cfg in {c.replace(seed=0, sigma=0.0) for c in cells}:
         check_options(cfg)
     return cells

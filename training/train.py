@@ -189,7 +189,9 @@ def _run_locked(cfg, out, work, resume, quiet, dev, train, val, test, train_d, v
             saved = RunConfig.from_dict(state["config"])
         except ConfigError as e:
             raise UsageError(f"{ck}: {e}") from None
-        if saved != cfg:
+        # threads and the data folder do not change what is computed; the torch device does (its
+        # generators' states do not carry over), so it must match like every other field
+        if saved.replace(threads=cfg.threads, data_dir=cfg.data_dir) != cfg:
             raise UsageError(f"{work}: the unfinished run was made with a different config; resume with the same options")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

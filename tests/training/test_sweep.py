@@ -33,6 +33,21 @@ def test_parse_grid():
         parse_sigmas("0:x:1")
 
 
+def test_grid_refuses_two_sigmas_in_one_run_folder_and_keeps_one_of_a_repeat(tmp_path):
+    """sigmas 0.10001 and 0.10004 shared the folder nit_sigma0.1000_seed0: the second cell took the
+    first one's result as its own."""
+    from training.run_config import RunConfig
+    from training.sweep import grid
+
+    base = RunConfig(model="mlp", dataset="digits")
+    with pytest.raises(ConfigError, match="0.10001 and 0.10004"):
+        grid(base, ["nit"], [0.10001, 0.10004], [0])
+    assert [(c.sigma, c.seed) for c in grid(base, ["nit"], [0.1, 0.2, 0.1], [0])] == [(0.1, 0), (0.2, 0)]
+    err = tmp_path / "none"
+    assert main(["--model", "mlp", "--dataset", "digits", "--sigmas", "0.10001,0.10004", "--out", str(err),
+                 "--quiet", "--workers", "0"]) == 2 and not err.exists()
+
+
 def test_sweep_two_cells_and_resume(tmp_path, capsys):
     out = tmp_path / "sw"
     args = ["--model", "mlp", "--dataset", "digits", "--methods", "plain,nit", "--sigmas", "0.1", "--seeds", "1",

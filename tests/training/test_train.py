@@ -69,7 +69,10 @@ def test_resume_continues_the_same_run(tmp_path, fast_cfg):
     assert (tmp_path / "d.partial" / "last.pt").exists() and not (tmp_path / "d").exists()
     with pytest.raises(UsageError, match="--resume"):
         run(cfg, tmp_path / "d", quiet=True)
-    resumed = run(cfg, tmp_path / "d", resume=True, quiet=True)
+    with pytest.raises(UsageError, match="different config"):
+        run(cfg.replace(lr=2 * cfg.lr), tmp_path / "d", resume=True, quiet=True)
+    # another data folder (the same data named elsewhere) resumes: it changes nothing computed
+    resumed = run(cfg.replace(data_dir=str(tmp_path)), tmp_path / "d", resume=True, quiet=True)
     assert resumed["acc_mean"] == straight["acc_mean"]
     a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
     d = torch.load(tmp_path / "d" / "best.pt", weights_only=True)["model"]
