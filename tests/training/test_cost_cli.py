@@ -160,8 +160,8 @@ def test_pareto_resume_takes_this_calls_amortisation_and_refuses_other_weights(r
     monkeypatch.setattr(tc, "run_cost", lambda *a, **k: counted.append(1) or real(*a, **k))
     assert main(args + ["--amortise", "1e9"]) == 0
     res = json.loads((out / "pareto.json").read_text())
-    rows, variants = res["rows"], len(res["rows"]) + len(res["skipped"])
-    assert len(counted) == variants - 2  # ADC bits 4 and 5 kept
+    rows = res["rows"]
+    assert len(counted) == len(rows) + len(res["skipped"]) - 2  # ADC bits 4 and 5 kept
     assert all(r["write_verify_per_inference_J"] == pytest.approx(r["write_verify_J"] / 1e9, rel=1e-12) for r in rows)
 
     shutil.rmtree(out)
@@ -172,9 +172,9 @@ def test_pareto_resume_takes_this_calls_amortisation_and_refuses_other_weights(r
     ckpt["model"][first] = ckpt["model"][first] + 1e-3
     torch.save(ckpt, run_copy / "best.pt")
     counted.clear()
-    monkeypatch.setattr(tc, "run_cost", lambda *a, **k: counted.append(1) or real(*a, **k))
-    assert main(args) == 0
-    assert len(counted) == variants  # nothing kept
+    monkeypatch.setattr(tc, "run_cost", lambda run_dir, ov, *a, **k: counted.append(1) or dying(run_dir, ov, *a, **k))
+    assert main(args) == 130
+    assert len(counted) == 3  # ADC bits 4 and 5 again (nothing kept), then 6
 
 
 def test_pareto_progress_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
