@@ -285,6 +285,24 @@ def test_a_redefined_stage_reported_from_its_record_keeps_its_own_title(suite_ru
     assert "Stage `xbar` has been redefined" not in md  # unchanged stages say nothing
 
 
+def test_report_says_a_sweep_is_unfinished(suite_run, tmp_path):
+    """A sweep stage with fewer rows than its grid says so above its tables (it had read "3 of 3
+    runs finished ok" for a stage of 16)."""
+    import shutil
+
+    _, out, _ = suite_run
+    part = tmp_path / "part"
+    shutil.copytree(out, part, ignore=shutil.ignore_patterns("runs"))
+    ledger = part / "longer" / "results.csv"
+    lines = ledger.read_text().splitlines(keepends=True)
+    ledger.write_text("".join(lines[:2]))  # the header and one of its 2 runs
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(part), "--docs", str(docs)]) == 0
+    md = (docs / "results.md").read_text()
+    assert "Unfinished: 1 of its 2 runs" in "".join(_section(md, "longer"))
+    assert "Unfinished" not in "".join(_section(md, "paper noise"))
+
+
 def test_source_runs_follow_a_moved_results_folder(suite_run, tmp_path):
     """A copied results folder uses its own runs (<out>/<source>/runs/<name>), never the tree its
     rows were recorded in, whether that tree is still there or gone."""

@@ -401,7 +401,10 @@ class Report:
         st = self.stages.get(name, {})
         base = sc["base"]
         n_cells, n_ok = len(df), int((df["status"] == "ok").sum())
+        planned = len(sc.get("methods") or ()) * len(sc.get("sigmas") or ()) * len(sc["seeds"])
         self.add(f"### {st.get('title') or name}\n")
+        if n_cells < planned:
+            self.add(f"*Unfinished: {n_cells} of its {planned} runs so far; what follows is from those alone.*\n")
         self.add(f"Scale: {scale_text(base)}. Seeds {', '.join(str(s) for s in sc['seeds'])}; "
                  f"{n_ok} of {n_cells} runs finished ok (diverged: {int((df['status'] == 'diverged').sum())}, "
                  f"failed: {int((df['status'] == 'failed').sum())}). Training {df['train_time_s'].sum() / 3600:.2f} h "
