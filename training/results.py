@@ -292,17 +292,14 @@ def run_evaluate(stage: Stage, out: Path, workers: int) -> int:
 def _stage_lock(folder: Path):
     """Hold the lock of a stage folder (``<folder>/.lock``, as a sweep does): a second runner of the
     same stage is refused with :class:`SuiteError` instead of computing, and appending, it twice."""
-    from .runfolder import RunFolderError, RunLock
+    from .runfolder import lock_folder
 
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(folder).acquire()
-    except RunFolderError as e:
-        raise SuiteError(f"stage {folder.name}: {e}") from None
+    lock = lock_folder(folder, lambda e: SuiteError(f"stage {folder.name}: {e}"))
     try:
         yield
     finally:
-        lock.release(remove=False)  # unlinking it could let two later runners lock two different files
+        lock.release(remove=False)
 
 
 def _run_key(run_dir: str) -> str:

@@ -89,6 +89,15 @@ class RunLock:
         self.release()
 
 
+def lock_folder(folder: Path, error) -> RunLock:
+    """``folder``'s lock, acquired; ``error(e)`` is raised instead when another process holds it.
+    Release it with ``remove=False``: unlinking the file could let two later writers lock two files."""
+    try:
+        return RunLock(folder).acquire()
+    except RunFolderError as e:
+        raise error(e) from None
+
+
 def _busy(folder: Path) -> RunFolderError:
     try:
         pid = (folder / LOCK).read_text().strip()

@@ -586,16 +586,13 @@ def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[
     While it runs the sweep holds the lock of ``out`` (``<out>/.lock``): a second sweep into the
     same folder is refused. Damaged ledger rows are moved aside first (:func:`repair_ledger`).
     """
-    from .runfolder import RunFolderError, RunLock
+    from .runfolder import lock_folder
 
     out = Path(out)
     cells = grid(base, methods, sigmas, seeds)
     check_out(out, base)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(out).acquire()
-    except RunFolderError as e:
-        raise ConfigError(f"--out {out}: another sweep is running into it ({e})") from None
+    lock = lock_folder(out, lambda e: ConfigError(f"--out {out}: another sweep is running into it ({e})"))
     try:
         check_out(out, base)  # again, now that no other sweep can change it
         _write_atomic(out / "sweep_config.json", json.dumps(
@@ -619,7 +616,7 @@ def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[
         if summary:
             summarize(csv_path, out)
     finally:
-        lock.release(remove=False)  # unlinking it could let two later sweeps lock two different files
+        lock.release(remove=False)
     return csv_path
 
 
