@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cimsim.cost import ChipCostConfig, Cost, CostError, price, recording
+from cimsim.cost import ChipCostConfig, Cost, CostError, check_priceable, price, recording
 from cimsim.io import sha256_file
 from cimsim.seeds import chip_seed
 
@@ -44,7 +44,8 @@ from .cli import Parser, UsageError
 
 
 def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images: int = 100,
-             chips: Sequence[int] = (0,), write_verify_tol_S: float | None = None, sigma: float | None = None):
+             chips: Sequence[int] = (0,), write_verify_tol_S: float | None = None, sigma: float | None = None,
+             quiet: bool = True, label: str = "cost"):
     """``(InferenceCost, accuracy per chip, evaluated RunConfig, programming Cost or None,
     recalibration dict or None)``: chips ``chips`` of the run (as ``python -m training.evaluate``
     numbers them) each read the first ``images`` test images; the cost is per inference over all of
@@ -55,17 +56,24 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
     recomputes its BatchNorm statistics from that many training images run through it, as
     ``training.evaluate`` does; those forwards are priced apart (the dict: images per chip and
     the energy and the pipelined latency of running them on one chip), never in the per-inference
-    cost."""
+    cost. Unless ``quiet``, progress on stderr as ``label``: per chip its recalibration and each
+    test batch, then the write-verify."""
+    from cimsim.progress import Progress
+
     from .evaluate import batchnorm_layers, load_run, load_splits, recalibrated_batchnorm, recalibration_images
 
     cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides)
+    check_priceable(model, chip)  # an unpriced ADC or DAC fails now, not after the evaluation
     sigma = cfg.eval_sigma_value if sigma is None else float(sigma)
     n = min(int(images), len(test))
     recal_x = (recalibration_images(load_splits(cfg)[0], cfg.bn_recal_images, dev)
                if cfg.bn_recal_images and batchnorm_layers(model) else None)
     model.eval()
     accs, totals, recal_totals = [], {}, {}
-    with torch.no_grad():
+    batches = -(-n // cfg.eval_batch_size)
+    steps = len(chips) * (batches + (recal_x is not None)) + (write_verify_tol_S is not None)
+    with torch.no_grad(), Progress(steps, f"{label}: chip batches" + (", write-verify" if write_verify_tol_S
+                                                                       is not None else ""), quiet=quiet) as bar:
         for c in chips:
             the_chip = variation.chip(model, sigma, chip_seed(cfg.seed, int(c)))
 
@@ -77,16 +85,19 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
                     with recording(model, chip.accumulator_bits) as recal_acts:
                         stack.enter_context(recalibrated_batchnorm(model, forward, recal_x, cfg.eval_batch_size))
                     _add_activity(recal_totals, recal_acts)
+                    bar.update(note=f"chip {c} recalibrated")
                 with recording(model, chip.accumulator_bits) as acts:
                     correct = 0
                     for k in range(0, n, cfg.eval_batch_size):
                         x, y = test.batch(torch.arange(k, min(n, k + cfg.eval_batch_size)), dev)
                         correct += int((forward(x).argmax(1) == y).sum())
+                        bar.update(note=f"chip {c}")
                 _add_activity(totals, acts)
             accs.append(correct / n)
-    prog = None
-    if write_verify_tol_S is not None:
-        prog = programming_cost(model, variation, sigma, write_verify_tol_S, chip_seed(cfg.seed, int(chips[0])))
+        prog = None
+        if write_verify_tol_S is not None:
+            prog = programming_cost(model, variation, sigma, write_verify_tol_S, chip_seed(cfg.seed, int(chips[0])))
+            bar.update(note="write-verify")
     recal = None
     if recal_totals:
         rc = price(list(recal_totals.values()), chip).summary()
@@ -135,6 +146,11 @@ def pareto_variants(base: dict, axes: Mapping[str, Sequence] = PARETO_AXES) -> l
                 seen.add(key)
                 out.append({"varied": axis if v != base[axis] else "base", **var})
     return out
+
+
+def _variant_label(v: Mapping) -> str:
+    """``"adc 6, 2 b/cell, tile 256, multibit DAC"``: one :func:`pareto_variants` variant, for progress."""
+    return f"adc {v['adc_bits']}, {v['bits_per_cell']} b/cell, tile {v['tile']}, {v['dac']} DAC"
 
 
 def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipCostConfig, images: int,
@@ -192,7 +208,8 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
                   "crossbar_config": str(loaded)}
             tol = write_verify_tol_S if v["bits_per_cell"] not in programmed else None
             try:
-                cost, accs, _, prog, recal = run_cost(run_dir, ov, chip, images, chips, tol, sigma)
+                cost, accs, _, prog, recal = run_cost(run_dir, ov, chip, images, chips, tol, sigma, quiet,
+                                                      f"pareto: {_variant_label(v)}")
             except VariationError as e:  # e.g. more bits per cell than the device has levels
                 skipped.append({**v, "reason": str(e)})
                 _append_progress(progress, context, key, {"skipped": skipped[-1]})
@@ -391,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                                     ns.sigma, axes, progress)
             files.update(more)
         else:
-            cost, accs, cfg, prog, recal = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma)
+            cost, accs, cfg, prog, recal = run_cost(ns.run, overrides, chip, ns.images, chips, tol_S, ns.sigma,
+                                                    ns.quiet)
             result = {"run": str(ns.run), "chips": list(chips), "images_per_chip": ns.images,
                       "sigma": cfg.eval_sigma_value if ns.sigma is None else ns.sigma,
                       "accuracy_per_chip": accs, "accuracy": float(np.mean(accs)), **cost.to_dict()}

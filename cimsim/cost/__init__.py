@@ -14,5 +14,5 @@ from cimsim.cost.programming import (  # noqa: F401
 from cimsim.cost.technology import TECHNOLOGIES, Technology, technology  # noqa: F401
 from cimsim.cost.activity import LayerActivity, layer_activity  # noqa: F401
 from cimsim.cost.inference import (  # noqa: F401
-    ChipCostConfig, InferenceCost, LayerCost, inference_cost, price, price_layer, recording,
+    ChipCostConfig, InferenceCost, LayerCost, check_priceable, inference_cost, price, price_layer, recording,
 )

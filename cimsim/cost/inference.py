@@ -128,14 +128,28 @@ ENERGY_PARTS = ("array", "dac", "adc", "sample_hold", "shift_add", "buffer")
 AREA_PARTS = ("array", "dac", "adc", "sample_hold", "shift_add", "registers")
 
 
+def converter_prices(cfg, tech: Technology, where: str = "") -> tuple[float, float, float, float, float]:
+    """``(ADC J per conversion, ADC mm^2, conversion s, DAC J per drive, DAC mm^2)`` of a crossbar
+    config's converters; :class:`CostError` naming ``where`` if ``tech`` does not price them."""
+    dac_bits = 1 if cfg.dac == "bit_serial" else cfg.input_bits
+    return (*tech.adc(cfg.adc_bits, where), *tech.dac(dac_bits, where))
+
+
+def check_priceable(model, chip: ChipCostConfig = ChipCostConfig()) -> None:
+    """Raise :class:`CostError` now, before any long work, if ``chip`` cannot price a crossbar layer
+    of ``model`` (ADC or DAC resolution outside its technology's tables)."""
+    from cimsim.nn.modules import cim_layers
+
+    tech = chip.tech
+    for name, m in cim_layers(model):
+        converter_prices(m.config, tech, f"layer {name!r}")
+
+
 def price_layer(act: LayerActivity, chip: ChipCostConfig = ChipCostConfig(), tech: Technology | None = None) -> LayerCost:
     """Energy, latency and area of one layer's activity (see the module docstring)."""
     tech = tech or chip.tech
     cfg = act.config
-    dac_bits = 1 if cfg.dac == "bit_serial" else cfg.input_bits
-    where = f"layer {act.name!r}"
-    e_adc, a_adc, t_conv = tech.adc(cfg.adc_bits, where)
-    e_dac, a_dac = tech.dac(dac_bits, where)
+    e_adc, a_adc, t_conv, e_dac, a_dac = converter_prices(cfg, tech, f"layer {act.name!r}")
     energy = {
         "array": cfg.v_read_V ** 2 * chip.t_read_s * act.array_charge_S,
         "dac": act.dac_drives * e_dac,

@@ -25,7 +25,9 @@ def test_cli_writes_table_csv_json_and_configs(run_dir, tmp_path, capsys):
     out = tmp_path / "c8"
     assert main(["--run", str(run_dir), "--images", "40", "--out", str(out), "--set", "adc_bits=8",
                  "--write-verify-tol-uS", "2", "--amortise", "1000"]) == 0
-    assert "per inference:" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "per inference:" in cap.out
+    assert "cost: chip batches, write-verify: 2/2 (100 %)" in cap.err  # one test batch, then write-verify
     res = json.loads((out / "cost.json").read_text())
     assert res["images_per_chip"] == 40 and 0 <= res["accuracy"] <= 1
     s = res["summary"]
@@ -71,15 +73,17 @@ def test_not_a_run_folder(tmp_path, capsys):
     assert "not a finished training run folder" in capsys.readouterr().err
 
 
-def test_pareto_one_axis_at_a_time(run_dir, tmp_path):
+def test_pareto_one_axis_at_a_time(run_dir, tmp_path, capsys):
     from training.cost import PARETO_AXES, pareto_front
 
     out = tmp_path / "p"
     assert main(["--run", str(run_dir), "--images", "16", "--pareto", "--out", str(out), "--quiet",
                  "--write-verify-tol-uS", "2"]) == 0
     small = tmp_path / "small"
-    assert main(["--run", str(run_dir), "--images", "8", "--pareto", "--tiles", "128,256", "--out", str(small),
-                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["--run", str(run_dir), "--images", "8", "--pareto", "--tiles", "128,256", "--out", str(small)]) == 0
+    err = capsys.readouterr().err  # progress within each variant, named
+    assert "pareto: adc 8, 2 b/cell, tile 128, multibit DAC: chip batches: 1/1 (100 %)" in err
     assert {p.name for p in (small / "tiles").iterdir()} == {"tile128.toml", "tile256.toml"}
     rows = list(csv.DictReader((out / "pareto.csv").open()))
     skipped = json.loads((out / "pareto.json").read_text())["skipped"]
