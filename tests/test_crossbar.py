@@ -35,6 +35,7 @@ def exact_cases(draw):
         dac=draw(st.sampled_from(["multibit", "bit_serial"])),
         adc_convert=draw(st.sampled_from(["differential", "separate"])),
         weight_scale=draw(st.sampled_from(["layer", "column"])),
+        slice_align=draw(st.sampled_from(["lsb", "msb"])),
         input_clip=draw(st.sampled_from([None, 0.5, 2.0])),
         **EXACT,
     )
@@ -63,9 +64,9 @@ def test_sliced_equals_unsliced_and_tiled_equals_untiled(seed, dac):
     w, x = _layer(rng, 5, 50, 3)
     base = CrossbarConfig(weight_bits=6, bits_per_cell=6, tile_rows=256, dac=dac, input_clip=2.0, **EXACT)
     y0 = program(w, base).matmul(x)
-    for bpc in (1, 2, 3):
+    for bpc, align in ((1, "lsb"), (2, "lsb"), (3, "lsb"), (4, "lsb"), (4, "msb"), (5, "msb")):
         for rows in (7, 16, 50):
-            y = program(w, base.replace(bits_per_cell=bpc, tile_rows=rows)).matmul(x)
+            y = program(w, base.replace(bits_per_cell=bpc, slice_align=align, tile_rows=rows)).matmul(x)
             assert np.array_equal(y, y0)
 
 
@@ -149,6 +150,28 @@ def test_programming_statistics_match_device_model(name):
     # unbiased: every output's mean within 4 standard errors (8 outputs: a false alarm ~5e-4)
     assert np.all(np.abs(ys.mean(0) - ideal) <= 4 * ys.std(0) / np.sqrt(len(ys)))
     assert np.allclose(ys.std(0), pred_std, rtol=0.05)
+
+
+def test_msb_aligned_slices_halve_the_weight_error_of_8_bits_on_3_bit_cells():
+    """8-bit magnitudes on 3-bit cells: LSB-first slicing leaves the top slice 2 bits wide at
+    significance 64; aligned to the MSB the slices weigh 1/2, 4, 32 (in 8-bit steps). With the same
+    spread on every cell (both sides of each pair), the weight error's std is
+    sqrt(2 sum sig_k^2) sigma / step: exactly half. The same quantized weights, the same cells."""
+    dev = _test_device(sigma_poly_uS=((0.4,),))  # 0.4 uS on every level
+    w = np.random.default_rng(8).normal(size=(64, 200))
+    arrs = {a: program(w, CrossbarConfig(weight_bits=8, bits_per_cell=3, slice_align=a, **EXACT), 3, device_model=dev)
+            for a in ("lsb", "msb")}
+    assert arrs["msb"].config.pad_bits == 1 and arrs["lsb"].config.pad_bits == 0
+    assert np.array_equal(arrs["msb"].mapped.w_int, arrs["lsb"].mapped.w_int * 2)
+    assert np.array_equal(arrs["msb"].scale * 2, arrs["lsb"].scale)
+    errs = {}
+    for align, arr in arrs.items():
+        step_8bit = arr.scale[0] * (1 << arr.config.pad_bits)  # one step of the 8-bit weight
+        sig = 8.0 ** np.arange(3) / (1 << arr.config.pad_bits)  # slice significance in 8-bit steps
+        pred = np.sqrt(2 * (sig**2).sum()) * 0.4e-6 / np.diff(arr.levels_S).mean() * step_8bit
+        errs[align] = (arr.effective_weights() - arr.mapped.w_int * arr.scale[:, None]).std()
+        assert errs[align] == pytest.approx(pred, rel=0.03)
+    assert errs["msb"] / errs["lsb"] == pytest.approx(0.5, rel=0.04)
 
 
 def test_read_noise_column_current_matches_per_cell_draws():
@@ -448,6 +471,8 @@ def test_config_validation_and_round_trip(tmp_path):
         CrossbarConfig(dac="pwm")
     with pytest.raises(ConfigError, match="adc_fixed_range"):
         CrossbarConfig(adc_range="fixed")
+    with pytest.raises(ConfigError, match="slice_align"):
+        CrossbarConfig(slice_align="middle")
     cfg = CrossbarConfig(tile_rows=128, dac="bit_serial", input_clip=None, sigma_scale=0.3, device="rram1")
     for suffix in (".toml", ".json"):
         assert CrossbarConfig.load(cfg.save(tmp_path / f"c{suffix}")) == cfg
@@ -466,17 +491,19 @@ def test_numpy_front_end_accepts_vectors():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 8), st.integers(1, 8), st.sampled_from(["layer", "column"]), st.integers(0, 2**31 - 1))
-def test_torch_twin_of_the_mapping_equals_numpy(weight_bits, bits_per_cell, weight_scale, seed):
+@given(st.integers(1, 8), st.integers(1, 8), st.sampled_from(["layer", "column"]), st.sampled_from(["lsb", "msb"]),
+       st.integers(0, 2**31 - 1))
+def test_torch_twin_of_the_mapping_equals_numpy(weight_bits, bits_per_cell, weight_scale, slice_align, seed):
     """mapping.quantize_weights_torch / digit_pairs_torch reproduce map_weights digit for digit."""
     from cimsim.crossbar.mapping import digit_pairs_torch, quantize_weights_torch
 
     bits_per_cell = min(bits_per_cell, weight_bits)
-    cfg = CrossbarConfig(weight_bits=weight_bits, bits_per_cell=bits_per_cell, weight_scale=weight_scale)
+    cfg = CrossbarConfig(weight_bits=weight_bits, bits_per_cell=bits_per_cell, weight_scale=weight_scale,
+                         slice_align=slice_align)
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(5, 7)) * (rng.random((5, 1)) > 0.2)  # some all-zero rows
     mapped = map_weights(w, cfg)
-    w_int, scale = quantize_weights_torch(torch.from_numpy(w), weight_bits, weight_scale == "column")
+    w_int, scale = quantize_weights_torch(torch.from_numpy(w), weight_bits, weight_scale == "column", cfg.pad_bits)
     assert np.array_equal(w_int.numpy(), mapped.w_int)
     assert np.allclose(scale.expand(5).numpy(), mapped.scale, rtol=0, atol=0)
     d_pos, d_neg = digit_pairs_torch(w_int.T, bits_per_cell, cfg.n_slices)

@@ -22,12 +22,15 @@ def _layer(seed=0, n_out=6, n_in=40, batch=5):
     return rng.normal(size=(n_out, n_in)), np.abs(rng.normal(size=(batch, n_in)))
 
 
-@pytest.mark.parametrize("convert", ["differential", "separate"])
-def test_ideal_device_programmed_in_torch_is_exact(convert):
+@pytest.mark.parametrize("convert, bits_per_cell, slice_align", [("differential", 2, "lsb"), ("separate", 2, "lsb"),
+                                                                  ("differential", 3, "msb")])
+def test_ideal_device_programmed_in_torch_is_exact(convert, bits_per_cell, slice_align):
     w, x = _layer()
-    cfg = CrossbarConfig(tile_rows=16, input_clip=2.0, adc_convert=convert, **EXACT)
+    cfg = CrossbarConfig(tile_rows=16, input_clip=2.0, adc_convert=convert, bits_per_cell=bits_per_cell,
+                         slice_align=slice_align, **EXACT)
     host = program(w, cfg, 0)
     dev = program_on_device(torch.from_numpy(w), cfg, ideal_device(), 0, 2.0, None)
+    assert np.array_equal(dev.g_pos.numpy(), host.g_pos_S) and np.array_equal(np.asarray(dev.scale), host.scale)
     xt = torch.from_numpy(x)
     expect = matmul_quantized(host, x)
     for kernel in ("numba", "torch"):

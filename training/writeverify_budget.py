@@ -528,7 +528,7 @@ def config_record(opts: Options, outcomes: list[RunOutcome], argv: list[str]) ->
         "target_acc": opts.target_acc, "target_drop_points": opts.target_drop,
         "sensitivity_batches": opts.sens_batches, "sensitivity_batch_size": opts.sens_batch_size,
         "test_limit": opts.test_limit, "bn_recal_images_per_chip": opts.bn_recal_images,
-        "crossbar": {k: getattr(opts.crossbar, k) for k in ("weight_bits", "bits_per_cell", "weight_scale")},
+        "crossbar": {k: getattr(opts.crossbar, k) for k in ("weight_bits", "bits_per_cell", "slice_align", "weight_scale")},
         "cost": opts.cost.to_dict(), "pulse_model": default_pulse_model(opts.algorithm).to_dict(),
         "seed_rule": "chip i of a run with seed s: cimsim.seeds.chip_seed(s, i); layer l of that chip: "
                      "cimsim.seeds.layer_seed(chip seed, l); same chips for every policy",

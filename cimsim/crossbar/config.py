@@ -31,6 +31,7 @@ ADC_RANGES = ("calibrated", "full", "fixed")
 ADC_CONVERTS = ("differential", "separate")
 MAPPINGS = ("differential",)
 WEIGHT_SCALES = ("layer", "column")
+SLICE_ALIGNS = ("lsb", "msb")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,14 @@ class CrossbarConfig:
         weight_scale: ``layer`` (one scale) or ``column`` (one per output) for quantization.
         mapping: ``differential`` (each weight on G+/G-, the unused side at the lowest level).
         bits_per_cell: bits stored per cell; ``n_slices = ceil(weight_bits / bits_per_cell)``.
+        slice_align: which slice is short when ``weight_bits`` is not a multiple of
+        ``bits_per_cell`` (e.g. 8 bits on 3-bit cells: 3 + 3 + 2). ``lsb`` (default; NeuroSim's
+        slicing): digits are cut from the least significant bit up, so the most significant
+        slice is short and uses only part of its cell's levels. ``msb``: the magnitude is aligned
+        to the top of the ``n_slices * bits_per_cell`` bits (``w_int`` shifted left by
+        :attr:`pad_bits`, the step divided by ``2^pad_bits``, the same weights), so the least
+        significant slice is short (its digits multiples of ``2^pad_bits``) and every cell above
+        it spans its full range: less weight error from cell spread (docs/design.md, "Slicing").
 
     DAC
         dac: ``multibit`` (one read per phase, input as a quantized voltage) or ``bit_serial``
@@ -104,6 +113,7 @@ class CrossbarConfig:
     weight_scale: str = "layer"
     mapping: str = "differential"
     bits_per_cell: int = 2
+    slice_align: str = "lsb"
     dac: str = "multibit"
     input_bits: int = 8
     input_clip: float | None = None
@@ -165,6 +175,7 @@ class CrossbarConfig:
             ("adc_convert", ADC_CONVERTS),
             ("mapping", MAPPINGS),
             ("weight_scale", WEIGHT_SCALES),
+            ("slice_align", SLICE_ALIGNS),
         ):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"choose one of {allowed}")
@@ -220,6 +231,12 @@ class CrossbarConfig:
     def n_slices(self) -> int:
         """Number of cells (slices) per weight magnitude: ceil(weight_bits / bits_per_cell)."""
         return -(-self.weight_bits // self.bits_per_cell)
+
+    @property
+    def pad_bits(self) -> int:
+        """Bits a weight magnitude is shifted left by on the slices: ``n_slices * bits_per_cell -
+        weight_bits`` with ``slice_align = msb``, else 0."""
+        return self.n_slices * self.bits_per_cell - self.weight_bits if self.slice_align == "msb" else 0
 
     @property
     def cell_levels(self) -> int:

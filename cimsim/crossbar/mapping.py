@@ -54,7 +54,9 @@ def weight_scale(w: np.ndarray, config: CrossbarConfig) -> np.ndarray:
 
 
 def quantize_weights(w: np.ndarray, config: CrossbarConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Round ``W`` (out, in) to sign-magnitude integers; returns ``(w_int int32, scale (out,))``."""
+    """Round ``W`` (out, in) to sign-magnitude integers; returns ``(w_int int32, scale (out,))``.
+    With ``config.pad_bits`` = p > 0 (``slice_align = msb``) the integers are shifted left by p and
+    the step divided by ``2^p``: the same ``w_int * scale``, aligned to the top slice."""
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 2:
         raise ValueError(f"weights must be 2-D (out, in), got shape {w.shape}")
@@ -62,7 +64,8 @@ def quantize_weights(w: np.ndarray, config: CrossbarConfig) -> tuple[np.ndarray,
         raise ValueError("weights contain NaN or inf")
     scale = weight_scale(w, config)
     w_int = np.clip(np.rint(w / scale[:, None]), -config.w_max_int, config.w_max_int).astype(np.int32)
-    return w_int, scale
+    pad = config.pad_bits
+    return (w_int << pad, scale / (1 << pad)) if pad else (w_int, scale)
 
 
 def slice_digits(magnitude: np.ndarray, bits_per_cell: int, n_slices: int) -> np.ndarray:
@@ -94,9 +97,10 @@ def mapped_from_int(w_int: np.ndarray, scale: np.ndarray, config: CrossbarConfig
 
 
 # ------------------------------------------------------------------ torch twin (tensors on any device)
-def quantize_weights_torch(w, weight_bits: int, per_column: bool = False):
+def quantize_weights_torch(w, weight_bits: int, per_column: bool = False, pad_bits: int = 0):
     """Torch twin of :func:`quantize_weights` for a tensor ``w`` of any shape (dim 0 = output):
-    ``(w_int int64, scale)``, ``scale`` (out,) with ``per_column`` else a 0-d tensor. Same rounding."""
+    ``(w_int int64, scale)``, ``scale`` (out,) with ``per_column`` else a 0-d tensor. Same rounding,
+    the same shift by ``pad_bits`` (``CrossbarConfig.pad_bits``)."""
     import torch
 
     wmax = float((1 << weight_bits) - 1)
@@ -104,7 +108,8 @@ def quantize_weights_torch(w, weight_bits: int, per_column: bool = False):
     m = w.abs().flatten(1).amax(dim=1) if per_column else w.abs().amax()
     scale = torch.where(m > 0, m, torch.full_like(m, wmax)) / wmax
     s = scale.view(-1, *([1] * (w.dim() - 1))) if per_column else scale
-    return torch.clamp(torch.round(w / s), -wmax, wmax).to(torch.int64), scale
+    w_int = torch.clamp(torch.round(w / s), -wmax, wmax).to(torch.int64)
+    return (w_int << pad_bits, scale / (1 << pad_bits)) if pad_bits else (w_int, scale)
 
 
 def digit_pairs_torch(w_int, bits_per_cell: int, n_slices: int):

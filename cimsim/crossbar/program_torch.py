@@ -159,7 +159,7 @@ def program_on_device(weights: torch.Tensor, config: CrossbarConfig, device_mode
     dev = weights.device
     table = table if table is not None else level_table(device_model, config, dev)
     w_int, scale_t = quantize_weights_torch(weights.to(torch.float64), config.weight_bits,
-                                            config.weight_scale == "column")
+                                            config.weight_scale == "column", config.pad_bits)
     scale_t = scale_t.expand(w_int.shape[0])
     d_pos, d_neg = digit_pairs_torch(w_int.T, config.bits_per_cell, config.n_slices)  # (S, in, out)
     gen = torch.Generator(device=dev)
