@@ -56,8 +56,8 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
     recomputes its BatchNorm statistics from that many training images run through it, as
     ``training.evaluate`` does; those forwards are priced apart (the dict: images per chip and
     the energy and the pipelined latency of running them on one chip), never in the per-inference
-    cost. Unless ``quiet``, progress on stderr as ``label``: per chip its recalibration and each
-    test batch, then the write-verify."""
+    cost. Unless ``quiet``, progress on stderr as ``label`` in forward batches (per chip its
+    recalibration's and the test's), then the write-verify."""
     from cimsim.progress import Progress
 
     from .evaluate import batchnorm_layers, load_run, load_splits, recalibrated_batchnorm, recalibration_images
@@ -71,7 +71,8 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
     model.eval()
     accs, totals, recal_totals = [], {}, {}
     batches = -(-n // cfg.eval_batch_size)
-    steps = len(chips) * (batches + (recal_x is not None)) + (write_verify_tol_S is not None)
+    recal_batches = 0 if recal_x is None else -(-int(recal_x.shape[0]) // cfg.eval_batch_size)
+    steps = len(chips) * (batches + recal_batches) + (write_verify_tol_S is not None)
     with torch.no_grad(), Progress(steps, f"{label}: chip batches" + (", write-verify" if write_verify_tol_S
                                                                        is not None else ""), quiet=quiet) as bar:
         for c in chips:
@@ -85,7 +86,7 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
                     with recording(model, chip.accumulator_bits) as recal_acts:
                         stack.enter_context(recalibrated_batchnorm(model, forward, recal_x, cfg.eval_batch_size))
                     _add_activity(recal_totals, recal_acts)
-                    bar.update(note=f"chip {c} recalibrated")
+                    bar.update(recal_batches, note=f"chip {c} recalibrated")
                 with recording(model, chip.accumulator_bits) as acts:
                     correct = 0
                     for k in range(0, n, cfg.eval_batch_size):
