@@ -55,9 +55,9 @@ class CrossbarConfig:
         mapping: ``differential`` (each weight on G+/G-, the unused side at the lowest level).
         bits_per_cell: bits stored per cell; ``n_slices = ceil(weight_bits / bits_per_cell)``.
         slice_align: which slice is short when ``weight_bits`` is not a multiple of
-        ``bits_per_cell`` (e.g. 8 bits on 3-bit cells: 3 + 3 + 2). ``lsb`` (default; NeuroSim's
-        slicing): digits are cut from the least significant bit up, so the most significant
-        slice is short and uses only part of its cell's levels. ``msb``: the magnitude is aligned
+        ``bits_per_cell`` (e.g. 8 bits on 3-bit cells: 3 + 3 + 2). ``lsb`` (default; the order in
+        which DNN+NeuroSim's wrapper cuts digits): digits are cut from the least significant bit
+        up, so the most significant slice is short and uses only part of its cell's levels. ``msb``: the magnitude is aligned
         to the top of the ``n_slices * bits_per_cell`` bits (``w_int`` shifted left by
         :attr:`pad_bits`, the step divided by ``2^pad_bits``, the same weights), so the least
         significant slice is short (its digits multiples of ``2^pad_bits``) and every cell above
