@@ -57,11 +57,12 @@ class CrossbarConfig:
         slice_align: which slice is short when ``weight_bits`` is not a multiple of
         ``bits_per_cell`` (e.g. 8 bits on 3-bit cells: 3 + 3 + 2). ``lsb`` (default; the order in
         which DNN+NeuroSim's wrapper cuts digits): digits are cut from the least significant bit
-        up, so the most significant slice is short and uses only part of its cell's levels. ``msb``: the magnitude is aligned
-        to the top of the ``n_slices * bits_per_cell`` bits (``w_int`` shifted left by
-        :attr:`pad_bits`, the step divided by ``2^pad_bits``, the same weights), so the least
-        significant slice is short (its digits multiples of ``2^pad_bits``) and every cell above
-        it spans its full range: less weight error from cell spread (docs/design.md, "Slicing").
+        up, so the most significant slice is short and uses only part of its cell's levels.
+        ``msb``: the magnitude is aligned to the top of the ``n_slices * bits_per_cell`` bits
+        (``w_int`` shifted left by :attr:`pad_bits`, the step divided by ``2^pad_bits``, the same
+        weights), so the least significant slice is short (its digits multiples of
+        ``2^pad_bits``) and every cell above it spans its full range: less weight error from cell
+        spread (docs/design.md, "Slicing").
 
     DAC
         dac: ``multibit`` (one read per phase, input as a quantized voltage) or ``bit_serial``
