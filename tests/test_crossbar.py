@@ -55,6 +55,8 @@ def test_ideal_device_reproduces_quantized_matmul_exactly(case):
     assert np.array_equal(arr.matmul(x), expect)
     assert np.array_equal(arr.matmul(x, kernel="torch"), expect)
     assert np.array_equal(mvm_reference(arr, x), expect)
+    lsb = program(w, cfg.replace(slice_align="lsb"), seed).mapped  # the same weights, however sliced
+    assert np.array_equal(arr.mapped.w_int * arr.scale[:, None], lsb.w_int * lsb.scale[:, None])
 
 
 @settings(max_examples=25, deadline=None)

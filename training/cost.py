@@ -62,8 +62,8 @@ def run_cost(run_dir: str | Path, overrides: dict, chip: ChipCostConfig, images:
 
     from .evaluate import batchnorm_layers, load_run, load_splits, recalibrated_batchnorm, recalibration_images
 
-    cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides)
-    check_priceable(model, chip)  # an unpriced ADC or DAC fails now, not after the evaluation
+    # an unpriced ADC or DAC fails before the crossbar's calibration and the evaluation
+    cfg, model, variation, test, dev = load_run(run_dir, "cpu", overrides, check=lambda m: check_priceable(m, chip))
     sigma = cfg.eval_sigma_value if sigma is None else float(sigma)
     n = min(int(images), len(test))
     recal_x = (recalibration_images(load_splits(cfg)[0], cfg.bn_recal_images, dev)
@@ -185,6 +185,7 @@ def run_pareto(run_dir: str | Path, out: Path, base_overrides: dict, chip: ChipC
     # the run's absolute path (the same run resumes whether named relative or absolute) and its
     # weights (a run trained again in the same folder does not)
     context = {"run": str(Path(run_dir).resolve()), "weights_sha256": sha256_file(Path(run_dir) / "best.pt"),
+               "crossbar": base_crossbar.to_dict(),  # a crossbar_config file's contents, not its name
                "overrides": base_overrides, "chip": chip.to_dict(), "images": images,
                "chips": list(chips), "sigma": sigma, "write_verify_tol_S": write_verify_tol_S}
     done = _read_progress(progress, context)

@@ -381,7 +381,7 @@ def load_best(run_dir: Path, model: nn.Module, dev, trained, cfg) -> None:
 
 
 def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: dict | None = None,
-             calibrate: bool = True):
+             calibrate: bool = True, check=None):
     """``(config, model with best.pt loaded, variation, test set, device)`` of a finished run folder.
 
     ``overrides``: RunConfig fields (:data:`EVAL_OVERRIDES`) to evaluate under instead of the run's
@@ -392,6 +392,8 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     ranges) on training images as training does; so is a crossbar run evaluated with per-output
     gain calibration, whose calibration rows its checkpoint does not carry (``calibrate=False``
     skips both: a check that the run loads); the returned config is the overridden one.
+    ``check(model)``, if given, runs on the loaded model before that calibration (a caller's
+    validation that should fail before the long work).
     """
     from .run_config import RunConfig
     from .data import load_dataset
@@ -414,6 +416,8 @@ def load_run(run_dir: str | Path, torch_device: str | None = None, overrides: di
     if prepare is not None:
         model = prepare(model)
     load_best(run_dir, model, dev, trained, cfg)
+    if check is not None:
+        check(model)
     if calibrate and cfg.noise == "crossbar" and (trained.noise != "crossbar" or _needs_gain_rows(model)):
         variation.calibrate(model, load_splits(cfg)[0], cfg.batch_size)
     return cfg, model, variation, test, dev

@@ -118,7 +118,7 @@ class ProgrammingSetup:
 
     device_model: the cell's :class:`DeviceModel` (its ``sigma_scale`` already set). crossbar: the
     mapping fields of a :class:`CrossbarConfig` are used (``weight_bits``, ``bits_per_cell``,
-    ``weight_scale``). algorithm: ``ispp | fppv``. t_read_s: read time after programming (s).
+    ``slice_align``, ``weight_scale``). algorithm: ``ispp | fppv``. t_read_s: read time after programming (s).
     max_pulses: pulse limit per cell (``None``: no limit). cost: energy/latency constants.
     relaxation: see :func:`cimsim.writeverify.relax`. pulse_model: ``None`` = the calibrated
     preset of the algorithm.

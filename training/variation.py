@@ -174,7 +174,8 @@ class DeviceNoise(WeightNoise):
 
     1. ``q = round(|W| / m * (2^B - 1))`` (magnitude; sign on the differential pair, so an 8-bit
        weight has 255 magnitude steps, the convention behind the paper's 0.77763);
-    2. digits ``d_i = (q >> (b i)) & (K - 1)``, ``i = 0..S-1`` (least significant first);
+    2. digits ``d_i = (q >> (b i)) & (K - 1)``, ``i = 0..S-1`` (least significant first; always
+       ``CrossbarConfig.slice_align = "lsb"``: the crossbar backend takes ``msb`` from its config);
     3. cell pair per digit: ``G+ = L[d_i]`` and ``G- = L[0]`` for ``W >= 0``, mirrored for
        ``W < 0``; ``L = DeviceModel.level_conductances(K)`` (S);
     4. programmed ``G = L[k] + shift[k] + scale[k] * sigma_eff * X``, with ``(shift, scale, df)``

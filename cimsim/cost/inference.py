@@ -325,6 +325,7 @@ def inference_cost(model, batches, chip: ChipCostConfig = ChipCostConfig()) -> I
     model on its programmed chip (no gradients) and price what its crossbar layers did."""
     import torch
 
+    check_priceable(model, chip)
     with recording(model, chip.accumulator_bits) as acts, torch.no_grad():
         for b in batches:
             model(b[0] if isinstance(b, (tuple, list)) else b)

@@ -6,6 +6,8 @@ Integer conventions used throughout the simulator:
 * weights are sign-magnitude integers ``w_int`` in ``[-(2^weight_bits - 1), 2^weight_bits - 1]``
   (the sign is carried by which side of a differential pair holds the magnitude), so 8-bit
   weights on 2-bit cells are four slices of significance ``4^k`` (the NeFT paper's mapping);
+  with ``slice_align = "msb"`` they are shifted left by ``pad_bits`` (multiples of
+  ``2^pad_bits`` up to ``2^(n_slices * bits_per_cell) - 1``) and the step is divided to match;
 * inputs are sign-magnitude integers ``x_int`` in ``[-(2^input_bits - 1), 2^input_bits - 1]``
   after clipping to ``[-input_clip, input_clip]``; negative inputs are applied in a second
   phase (same magnitudes on the rows, result subtracted digitally);

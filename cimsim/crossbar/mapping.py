@@ -23,7 +23,8 @@ from cimsim.crossbar.config import CrossbarConfig
 class MappedWeights:
     """A quantized layer ready to program.
 
-    w_int: (out, in) int32 sign-magnitude integer weights.
+    w_int: (out, in) int32 sign-magnitude integer weights (shifted left by ``config.pad_bits``
+        with ``slice_align = "msb"``).
     scale: (out,) float64 weight units per integer step (same value for every column when
         ``weight_scale == "layer"``).
     digits_pos, digits_neg: (n_slices, in, out) uint8 digit on the G+ / G- cell of each slice.
