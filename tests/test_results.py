@@ -303,6 +303,32 @@ def test_report_says_a_sweep_is_unfinished(suite_run, tmp_path):
     assert "Unfinished" not in "".join(_section(md, "paper noise"))
 
 
+def test_cost_table_picks_its_energy_unit_and_shows_recalibration(suite_run, tmp_path):
+    """Energies of a VGG-8 size read in uJ (they had five-digit nJ); each chip's BatchNorm
+    recalibration energy, when priced, gets its own column."""
+    import shutil
+
+    _, out, _ = suite_run
+    assert results.main(["report", "--out", str(out), "--docs", str(tmp_path / "d0")]) == 0
+    md0 = "\n".join(_section((tmp_path / "d0" / "results.md").read_text(), "cost"))
+    assert "energy (nJ)" in md0 and "BN recalibration" not in md0  # a tiny MLP, no BatchNorm
+    big = tmp_path / "big"
+    shutil.copytree(out, big, ignore=shutil.ignore_patterns("runs"))
+    path = big / "cost" / "nit" / "pareto.json"
+    d = json.loads(path.read_text())
+    for r in d["rows"]:
+        r["energy_J"] *= 1e6  # now tens of uJ and more
+        r["bn_recal_energy_per_chip_J"] = 0.0123
+    path.write_text(json.dumps(d))
+    assert results.main(["report", "--out", str(big), "--docs", str(tmp_path / "d1")]) == 0
+    lines = _section((tmp_path / "d1" / "results.md").read_text(), "cost")
+    head = next(ln for ln in lines if ln.startswith("| varied |"))
+    assert "| energy (uJ) |" in head and head.rstrip().endswith("| BN recalibration (mJ/chip) |")
+    base = next(ln for ln in lines if ln.startswith("| base |"))
+    e_uJ = next(r["energy_J"] for r in d["rows"] if r["varied"] == "base") * 1e6
+    assert f"| {e_uJ:.1f} |" in base and base.rstrip().endswith("| 12.30 |")
+
+
 def test_source_runs_follow_a_moved_results_folder(suite_run, tmp_path):
     """A copied results folder uses its own runs (<out>/<source>/runs/<name>), never the tree its
     rows were recorded in, whether that tree is still there or gone."""

@@ -763,15 +763,20 @@ class Report:
                      f"{chip.get('columns_per_adc')} columns per ADC, read {chip.get('t_read_s', 0) * 1e9:g} ns"
                      + (f"; programming: full write-verify (ISPP) to {wv['tolerance_S'] * 1e6:g} uS, amortised over "
                         f"{wv['amortised_over_inferences']:g} inferences" if wv else "") + "):\n")
-            header = ["varied", "ADC bits", "bits/cell", "tile", "DAC", "accuracy (%)", "energy (nJ)", "ADC share",
-                      "latency (us)", "area (mm^2)", "TOPS/W"] + (["write-verify (nJ/inference)"] if wv else [])
+            # energies in uJ where nJ would need five digits (VGG-8), else nJ
+            e_unit, e_scale = ("uJ", 1e6) if max(r["energy_J"] for r in d["rows"]) >= 1e-5 else ("nJ", 1e9)
+            recal = all("bn_recal_energy_per_chip_J" in r for r in d["rows"])
+            header = ["varied", "ADC bits", "bits/cell", "tile", "DAC", "accuracy (%)", f"energy ({e_unit})",
+                      "ADC share", "latency (us)", "area (mm^2)", "TOPS/W"] \
+                + (["write-verify (nJ/inference)"] if wv else []) + (["BN recalibration (mJ/chip)"] if recal else [])
             rows = []
             for r in d["rows"]:
                 rows.append([r["varied"], r["adc_bits"], r["bits_per_cell"], r["tile"], r["dac"],
-                             f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}", f"{r['energy_J'] * 1e9:.1f}",
+                             f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}", f"{r['energy_J'] * e_scale:.1f}",
                              f"{100 * r['adc_share']:.0f} %", f"{r['latency_s'] * 1e6:.1f}", f"{r['area_mm2']:.3f}",
                              f"{r['tops_per_W']:.2f}"]
-                            + ([f"{r['write_verify_per_inference_J'] * 1e9:.4f}"] if wv else []))
+                            + ([f"{r['write_verify_per_inference_J'] * 1e9:.4f}"] if wv else [])
+                            + ([f"{r['bn_recal_energy_per_chip_J'] * 1e3:.2f}"] if recal else []))
             self.add(md_table(header, rows) + "\n")
             for r in d.get("skipped", []):
                 self.add(f"Not run: {r['varied']} = {r[r['varied']]} ({r['reason']}).\n")
