@@ -329,3 +329,19 @@ def test_report_with_a_damaged_record_is_one_line_nothing_written(mini_run, tmp_
     assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 2
     err = _err(capsys)
     assert len(err) == 1 and "suite.toml" in err[0], err
+
+
+def test_rerun_retries_a_failed_sweep_cell(tmp_path, monkeypatch):
+    """Exit 1 says "rerun to retry": the rerun runs the failed cell again and its row becomes ok."""
+    from training.sweep import FAULT_ENV
+
+    (tmp_path / "mini.toml").write_text(MINI)
+    args = ["run", "--suite", str(tmp_path / "mini.toml"), "--out", str(tmp_path / "results"), "--workers", "0",
+            "--stages", "sw"]
+    monkeypatch.setenv(FAULT_ENV, "raise=nit_sigma0.2000_seed0")
+    assert results.main(args) == 1
+    monkeypatch.delenv(FAULT_ENV)
+    assert results.main(args) == 0
+    with open(tmp_path / "results" / "sw" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["status"]) for r in rows] == [("nit", "ok")]

@@ -275,8 +275,9 @@ def source_runs(out: Path, stage: Stage, methods=(), sigmas=(), seeds=()) -> lis
 def run_sweep(suite: Suite, stage: Stage, out: Path, workers: int) -> int:
     from .sweep import sweep
 
+    # a rerun retries the cells that failed, as it retries failed evaluations (the module doc promises it)
     csv_path = sweep(suite.base_config(stage), list(stage.methods), list(stage.sigmas), list(stage.seeds),
-                     out / stage.name, workers=workers, threads=1)
+                     out / stage.name, workers=workers, threads=1, retry_failed=True)
     failed = sum(r["status"] == "failed" for r in read_rows(csv_path))
     return 1 if failed else 0
 
