@@ -331,7 +331,7 @@ def chunk_chips(chips: int, chunk_size: int) -> list[list[int]]:
 #: and everything about the chips, never the model, data or training
 EVAL_OVERRIDES = frozenset({
     "noise", "device_model", "sigma_mode", "weight_bits", "bits_per_cell", "read_time_s", "crossbar_config",
-    "adc_bits", "dac", "keep_first", "keep_last", "crossbar_calibration", "test_limit", "eval_batch_size",
+    "adc_bits", "dac", "slice_align", "keep_first", "keep_last", "crossbar_calibration", "test_limit", "eval_batch_size",
     "precision", "bn_recal_images",
 })
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cimsim.crossbar.config import DAC_MODES, SLICE_ALIGNS
+
 MODELS = ("mlp", "lenet", "vgg8", "resnet18")
 #: how VGG-8 / ResNet-18 initialise their Linear layers (training.models.authors_init): ``authors``
 #: (kaiming-normal fan_out, as the NeFT code) or ``pytorch`` (PyTorch's default uniform init, what
@@ -30,7 +32,8 @@ METHODS = ("plain", "nit", "ovf", "irs", "correctnet", "nit_temp", "ovf_beta0", 
 CONTROL_BASE = {"nit_temp": "nit", "ovf_beta0": "ovf", "ovf_frozen_bn": "ovf", "nit_multi": "nit"}
 NOISES = ("paper", "device", "crossbar")
 SIGMA_MODES = ("replace", "multiply")
-DACS = ("multibit", "bit_serial")
+#: the crossbar's DAC modes and slice alignments (its config's names)
+DACS = DAC_MODES
 PRECISIONS = ("float32", "bfloat16")  # see training.precision
 CROSSBAR_CALIBRATIONS = ("batch", "epoch")
 OPTIMIZERS = ("adam", "sgd")
@@ -58,6 +61,8 @@ FIELD_HELP = {
     "crossbar_config": "crossbar: TOML/JSON file of a cimsim CrossbarConfig",
     "adc_bits": "crossbar: ADC bits (overrides the config file)",
     "dac": f"crossbar: {' | '.join(DACS)} (overrides the config file)",
+    "slice_align": f"device/crossbar: {' | '.join(SLICE_ALIGNS)}: which end of a weight's slices is short when weight_bits "
+                   "is not a multiple of bits_per_cell (crossbar: overrides the config file; unset: the file's, else lsb)",
     "keep_first": "crossbar: keep the first layer digital (true/false)",
     "keep_last": "crossbar: keep the last layer digital (true/false)",
     "crossbar_calibration": f"crossbar: when input clips and ADC ranges are fitted: {' | '.join(CROSSBAR_CALIBRATIONS)}",
@@ -142,7 +147,9 @@ class RunConfig:
             crossbar_config: TOML/JSON file of a ``cimsim.crossbar.config.CrossbarConfig`` (``None``: its
             defaults); device_model, weight_bits, bits_per_cell, read_time_s and sigma_mode above
             apply as for the device backend and replace the file's values. adc_bits (1..24) and
-            dac (``multibit | bit_serial``) replace the file's when set. keep_first / keep_last:
+            dac (``multibit | bit_serial``) replace the file's when set, and so does slice_align
+            (``lsb | msb``, ``CrossbarConfig.slice_align``; the device backend slices by it too, ``lsb``
+            when unset). keep_first / keep_last:
             keep the first / last backbone layer digital (float, noise-free). crossbar_calibration:
             ``batch`` (input clips and ADC ranges re-fitted in every training forward from that
             forward's layer inputs, and on training images after every epoch for the test chips)
@@ -187,6 +194,7 @@ class RunConfig:
     crossbar_config: str | None = None
     adc_bits: int | None = None
     dac: str | None = None
+    slice_align: str | None = None
     keep_first: bool = False
     keep_last: bool = False
     crossbar_calibration: str = "batch"
@@ -241,6 +249,8 @@ class RunConfig:
             raise ConfigError(f"adc_bits must be an integer in 1..24 or unset, got {self.adc_bits!r}")
         if self.dac is not None:
             _choice("dac", self.dac, DACS)
+        if self.slice_align is not None:
+            _choice("slice_align", self.slice_align, SLICE_ALIGNS)
         if self.crossbar_config is not None and not (isinstance(self.crossbar_config, str) and self.crossbar_config):
             raise ConfigError(f"crossbar_config must be a file path or unset, got {self.crossbar_config!r}")
         for name in ("keep_first", "keep_last"):

@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from cimsim.crossbar.config import ConfigError as CrossbarConfigError
-from cimsim.crossbar.config import CrossbarConfig
+from cimsim.crossbar.config import SLICE_ALIGNS, CrossbarConfig
 from cimsim.device.model import DeviceModel, load_device
 from cimsim.device.sampling import LevelTable, sample_levels_torch
 from cimsim.nn import CHIP_KEYS, CIMModule, cim_layers, use_mode
@@ -174,8 +174,10 @@ class DeviceNoise(WeightNoise):
 
     1. ``q = round(|W| / m * (2^B - 1))`` (magnitude; sign on the differential pair, so an 8-bit
        weight has 255 magnitude steps, the convention behind the paper's 0.77763);
-    2. digits ``d_i = (q >> (b i)) & (K - 1)``, ``i = 0..S-1`` (least significant first; always
-       ``CrossbarConfig.slice_align = "lsb"``: the crossbar backend takes ``msb`` from its config);
+    2. with ``slice_align = "msb"`` (``CrossbarConfig.slice_align``) ``q`` is shifted left by
+       ``p = S b - B`` bits so that the short slice is the least significant one (``p = 0`` for
+       ``"lsb"``, the default); digits ``d_i = (q >> (b i)) & (K - 1)``, ``i = 0..S-1`` (least
+       significant first);
     3. cell pair per digit: ``G+ = L[d_i]`` and ``G- = L[0]`` for ``W >= 0``, mirrored for
        ``W < 0``; ``L = DeviceModel.level_conductances(K)`` (S);
     4. programmed ``G = L[k] + shift[k] + scale[k] * sigma_eff * X``, with ``(shift, scale, df)``
@@ -183,7 +185,8 @@ class DeviceNoise(WeightNoise):
        table built once per torch device), ``X`` standard normal, or Student-t(df) where the level
        is heavy-tailed; then the model's drift to ``read_time_s`` (one nu per cell), stuck-at-gmin /
        gmax cells and the conductance floor, in the order of ``DeviceModel.sample``;
-    5. realised ``W = m / (2^B - 1) * sum_i K^i * (G+_i - G-_i) / step``, ``step = (L[-1] - L[0]) / (K - 1)``.
+    5. realised ``W = m / ((2^B - 1) 2^p) * sum_i K^i * (G+_i - G-_i) / step``,
+       ``step = (L[-1] - L[0]) / (K - 1)``.
 
     ``sigma_eff = sigma`` (``sigma_mode="replace"``, i.e. ``DeviceModel.replace(sigma_scale=sigma)``)
     or ``sigma * model.sigma_scale`` (``"multiply"``: sigma is a multiplier of the model's spread).
@@ -194,9 +197,11 @@ class DeviceNoise(WeightNoise):
     name = "device"
 
     def __init__(self, model: DeviceModel, sigma_mode: str = "replace", weight_bits: int = 8,
-                 bits_per_cell: int = 2, read_time_s: float = 1.0):
+                 bits_per_cell: int = 2, read_time_s: float = 1.0, slice_align: str = "lsb"):
         if sigma_mode not in ("replace", "multiply"):
             raise VariationError(f"unknown sigma_mode {sigma_mode!r} (replace or multiply)")
+        if slice_align not in SLICE_ALIGNS:
+            raise VariationError(f"unknown slice_align {slice_align!r} ({' or '.join(SLICE_ALIGNS)})")
         if not (1 <= bits_per_cell <= weight_bits):
             raise VariationError(f"need 1 <= bits_per_cell <= weight_bits, got {bits_per_cell}, {weight_bits}")
         self.model = model
@@ -206,6 +211,8 @@ class DeviceNoise(WeightNoise):
         self.read_time_s = float(read_time_s)
         self.K = 2**self.bits_per_cell
         self.S = -(-self.weight_bits // self.bits_per_cell)
+        self.slice_align = slice_align
+        self.pad_bits = self.S * self.bits_per_cell - self.weight_bits if slice_align == "msb" else 0
         try:
             self.levels_S = np.asarray(model.level_conductances(self.K), dtype=np.float64)
         except ValueError as e:
@@ -233,6 +240,7 @@ class DeviceNoise(WeightNoise):
         qmax = 2**self.weight_bits - 1
         # step 1 of the class doc (|W| / m * qmax, the order of operations the shipped results used)
         q = torch.round(wd.abs() / torch.clamp(m, min=torch.finfo(wd.dtype).tiny) * qmax).to(torch.int64)
+        q = q << self.pad_bits  # step 2: msb alignment
         k = torch.stack(digit_pairs_torch(torch.where(wd >= 0, q, -q), self.bits_per_cell, self.S))  # [2, S, *shape]
         g = sample_levels_torch(k, self.table(wd.device, wd.dtype), self.model, generator, self.read_time_s,
                                 self.sigma_eff(sigma))
@@ -242,7 +250,7 @@ class DeviceNoise(WeightNoise):
         """Weights ``[*shape]`` from cells ``g [2, S, *shape]`` and the tensor's scale ``m``."""
         place = (float(self.K) ** torch.arange(self.S, device=g.device, dtype=g.dtype)).view(-1, *([1] * (g.dim() - 2)))
         digits = (g[0] - g[1]) / self.step_S
-        return (place * digits).sum(0) * (m / (2**self.weight_bits - 1))
+        return (place * digits).sum(0) * (m / ((2**self.weight_bits - 1) * 2**self.pad_bits))
 
     def realise(self, weights, heads_mask, sigma, generator):
         out = []
@@ -267,7 +275,7 @@ def crossbar_config(cfg) -> CrossbarConfig:
     Base: the file ``cfg.crossbar_config`` (TOML or JSON, as ``CrossbarConfig.save`` writes it),
     else ``CrossbarConfig()`` (256x256 tiles, multi-bit DAC, 8-bit inputs, 8-bit calibrated ADC).
     The run's own fields always replace the file's: ``device = device_model``, ``weight_bits``,
-    ``bits_per_cell``, ``read_time_s``; ``adc_bits`` and ``dac`` when set. The file's
+    ``bits_per_cell``, ``read_time_s``; ``adc_bits``, ``dac`` and ``slice_align`` when set. The file's
     ``sigma_scale`` (if any) is the device's base spread that ``sigma_mode="multiply"`` multiplies.
     Raises :class:`VariationError` (one line) for a missing file or an impossible combination.
     """
@@ -277,7 +285,7 @@ def crossbar_config(cfg) -> CrossbarConfig:
         base = CrossbarConfig.load(shipped_path(cfg.crossbar_config)) if cfg.crossbar_config else CrossbarConfig()
         changes = {"device": cfg.device_model, "weight_bits": cfg.weight_bits, "bits_per_cell": cfg.bits_per_cell,
                    "read_time_s": cfg.read_time_s}
-        changes.update({k: getattr(cfg, k) for k in ("adc_bits", "dac") if getattr(cfg, k) is not None})
+        changes.update({k: getattr(cfg, k) for k in ("adc_bits", "dac", "slice_align") if getattr(cfg, k) is not None})
         return base.replace(**changes)
     except CrossbarConfigError as e:
         raise VariationError(f"crossbar backend: {e}") from None
@@ -512,7 +520,8 @@ def _paper(cfg) -> Variation:
 
 
 def _device(cfg) -> Variation:
-    return DeviceNoise(load_device(cfg.device_model), cfg.sigma_mode, cfg.weight_bits, cfg.bits_per_cell, cfg.read_time_s)
+    return DeviceNoise(load_device(cfg.device_model), cfg.sigma_mode, cfg.weight_bits, cfg.bits_per_cell, cfg.read_time_s,
+                       cfg.slice_align or "lsb")
 
 
 def _crossbar(cfg) -> Variation:

@@ -147,3 +147,44 @@ def test_make_variation_backends_and_errors():
     assert isinstance(make_variation(RunConfig(noise="crossbar", device_model="rram")), CrossbarNoise)
     with pytest.raises(VariationError, match="no such config file"):
         make_variation(RunConfig(noise="crossbar", crossbar_config="/nonexistent/xbar.toml"))
+
+
+def test_device_noise_msb_alignment_shifts_the_digits_and_halves_the_error_on_3_bit_cells():
+    """``slice_align = "msb"`` in the device backend, as in the crossbar (``CrossbarConfig.slice_align``):
+    8-bit magnitudes on three 3-bit cells are shifted left by one bit, the same weights come back at
+    sigma 0, and with the same spread on every cell (rram1) the weight noise's std halves
+    (slice weights 1, 8, 64 against 1/2, 4, 32 in 8-bit steps)."""
+    from cimsim.crossbar.mapping import digit_pairs_torch
+    from cimsim.device.model import DeviceModel
+
+    dev = DeviceModel(name="t", gmin_S=4e-6, gmax_S=40e-6, times_s=(0.0,), sigma_poly_uS=((0.4,),))  # 0.4 uS everywhere
+    w = _weights(200_000)
+    dn = {a: DeviceNoise(dev, "multiply", weight_bits=8, bits_per_cell=3, slice_align=a) for a in ("lsb", "msb")}
+    assert (dn["lsb"].pad_bits, dn["msb"].pad_bits) == (0, 1)
+    q = torch.round(w.abs() / w.abs().max() * 255).to(torch.int64)
+    signed = torch.where(w >= 0, q, -q)
+    for a, shift in (("lsb", 0), ("msb", 1)):
+        _, k, _ = dn[a].conductances(w, 0.0, make_generator(0))
+        assert torch.equal(k, torch.stack(digit_pairs_torch(signed << shift, 3, 3)))
+    clean = {a: d.realise([w], [False], 0.0, make_generator(0))[0] for a, d in dn.items()}
+    assert torch.allclose(clean["msb"], clean["lsb"], atol=1e-6)
+    std = {a: (d.realise([w], [False], 1.0, make_generator(1))[0] - clean[a]).std().item() for a, d in dn.items()}
+    assert std["msb"] / std["lsb"] == pytest.approx(0.5, rel=0.02)
+    with pytest.raises(VariationError, match="slice_align"):
+        DeviceNoise(dev, "multiply", slice_align="middle")
+
+
+def test_run_slice_align_reaches_both_backends_and_overrides_the_crossbar_file_only_when_set(tmp_path):
+    from cimsim.crossbar.config import CrossbarConfig
+    from training.run_config import ConfigError
+    from training.variation import crossbar_config
+
+    f = tmp_path / "xb.toml"
+    f.write_text(CrossbarConfig(slice_align="msb").to_toml())
+    assert crossbar_config(RunConfig(noise="crossbar", crossbar_config=str(f))).slice_align == "msb"
+    assert crossbar_config(RunConfig(noise="crossbar", crossbar_config=str(f), slice_align="lsb")).slice_align == "lsb"
+    assert crossbar_config(RunConfig(noise="crossbar", slice_align="msb")).slice_align == "msb"
+    assert make_variation(RunConfig(noise="device", device_model="rram", bits_per_cell=3, slice_align="msb")).pad_bits == 1
+    assert make_variation(RunConfig(noise="device", device_model="rram", bits_per_cell=3)).pad_bits == 0
+    with pytest.raises(ConfigError, match="slice_align"):
+        RunConfig(slice_align="middle")
