@@ -345,3 +345,55 @@ def test_rerun_retries_a_failed_sweep_cell(tmp_path, monkeypatch):
     with open(tmp_path / "results" / "sw" / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["method"], r["status"]) for r in rows] == [("nit", "ok")]
+
+
+# ------------------------------------------------------------------------- --continue-from
+def _continue(suite, out, docs):
+    return ["run", "--suite", str(suite), "--out", str(out), "--workers", "0", "--continue-from", str(docs)]
+
+
+def test_continue_from_records_runs_only_what_they_lack(mini_run, tmp_path, capsys):
+    """A new machine: the report's records stand in for the results folder. Finished cells and
+    evaluations are not run again; a seed added to the sweep runs, and its evaluations too."""
+    root, out = mini_run
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
+    suite = tmp_path / "mini.toml"
+    suite.write_text(MINI)
+    new = tmp_path / "new"
+    assert results.main(_continue(suite, new, docs)) == 0
+    for stage in ("sw", "ev"):
+        assert (new / stage / "results.csv").read_bytes() == (out / stage / "results.csv").read_bytes()
+    assert not (new / "sw" / "runs").exists()  # nothing trained
+    assert not (new / "sw" / "RECORD.json").exists()
+    suite.write_text(MINI.replace("seeds = 1", "seeds = 2"))
+    new2 = tmp_path / "new2"
+    assert results.main(_continue(suite, new2, docs)) == 0
+    with open(new2 / "sw" / "results.csv", newline="") as fh:
+        sw = list(csv.DictReader(fh))
+    assert [(r["seed"], r["status"]) for r in sw] == [("0", "ok"), ("1", "ok")]
+    assert [p.name for p in (new2 / "sw" / "runs").iterdir()] == ["nit_sigma0.2000_seed1"]
+    with open(new2 / "ev" / "results.csv", newline="") as fh:
+        ev = list(csv.DictReader(fh))
+    assert sorted((r["seed"], r["variant"], r["status"]) for r in ev) == [
+        ("0", "a", "ok"), ("0", "b", "ok"), ("1", "a", "ok"), ("1", "b", "ok")]
+
+
+@pytest.mark.parametrize("change, word", [("epochs = 1", "epochs"), ("read_time_s = 100.0", "variant")])
+def test_continue_from_a_record_of_another_definition_is_one_line_nothing_written(mini_run, tmp_path, capsys,
+                                                                                   change, word):
+    root, out = mini_run
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
+    suite = tmp_path / "mini.toml"
+    suite.write_text(MINI.replace(change, {"epochs = 1": "epochs = 2",
+                                           "read_time_s = 100.0": "read_time_s = 1000.0"}[change]))
+    capsys.readouterr()
+    assert results.main(_continue(suite, tmp_path / "new", docs)) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "record" in err[0] and word in err[0], err
+    assert not (tmp_path / "new").exists()
+    assert results.main(_continue(suite, tmp_path / "new", tmp_path / "nodocs")) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "--continue-from" in err[0], err
+    assert not (tmp_path / "new").exists()

@@ -13,6 +13,9 @@ on the runs of ``source`` at ``sigma`` and ``seed``, options ``args``) or ``"cos
 (``python -m training.cost --pareto`` on each such run of ``methods``, options ``args``: accuracy
 and energy per inference over the hardware choices). Stages run in order and
 resume; ``--stages a,b`` runs only those; the suite is copied to ``<out>/suite.toml``.
+``--continue-from docs`` starts every stage that has no results in ``--out`` from the ledger an
+earlier report kept in ``docs/results/records/<stage>/`` (a new machine continues a suite; the
+run folders, not kept, stay on the old one).
 ``report`` writes ``<docs>/results.md``, the CSVs it cites under ``<docs>/results/`` and the PNG
 figures beside them, replacing only what it wrote itself.
 
@@ -29,7 +32,9 @@ import contextlib
 import csv
 import json
 import math
+import os
 import re
+import shutil
 import sys
 import time
 import tomllib
@@ -144,6 +149,53 @@ def _typed(st: dict, key: str, kinds: tuple[type, ...], what: str, where: str, d
     return v
 
 
+def _parse_stage(st: dict, where: str, sweeps: set[str]) -> Stage:
+    """One ``[[stages]]`` table as a :class:`Stage` (``sweeps``: the sweep stages before it); raises
+    :class:`SuiteError` naming ``where``."""
+    name, kind = st.get("name"), st.get("kind")
+    unknown = set(st) - {"name", "kind", "title", "config", "methods", "sigmas", "seeds", "source", "variants",
+                         "chips", "sigma", "seed", "args"}
+    if unknown:
+        raise SuiteError(f"{where} ({name}): unknown key(s) {', '.join(sorted(unknown))}")
+    source = st.get("source")
+    if (kind != "sweep" or source is not None) and source not in sweeps:
+        raise SuiteError(f"{where} ({name}): source must name an earlier sweep stage, got {source!r}")
+    where = f"{where} ({name})"
+    config = _typed(st, "config", (dict,), "a table of RunConfig fields ([stages.config])", where, {})
+    variants = _typed(st, "variants", (list,), "an array of tables ([[stages.variants]])", where, [])
+    if not all(isinstance(v, dict) for v in variants):
+        raise SuiteError(f"{where}: variants must be an array of tables ([[stages.variants]])")
+    args = _typed(st, "args", (list,), "a list of command-line options", where, [])
+    chips = _typed(st, "chips", (int,), "a whole number of chips", where)
+    if chips is not None and chips < 1:
+        raise SuiteError(f"{where}: chips must be >= 1, got {chips}")
+    sigma = _typed(st, "sigma", (int, float), "a number", where)
+    stage = Stage(name=name, kind=kind, title=str(st.get("title", "")), config=dict(config),
+                  methods=_methods(st.get("methods", []), where), sigmas=_sigmas(st.get("sigmas", []), where),
+                  seeds=_seeds(st.get("seeds", []), where), source=source,
+                  variants=tuple(dict(v) for v in variants), chips=chips,
+                  sigma=None if sigma is None else float(sigma), seed=_typed(st, "seed", (int,), "an integer", where, 0),
+                  args=tuple(str(a) for a in args))
+    if kind == "sweep" and not (stage.methods and stage.sigmas and stage.seeds):
+        raise SuiteError(f"{where}: a sweep needs methods, sigmas and seeds")
+    if kind == "evaluate":
+        if not stage.variants or any(not isinstance(v.get("label"), str) or not v["label"] for v in stage.variants):
+            raise SuiteError(f"{where}: an evaluate stage needs [[stages.variants]], each with a label")
+        labels = [v["label"] for v in stage.variants]
+        if len(set(labels)) != len(labels):  # rows are keyed by (run, label): a twin would never run
+            raise SuiteError(f"{where}: duplicate variant label {next(x for x in labels if labels.count(x) > 1)!r}")
+        from .evaluate import eval_config
+
+        for v in stage.variants:
+            try:
+                eval_config(RunConfig(), {k: x for k, x in v.items() if k != "label"})
+            except (ConfigError, ValueError, TypeError) as e:
+                raise SuiteError(f"{where}: variant {v['label']!r}: {e}") from None
+    if kind in ("writeverify", "cost") and stage.sigma is None:
+        raise SuiteError(f"{where}: a {kind} stage needs the sigma of the runs it uses")
+    return stage
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A suite by name (``training/suites/<name>.toml``) or path; raises :class:`SuiteError`."""
     path = Path(name_or_path)
@@ -175,46 +227,7 @@ def load_suite(name_or_path: str) -> Suite:
             raise SuiteError(f"{where}: needs a name and a kind ({' | '.join(KINDS)})")
         if name in names:
             raise SuiteError(f"{where}: duplicate stage name {name!r}")
-        unknown = set(st) - {"name", "kind", "title", "config", "methods", "sigmas", "seeds", "source", "variants",
-                             "chips", "sigma", "seed", "args"}
-        if unknown:
-            raise SuiteError(f"{where} ({name}): unknown key(s) {', '.join(sorted(unknown))}")
-        source = st.get("source")
-        if (kind != "sweep" or source is not None) and source not in sweeps:
-            raise SuiteError(f"{where} ({name}): source must name an earlier sweep stage, got {source!r}")
-        where = f"{where} ({name})"
-        config = _typed(st, "config", (dict,), "a table of RunConfig fields ([stages.config])", where, {})
-        variants = _typed(st, "variants", (list,), "an array of tables ([[stages.variants]])", where, [])
-        if not all(isinstance(v, dict) for v in variants):
-            raise SuiteError(f"{where}: variants must be an array of tables ([[stages.variants]])")
-        args = _typed(st, "args", (list,), "a list of command-line options", where, [])
-        chips = _typed(st, "chips", (int,), "a whole number of chips", where)
-        if chips is not None and chips < 1:
-            raise SuiteError(f"{where}: chips must be >= 1, got {chips}")
-        sigma = _typed(st, "sigma", (int, float), "a number", where)
-        stage = Stage(name=name, kind=kind, title=str(st.get("title", "")), config=dict(config),
-                      methods=_methods(st.get("methods", []), where), sigmas=_sigmas(st.get("sigmas", []), where),
-                      seeds=_seeds(st.get("seeds", []), where), source=source,
-                      variants=tuple(dict(v) for v in variants), chips=chips,
-                      sigma=None if sigma is None else float(sigma), seed=_typed(st, "seed", (int,), "an integer", where, 0),
-                      args=tuple(str(a) for a in args))
-        if kind == "sweep" and not (stage.methods and stage.sigmas and stage.seeds):
-            raise SuiteError(f"{where}: a sweep needs methods, sigmas and seeds")
-        if kind == "evaluate":
-            if not stage.variants or any(not isinstance(v.get("label"), str) or not v["label"] for v in stage.variants):
-                raise SuiteError(f"{where}: an evaluate stage needs [[stages.variants]], each with a label")
-            labels = [v["label"] for v in stage.variants]
-            if len(set(labels)) != len(labels):  # rows are keyed by (run, label): a twin would never run
-                raise SuiteError(f"{where}: duplicate variant label {next(x for x in labels if labels.count(x) > 1)!r}")
-            from .evaluate import eval_config
-
-            for v in stage.variants:
-                try:
-                    eval_config(RunConfig(), {k: x for k, x in v.items() if k != "label"})
-                except (ConfigError, ValueError, TypeError) as e:
-                    raise SuiteError(f"{where}: variant {v['label']!r}: {e}") from None
-        if kind in ("writeverify", "cost") and stage.sigma is None:
-            raise SuiteError(f"{where}: a {kind} stage needs the sigma of the runs it uses")
+        stage = _parse_stage(st, where, sweeps)
         stages.append(stage)
         names.add(name)
         if kind == "sweep":
@@ -569,15 +582,19 @@ def _stage_change(old: Stage, new: Stage) -> str | None:
 
 
 def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: int = 2,
-              data_dirs: dict[str, str] | None = None) -> int:
+              data_dirs: dict[str, str] | None = None, continue_from: Path | None = None) -> int:
     """Run the suite's stages (or ``only`` those) into ``out``; returns the exit status.
 
     ``data_dirs``: data set name -> folder, given to every sweep stage of that data set. A sweep
     stage on ``mnist`` (which has no default folder) without one is skipped, with a message.
+    ``continue_from``: a docs folder; stages with no results in ``out`` start from the records its
+    report kept (:func:`records_to_continue`), e.g. to continue on a new machine.
     """
     data_dirs = data_dirs or {}
     check_suite_run(suite, out, only, data_dirs)
+    todo = records_to_continue(suite, out, continue_from, only) if continue_from is not None else []
     out.mkdir(parents=True, exist_ok=True)
+    continue_from_records(todo, out)
     from .sweep import _write_atomic
 
     _write_atomic(out / "suite.toml", _suite_record(out, suite, only))
@@ -604,6 +621,78 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
     return status
 
 
+
+# --------------------------------------------------------------------------- continuing from records
+def records_to_continue(suite: Suite, out: Path, docs: Path, only: list[str] | None = None) -> list[tuple[Stage, Path]]:
+    """The stages (``only`` those) to continue from the records an earlier report kept in
+    ``<docs>/results/records/<stage>/`` (:func:`training.report.save_record`: each stage's ledger and
+    configuration, no run folders): every stage with no results in ``out`` whose record has some.
+
+    Checks each record and writes nothing; raises :class:`SuiteError` (one line naming the record)
+    when one cannot be read, or was made by a definition of the stage whose rows would be wrong now
+    (a sweep: other options than its ``sweep_config.json``; other stages: :func:`_stage_change`).
+    """
+    from .report import RECORDS, stage_has_results
+    from .sweep import EVAL_LEDGER, SWEEP_LEDGER, LedgerError, check_out, scan_ledger
+
+    root = docs / "results" / RECORDS
+    if not root.is_dir():
+        raise SuiteError(f"--continue-from {docs}: no {root} (the records `python -m training.results report "
+                         f"--docs {docs}` keeps)")
+    sweeps = {s.name for s in suite.stages if s.kind == "sweep"}
+    todo = []
+    for stage in suite.stages:
+        rec = root / stage.name
+        if (only and stage.name not in only) or stage_has_results(out / stage.name) or not stage_has_results(rec):
+            continue
+        where = f"--continue-from {docs}: record {rec}"
+        try:
+            definition = json.loads((rec / "RECORD.json").read_text())["definition"]
+            if not isinstance(definition, dict):
+                raise TypeError("its definition is not a table")
+            old = _parse_stage(definition, where, sweeps)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            from .engines import one_line
+
+            raise SuiteError(f"{where}: RECORD.json cannot be read ({one_line(e)})") from None
+        why = f"kind {old.kind} -> {stage.kind}" if old.kind != stage.kind else None
+        try:
+            if why is None and stage.kind == "sweep":
+                scan_ledger(rec / "results.csv", SWEEP_LEDGER)
+                check_out(rec, suite.base_config(stage))  # the record's sweep_config.json against the options now
+            elif why is None:
+                why = _stage_change(old, stage)
+                if stage.kind == "evaluate" and why is None:
+                    scan_ledger(rec / "results.csv", EVAL_LEDGER)
+                    _check_variant_files(rec, stage)
+        except (ConfigError, LedgerError) as e:
+            raise SuiteError(f"{where}: {e}") from None
+        if why:
+            raise SuiteError(f"{where}: stage {stage.name!r} changed since its rows were made ({why}); "
+                             "restore it, or give the new one another name")
+        todo.append((stage, rec))
+    return todo
+
+
+def continue_from_records(todo: list[tuple[Stage, Path]], out: Path) -> None:
+    """Copy each record of :func:`records_to_continue` into ``<out>/<stage>/`` (``RECORD.json`` left out),
+    every file through a temporary name and the ledger last, so that an interrupted copy leaves no
+    ledger: the stage then runs as if never started, or is continued again. Its cells and
+    evaluations count as done; their run folders are not here, so an evaluate stage cannot
+    evaluate a continued sweep's runs that its own record lacks (each such row says ``no best.pt``)."""
+    ledgers = ("results.csv", "budget.csv")
+    for stage, rec in todo:
+        dst = out / stage.name
+        files = [f for f in sorted(rec.rglob("*")) if f.is_file() and f.name != "RECORD.json"]
+        for f in sorted(files, key=lambda f: f.relative_to(rec).as_posix() in ledgers):
+            target = dst / f.relative_to(rec)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.continuing")
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, target)
+        _log(f"== stage {stage.name}: continued from {rec} (its ledger and records; no run folders)")
+
+
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     from .engines import EngineError
@@ -619,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each (default 2)")
     r.add_argument("--data-dir", action="append", default=[], metavar="DATASET=DIR",
                    help="folder of a data set's files for every stage using it, e.g. mnist=/data/mnist (repeatable)")
+    r.add_argument("--continue-from", default=None, metavar="DOCS",
+                   help="start every stage with no results in --out from the records a report kept in "
+                        "DOCS/results/records (its ledger: finished cells and evaluations are not run again)")
     g = sub.add_parser("report", help="write docs/results.md, its CSVs and figures from a results folder")
     g.add_argument("--out", default="results", help="results folder written by run (default results)")
     g.add_argument("--docs", default="docs", help="where results.md and results/ go (default docs)")
@@ -639,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise SuiteError(f"--data-dir {item!r}: expected DATASET=DIR with DATASET one of "
                                      f"{', '.join(DATASETS)} and DIR an existing folder")
                 data_dirs[name] = folder
-            return run_suite(suite, Path(ns.out), only, ns.workers, data_dirs)
+            return run_suite(suite, Path(ns.out), only, ns.workers, data_dirs,
+                             Path(ns.continue_from) if ns.continue_from else None)
         from .report import write_report
 
         return write_report(Path(ns.out), Path(ns.docs), ns.paper)
