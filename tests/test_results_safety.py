@@ -397,3 +397,47 @@ def test_continue_from_a_record_of_another_definition_is_one_line_nothing_writte
     err = _err(capsys)
     assert len(err) == 1 and "--continue-from" in err[0], err
     assert not (tmp_path / "new").exists()
+
+
+def test_continue_from_records_continues_only_what_can_be_checked(mini_run, tmp_path, capsys):
+    """Not continued, each with a line saying why: a stage with results in --out (kept as it is), an
+    evaluation whose source runs are neither continued now nor the recorded ones, a record made
+    before definitions were recorded, a sweep record without its sweep_config.json."""
+    import json
+
+    root, out = mini_run
+    docs = tmp_path / "docs"
+    assert results.main(["report", "--out", str(out), "--docs", str(docs)]) == 0
+    suite = tmp_path / "mini.toml"
+    suite.write_text(MINI)
+    rec = docs / "results" / "records"
+    capsys.readouterr()
+    new = tmp_path / "new"  # the evaluation alone: its source's runs are not here
+    assert results.records_to_continue(results.load_suite(str(suite)), new, docs, ["ev"]) == []
+    assert "not continued (its source stage sw" in capsys.readouterr().err
+    shutil.copytree(out / "sw", new / "sw")  # the recorded runs are here: it may continue
+    assert [s.name for s, _ in results.records_to_continue(results.load_suite(str(suite)), new, docs, ["ev"])] == ["ev"]
+    mine = (new / "sw" / "results.csv").read_bytes()
+    assert [s.name for s, _ in results.records_to_continue(results.load_suite(str(suite)), new, docs)] == ["ev"]
+    assert "stage sw: not continued (it has results in" in capsys.readouterr().err
+    note = json.loads((rec / "ev" / "RECORD.json").read_text())
+    del note["definition"]
+    (rec / "ev" / "RECORD.json").write_text(json.dumps(note))
+    (rec / "sw" / "sweep_config.json").unlink()
+    assert results.records_to_continue(results.load_suite(str(suite)), tmp_path / "new2", docs) == []
+    err = capsys.readouterr().err
+    assert "stage sw: not continued (its record has no sweep_config.json" in err
+    assert "stage ev: not continued (its record predates recorded definitions" in err
+    assert (new / "sw" / "results.csv").read_bytes() == mine
+
+
+def test_cost_stage_done_needs_no_source_runs(tmp_path, capsys):
+    """A cost stage whose every method has its pareto.json (e.g. continued from records) is done,
+    even where its source runs are not (exit 0, nothing run)."""
+    st = results.Stage(name="co", kind="cost", source="sw", methods=("nit",), sigma=0.2)
+    (tmp_path / "co" / "nit").mkdir(parents=True)
+    (tmp_path / "co" / "nit" / "pareto.json").write_text("{}\n")
+    assert results.run_cost_stage(st, tmp_path) == 0
+    assert "done already" in capsys.readouterr().err
+    (tmp_path / "co" / "nit" / "pareto.json").unlink()
+    assert results.run_cost_stage(st, tmp_path) == 1  # not done and no source runs: says so, exit 1

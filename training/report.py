@@ -233,12 +233,14 @@ def load_paper(path: Path | None):
 def scale_text(cfg: dict) -> str:
     """One line saying how big a stage's runs were (from its sweep_config.json base)."""
     train = f"first {cfg['train_limit']} training images" if cfg.get("train_limit") else "the full training set"
-    test = f"first {cfg['test_limit']} test images" if cfg.get("test_limit") else "the full test set"
+    test = f"first {cfg['test_limit']} test images" if cfg.get("test_limit") else "full test set"
     noise = cfg["noise"] + (f" ({cfg['device_model']}" + (f", sigma_mode {cfg['sigma_mode']}" if cfg["noise"] != "paper" else "") + ")")
     xb = ""
     if cfg["noise"] == "crossbar":
         xb = f", ADC {cfg.get('adc_bits') or 'config'} bits, DAC {cfg.get('dac') or 'config'}, " \
              f"{cfg['weight_bits']}-bit weights on {cfg['bits_per_cell']}-bit cells"
+    if cfg.get("slice_align") and cfg["noise"] in ("device", "crossbar"):  # set by the run (else the file's / lsb)
+        xb += f", slices aligned to the {cfg['slice_align'].upper()}"
     prec = f", {cfg['precision']} compute (autocast)" if cfg.get("precision", "float32") != "float32" else ""
     return (f"{cfg['model']} on {cfg['dataset']}, noise {noise}{xb}{prec}; {cfg['epochs']} epoch(s) of {train} "
             f"(10 % held out for checkpoint selection), batch {cfg['batch_size']}, Adam, {cfg['scheduler']} schedule; "

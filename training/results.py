@@ -392,6 +392,9 @@ def run_writeverify(stage: Stage, out: Path) -> int:
 def run_cost_stage(stage: Stage, out: Path) -> int:
     """``python -m training.cost --pareto`` on every run of ``source`` at ``sigma``/``seed`` (of
     ``methods``), each into ``<out>/<stage>/<method>/``; a run already done is kept."""
+    if stage.methods and all((out / stage.name / m / "pareto.json").exists() for m in stage.methods):
+        _log(f"{stage.name}: done already ({', '.join(str(out / stage.name / m / 'pareto.json') for m in stage.methods)})")
+        return 0  # (its source runs may be on another machine: see --continue-from)
     runs = source_runs(out, stage, stage.methods, (stage.sigma,), (stage.seed,))
     if not runs:
         _log(f"{stage.name}: no finished runs of {stage.source} at sigma {stage.sigma} seed {stage.seed}")
@@ -626,71 +629,133 @@ def run_suite(suite: Suite, out: Path, only: list[str] | None = None, workers: i
 def records_to_continue(suite: Suite, out: Path, docs: Path, only: list[str] | None = None) -> list[tuple[Stage, Path]]:
     """The stages (``only`` those) to continue from the records an earlier report kept in
     ``<docs>/results/records/<stage>/`` (:func:`training.report.save_record`: each stage's ledger and
-    configuration, no run folders): every stage with no results in ``out`` whose record has some.
+    configuration, no run folders): each stage with no results in ``out`` whose record has some and
+    can be checked. Reads only; says per stage (stderr, once all are checked) whether it is
+    continued and why not.
 
-    Checks each record and writes nothing; raises :class:`SuiteError` (one line naming the record)
-    when one cannot be read, or was made by a definition of the stage whose rows would be wrong now
-    (a sweep: other options than its ``sweep_config.json``; other stages: :func:`_stage_change`).
+    A sweep's record is checked by its ``sweep_config.json`` against the stage's options now; any
+    other stage's by its recorded definition (:func:`_stage_change`), and it is continued only with
+    the runs its rows were made on: its source sweep continued in the same call, or in ``out`` with
+    the recorded rows of the source's record. A record made by other options or another definition
+    raises :class:`SuiteError` (one line naming it); one that cannot be checked is not continued.
     """
     from .report import RECORDS, stage_has_results
-    from .sweep import EVAL_LEDGER, SWEEP_LEDGER, LedgerError, check_out, scan_ledger
 
     root = docs / "results" / RECORDS
     if not root.is_dir():
         raise SuiteError(f"--continue-from {docs}: no {root} (the records `python -m training.results report "
                          f"--docs {docs}` keeps)")
     sweeps = {s.name for s in suite.stages if s.kind == "sweep"}
-    todo = []
+    todo: list[tuple[Stage, Path]] = []
+    notes = []  # said once every record is checked: a refusal stays the only line
     for stage in suite.stages:
-        rec = root / stage.name
-        if (only and stage.name not in only) or stage_has_results(out / stage.name) or not stage_has_results(rec):
+        if only and stage.name not in only:
             continue
-        where = f"--continue-from {docs}: record {rec}"
-        try:
-            definition = json.loads((rec / "RECORD.json").read_text())["definition"]
-            if not isinstance(definition, dict):
-                raise TypeError("its definition is not a table")
-            old = _parse_stage(definition, where, sweeps)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            from .engines import one_line
-
-            raise SuiteError(f"{where}: RECORD.json cannot be read ({one_line(e)})") from None
-        why = f"kind {old.kind} -> {stage.kind}" if old.kind != stage.kind else None
-        try:
-            if why is None and stage.kind == "sweep":
-                scan_ledger(rec / "results.csv", SWEEP_LEDGER)
-                check_out(rec, suite.base_config(stage))  # the record's sweep_config.json against the options now
-            elif why is None:
-                why = _stage_change(old, stage)
-                if stage.kind == "evaluate" and why is None:
-                    scan_ledger(rec / "results.csv", EVAL_LEDGER)
-                    _check_variant_files(rec, stage)
-        except (ConfigError, LedgerError) as e:
-            raise SuiteError(f"{where}: {e}") from None
+        rec = root / stage.name
+        if stage_has_results(out / stage.name):
+            why = f"it has results in {out / stage.name}"
+        elif not stage_has_results(rec):
+            why = f"{rec} holds no results"
+        else:
+            why = _continue_check(suite, stage, rec, out, docs, sweeps, {s.name for s, _ in todo})
         if why:
-            raise SuiteError(f"{where}: stage {stage.name!r} changed since its rows were made ({why}); "
-                             "restore it, or give the new one another name")
-        todo.append((stage, rec))
+            notes.append(f"--continue-from: stage {stage.name}: not continued ({why})")
+        else:
+            notes.append(f"--continue-from: stage {stage.name}: continued from {rec}")
+            todo.append((stage, rec))
+    for note in notes:
+        _log(note)
     return todo
 
 
+def _continue_check(suite: Suite, stage: Stage, rec: Path, out: Path, docs: Path, sweeps: set[str],
+                    continued: set[str]) -> str | None:
+    """Why ``stage`` cannot be continued from ``rec`` (None: it can); raises :class:`SuiteError` when
+    the record was made by other options or another definition of the stage."""
+    from .sweep import EVAL_LEDGER, SWEEP_LEDGER, LedgerError, check_sweep_options, scan_ledger
+
+    where = f"--continue-from {docs}: record {rec}"
+    try:
+        if stage.kind == "sweep":
+            if not (rec / "sweep_config.json").is_file():
+                return "its record has no sweep_config.json to check its options against"
+            scan_ledger(rec / "results.csv", SWEEP_LEDGER)
+            check_sweep_options(rec, suite.base_config(stage), "--continue-from: record",
+                                "leave the stage out of --stages")
+            return None
+        try:
+            definition = json.loads((rec / "RECORD.json").read_text()).get("definition")
+        except (OSError, ValueError, AttributeError) as e:
+            from .engines import one_line
+
+            raise SuiteError(f"{where}: RECORD.json cannot be read ({one_line(e)})") from None
+        if definition is None:
+            return "its record predates recorded definitions, so what made its rows cannot be checked"
+        if not isinstance(definition, dict):
+            raise SuiteError(f"{where}: RECORD.json's definition is not a table")
+        old = _parse_stage(definition, where, sweeps)
+        why = f"kind {old.kind} -> {stage.kind}" if old.kind != stage.kind else _stage_change(old, stage)
+        if why:
+            raise SuiteError(f"{where}: stage {stage.name!r} changed since its rows were made ({why}); "
+                             "restore it, or leave it out of --stages")
+        if stage.kind == "evaluate":
+            scan_ledger(rec / "results.csv", EVAL_LEDGER)
+            _check_variant_files(rec, stage)
+    except (ConfigError, LedgerError) as e:
+        raise SuiteError(f"{where}: {e}" if str(rec) not in str(e) else str(e)) from None
+    if stage.source in continued:
+        return None
+    src_rec = rec.parent / stage.source
+    if not _same_ok_rows(src_rec / "results.csv", out / stage.source / "results.csv"):
+        return (f"its source stage {stage.source} is not continued now, and its runs in {out / stage.source} are not "
+                f"those of {src_rec}")
+    return None
+
+
+def _same_ok_rows(recorded: Path, here: Path) -> bool:
+    """Whether every ``ok`` row of the sweep ledger ``recorded`` is in ``here`` as it was (same cell,
+    run folder name and accuracy): ``here`` holds the runs the record's rows were made on."""
+    from .sweep import LedgerError
+
+    try:
+        rows_here = {(r["method"], r["sigma"], r["seed"]): r for r in read_rows(here)} if here.is_file() else {}
+        rows_rec = read_rows(recorded) if recorded.is_file() else []
+    except LedgerError:
+        return False
+    for r in rows_rec:
+        if r["status"] != "ok":
+            continue
+        h = rows_here.get((r["method"], r["sigma"], r["seed"]))
+        if (h is None or h["status"] != "ok" or Path(h["run_dir"]).name != Path(r["run_dir"]).name
+                or h["acc_mean"] != r["acc_mean"]):
+            return False
+    return True
+
+
 def continue_from_records(todo: list[tuple[Stage, Path]], out: Path) -> None:
-    """Copy each record of :func:`records_to_continue` into ``<out>/<stage>/`` (``RECORD.json`` left out),
-    every file through a temporary name and the ledger last, so that an interrupted copy leaves no
-    ledger: the stage then runs as if never started, or is continued again. Its cells and
-    evaluations count as done; their run folders are not here, so an evaluate stage cannot
-    evaluate a continued sweep's runs that its own record lacks (each such row says ``no best.pt``)."""
-    ledgers = ("results.csv", "budget.csv")
+    """Copy each record of :func:`records_to_continue` into ``<out>/<stage>/`` (``RECORD.json`` left
+    out), holding the stage folder's lock, every file through a temporary name and the files that
+    say a stage has results (``results.csv``, ``budget.csv``, ``*/pareto.json``) last, so that an
+    interrupted copy leaves a stage that runs as if new, or is continued again. Its cells and
+    evaluations count as done; their run folders are not here."""
+    from .report import stage_has_results
+
+    def last(f: Path) -> bool:
+        return f.name in ("results.csv", "budget.csv", "pareto.json")
+
     for stage, rec in todo:
         dst = out / stage.name
-        files = [f for f in sorted(rec.rglob("*")) if f.is_file() and f.name != "RECORD.json"]
-        for f in sorted(files, key=lambda f: f.relative_to(rec).as_posix() in ledgers):
-            target = dst / f.relative_to(rec)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.continuing")
-            shutil.copyfile(f, tmp)
-            os.replace(tmp, target)
-        _log(f"== stage {stage.name}: continued from {rec} (its ledger and records; no run folders)")
+        with _stage_lock(dst):
+            if stage_has_results(dst):  # made meanwhile by another runner
+                _log(f"--continue-from: stage {stage.name}: not continued (it has results in {dst} now)")
+                continue
+            files = [f for f in sorted(rec.rglob("*")) if f.is_file() and f.name != "RECORD.json"]
+            for f in sorted(files, key=last):
+                target = dst / f.relative_to(rec)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.continuing")
+                shutil.copyfile(f, tmp)
+                os.replace(tmp, target)
 
 
 # --------------------------------------------------------------------------- CLI

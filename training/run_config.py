@@ -32,7 +32,7 @@ METHODS = ("plain", "nit", "ovf", "irs", "correctnet", "nit_temp", "ovf_beta0", 
 CONTROL_BASE = {"nit_temp": "nit", "ovf_beta0": "ovf", "ovf_frozen_bn": "ovf", "nit_multi": "nit"}
 NOISES = ("paper", "device", "crossbar")
 SIGMA_MODES = ("replace", "multiply")
-#: the crossbar's DAC modes and slice alignments (its config's names)
+#: the crossbar's DAC modes (its config's names)
 DACS = DAC_MODES
 PRECISIONS = ("float32", "bfloat16")  # see training.precision
 CROSSBAR_CALIBRATIONS = ("batch", "epoch")

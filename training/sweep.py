@@ -544,8 +544,17 @@ def check_out(out: Path, base: RunConfig | None = None) -> None:
         if (out / name).exists() and not (out / name).is_file():
             raise ConfigError(f"--out {out}: {out / name} is not a file")
     scan_ledger(out / "results.csv")  # a foreign file is refused before anything runs
-    cfg_path = out / "sweep_config.json"
-    if base is None or not cfg_path.exists():
+    if base is not None:
+        check_sweep_options(out, base)
+
+
+def check_sweep_options(folder: Path, base: RunConfig, what: str = "--out", elsewhere: str = "choose another --out") -> None:
+    """Raise :class:`ConfigError` (one line: ``what`` and ``folder``, then the way out) when the sweep
+    recorded in ``folder/sweep_config.json`` was made with other options than ``base`` or with files
+    that changed since; nothing when there is none. Reads only."""
+    folder = Path(folder)
+    cfg_path = folder / "sweep_config.json"
+    if not cfg_path.exists():
         return
     try:
         recorded = json.loads(cfg_path.read_text())
@@ -553,22 +562,22 @@ def check_out(out: Path, base: RunConfig | None = None) -> None:
         if not isinstance(old, dict):
             raise TypeError("base is not a table")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--out {out}: {cfg_path} cannot be read ({one_line(e)}); not continuing that sweep") from None
+        raise ConfigError(f"{what} {folder}: {cfg_path} cannot be read ({one_line(e)}); not continuing that sweep") from None
     old_files = recorded.get("files") if isinstance(recorded, dict) else None
     if isinstance(old_files, dict):  # sweeps made before files were recorded are not compared
         now = referenced_files(base.to_dict())
         changed = [f for f in sorted(set(old_files) | set(now)) if old_files.get(f) != now.get(f)]
         if changed:
             named = ", ".join(f"{f} {getattr(base, f)}" for f in changed)
-            raise ConfigError(f"--out {out} holds a sweep made with another {named} (the file changed since it ran); "
-                              "restore the file, or choose another --out")
+            raise ConfigError(f"{what} {folder} holds a sweep made with another {named} (the file changed since it "
+                              f"ran); restore the file, or {elsewhere}")
     defaults = RunConfig().to_dict()  # a field the old sweep_config lacks had its default then
     new = _comparable(base.to_dict())
     old = _comparable({**defaults, **{k: v for k, v in old.items() if k in defaults}})
     diff = [f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        raise ConfigError(f"--out {out} holds a sweep made with other options ({'; '.join(diff[:4])}"
-                          f"{'; ...' if len(diff) > 4 else ''}); continue it with its options or choose another --out")
+        raise ConfigError(f"{what} {folder} holds a sweep made with other options ({'; '.join(diff[:4])}"
+                          f"{'; ...' if len(diff) > 4 else ''}); continue it with its options or {elsewhere}")
 
 
 def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[int], out: str | Path,

@@ -154,18 +154,19 @@ def test_device_noise_msb_alignment_shifts_the_digits_and_halves_the_error_on_3_
     8-bit magnitudes on three 3-bit cells are shifted left by one bit, the same weights come back at
     sigma 0, and with the same spread on every cell (rram1) the weight noise's std halves
     (slice weights 1, 8, 64 against 1/2, 4, 32 in 8-bit steps)."""
-    from cimsim.crossbar.mapping import digit_pairs_torch
+    from cimsim.crossbar.config import CrossbarConfig
+    from cimsim.crossbar.mapping import digit_pairs_torch, quantize_weights_torch
     from cimsim.device.model import DeviceModel
 
     dev = DeviceModel(name="t", gmin_S=4e-6, gmax_S=40e-6, times_s=(0.0,), sigma_poly_uS=((0.4,),))  # 0.4 uS everywhere
     w = _weights(200_000)
     dn = {a: DeviceNoise(dev, "multiply", weight_bits=8, bits_per_cell=3, slice_align=a) for a in ("lsb", "msb")}
     assert (dn["lsb"].pad_bits, dn["msb"].pad_bits) == (0, 1)
-    q = torch.round(w.abs() / w.abs().max() * 255).to(torch.int64)
-    signed = torch.where(w >= 0, q, -q)
-    for a, shift in (("lsb", 0), ("msb", 1)):
+    for a in ("lsb", "msb"):  # the cells' digits are the crossbar's, whose quantisation shifts by its pad_bits
+        xb = CrossbarConfig(weight_bits=8, bits_per_cell=3, slice_align=a)
+        w_int, _ = quantize_weights_torch(w, 8, pad_bits=xb.pad_bits)
         _, k, _ = dn[a].conductances(w, 0.0, make_generator(0))
-        assert torch.equal(k, torch.stack(digit_pairs_torch(signed << shift, 3, 3)))
+        assert torch.equal(k, torch.stack(digit_pairs_torch(w_int, 3, xb.n_slices)))
     clean = {a: d.realise([w], [False], 0.0, make_generator(0))[0] for a, d in dn.items()}
     assert torch.allclose(clean["msb"], clean["lsb"], atol=1e-6)
     std = {a: (d.realise([w], [False], 1.0, make_generator(1))[0] - clean[a]).std().item() for a, d in dn.items()}
