@@ -427,13 +427,16 @@ def append_row(csv_path: Path, row: dict, schema: LedgerSchema = SWEEP_LEDGER) -
         os.fsync(fh.fileno())
 
 
-def drop_failed_rows(csv_path: Path) -> int:
-    """Rewrite the CSV without its (valid) ``failed`` rows, atomically; returns how many.
+def drop_failed_rows(csv_path: Path, keys: set | None = None) -> int:
+    """Rewrite the CSV without its (valid) ``failed`` rows, atomically; returns how many. ``keys``:
+    only the failed rows of these cells (``(method, sigma, seed)``), the cells about to run again;
+    the failures of other cells stay on record.
 
     Every other line stays as it was (a damaged one too: :func:`repair_ledger` moves those aside).
     """
     scan = scan_ledger(csv_path)
-    drop = {n for n, row, _ in scan.rows if row["status"] == "failed"}
+    drop = {n for n, row, _ in scan.rows if row["status"] == "failed"
+            and (keys is None or _key(row["method"], row["sigma"], row["seed"]) in keys)}
     if not drop:
         return 0
     lines = sorted([(n, raw) for n, _, raw in scan.rows if n not in drop] + [(n, raw) for n, _, raw in scan.damaged
@@ -610,7 +613,8 @@ def sweep(base: RunConfig, methods: list[str], sigmas: list[float], seeds: list[
         csv_path = out / "results.csv"
         repair_ledger(csv_path, SWEEP_LEDGER)
         if retry_failed:
-            _log(f"sweep: rerunning {drop_failed_rows(csv_path)} failed cell(s)", quiet)
+            n = drop_failed_rows(csv_path, {_key(c.method, c.sigma, c.seed) for c in cells})
+            _log(f"sweep: rerunning {n} failed cell(s)", quiet)
         todo = plan(cells, out, csv_path)
         own = engine is None
         engine = engine or make_engine("local", workers=workers, retries=retries)

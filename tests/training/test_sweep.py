@@ -185,6 +185,9 @@ def test_ledger_keeps_an_older_header_and_drops_failed_rows(tmp_path):
     append_row(path, {"method": "plain", "sigma": 0.1, "seed": 1, "status": "ok"})
     rows = _read(path)
     assert list(rows[0]) == old and [r["status"] for r in rows] == ["failed", "ok"]
+    append_row(path, failed_row("nit", 0.1, 0, tmp_path, "not in the grid now"))
+    assert drop_failed_rows(path, {("plain", 0.1, 0)}) == 1  # only the cells about to run again
+    assert [(r["method"], r["seed"]) for r in _read(path)] == [("plain", "1"), ("nit", "0")]
     assert drop_failed_rows(path) == 1
     assert [r["seed"] for r in _read(path)] == ["1"]
     assert parse_faults("crash_once=a,b;raise=c") == {"crash_once": {"a", "b"}, "raise": {"c"}}
